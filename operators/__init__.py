@@ -1,0 +1,22 @@
+"""Measurement operators (installed as posterior_diffusion.operators).
+
+    op = get_operator("gaussian_blur", kernel_size=61, sigma=3.0, noise_sigma=0.05)
+    y = op.measure(x, generator=g)   # A(x) + noise;  op(x) is A(x), noiseless and differentiable
+"""
+
+from . import blur, denoise, inpaint, super_resolution  # noqa: F401  (registers the operators)
+from .base import LinearOperator, Operator, SVDOperator
+from .blur import Blur, GaussianBlur, MotionBlur, UniformBlur
+from .denoise import Denoise
+from .inpaint import InpaintBox, InpaintRandom
+from .kernels import gaussian_kernel, motion_kernel, uniform_kernel
+from .noise import GaussianNoise, NoiseModel, PoissonNoise, make_noise
+from .registry import from_config, get_operator, list_operators, operator_params, register_operator
+from .super_resolution import SuperResolution
+
+__all__ = [
+    "Operator", "LinearOperator", "SVDOperator", "Blur", "GaussianBlur", "MotionBlur", "UniformBlur", "Denoise",
+    "InpaintBox", "InpaintRandom", "SuperResolution", "NoiseModel", "GaussianNoise", "PoissonNoise", "make_noise",
+    "get_operator", "list_operators", "operator_params", "register_operator", "from_config",
+    "gaussian_kernel", "motion_kernel", "uniform_kernel",
+]

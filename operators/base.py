@@ -1,0 +1,185 @@
+"""The operator ladder (after DeepInverse's physics classes):
+
+    Operator        A(x), noiseless and differentiable; `measure` adds noise from `op.noise`
+    LinearOperator  + adjoint (autograd by default), pinv (CGLS by default), dense `matrix`
+    SVDOperator     + A = U diag(s) V^T with cheap V^T, V, U^T, U: exact pinv, DDRM-style samplers
+
+Images are float tensors (B, C, H, W) in [-1, 1]; measurements are (B, *measurement_shape(image_shape)).
+Subclasses store every constructor argument as an attribute of the same name, which is what
+`to_config()` writes and `from_config()` reads back.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from posterior_diffusion.tensor_utils import append_dims, batch_dot
+
+from .noise import GaussianNoise, NoiseModel
+
+
+class Operator(nn.Module):
+    """A measurement operator A: (B, C, H, W) images -> (B, *measurement_shape) measurements."""
+
+    name: ClassVar[str] = ""
+    is_linear: ClassVar[bool] = False
+
+    def __init__(self):
+        super().__init__()
+        self.noise: NoiseModel = GaussianNoise(0.05)
+
+    @property
+    def has_svd(self) -> bool:
+        return False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """A(x) without noise, differentiable in x. x: (B, C, H, W) float."""
+        raise NotImplementedError
+
+    def measurement_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of one measurement for one image of `image_shape` (C, H, W)."""
+        self.check_image_shape(image_shape)
+        return tuple(image_shape)
+
+    def image_shape(self, measurement_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape (C, H, W) of the image that gives a measurement of `measurement_shape`."""
+        return tuple(measurement_shape)
+
+    def check_image_shape(self, image_shape: tuple[int, ...]) -> None:
+        """Raise ValueError if this operator cannot act on images of `image_shape` (C, H, W)."""
+        if len(image_shape) != 3:
+            raise ValueError(f"images must have shape (C, H, W), got {tuple(image_shape)}")
+
+    def measure(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """y = A(x) + noise. x: (B, C, H, W) or (C, H, W) in [-1, 1]; noise drawn from `generator`."""
+        unbatched = x.ndim == 3
+        x = x.unsqueeze(0) if unbatched else x
+        self.check_image_shape(tuple(x.shape[1:]))
+        if not torch.isfinite(x).all():
+            raise ValueError("the image contains NaN or Inf")
+        with torch.no_grad():
+            y = self.noise.sample(self.forward(x), generator)
+        return y[0] if unbatched else y
+
+    def restrict(self, y: torch.Tensor) -> torch.Tensor:
+        """y with the entries the operator does not observe set to 0 (identity except for masks)."""
+        return y
+
+    def residual_norm(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample DPS data-fidelity norm of the noise model between y and A(x): (B,)."""
+        return self.noise.residual_norm(y, self.forward(x))
+
+    def to_config(self) -> dict:
+        """A JSON-ready dict; `operators.from_config` rebuilds the same operator (kernels and masks included)."""
+        params = {}
+        for arg in inspect.signature(type(self).__init__).parameters:
+            if arg in ("self", "args", "kwargs"):
+                continue
+            value = getattr(self, arg)
+            params[arg] = value.tolist() if isinstance(value, torch.Tensor) else value
+        return {"name": self.name, "params": params, **self.noise.to_config()}
+
+    def extra_repr(self) -> str:
+        cfg = self.to_config()
+        shown = {k: v for k, v in cfg["params"].items() if not isinstance(v, list) or len(v) <= 4}
+        return ", ".join(f"{k}={v}" for k, v in shown.items()) + f", noise={self.noise.to_config()}"
+
+
+class LinearOperator(Operator):
+    """A linear A. Adjoint by autograd and pinv by CGLS unless a subclass has a closed form."""
+
+    is_linear: ClassVar[bool] = True
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """A^T y: (B, *measurement_shape) -> (B, C, H, W). Exact for any linear `forward` (a VJP)."""
+        shape = (y.shape[0], *self.image_shape(tuple(y.shape[1:])))
+        with torch.inference_mode(False), torch.enable_grad():
+            x = torch.zeros(shape, device=y.device, dtype=y.real.dtype, requires_grad=True)
+            (grad,) = torch.autograd.grad(self.forward(x), x, grad_outputs=y.clone())
+        return grad
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """A^T A x."""
+        return self.adjoint(self.forward(x))
+
+    def pinv(self, y: torch.Tensor, max_iter: int = 500, tol: float = 1e-7) -> torch.Tensor:
+        """Minimum-norm least-squares solution A^+ y by conjugate gradients on A^T A x = A^T y (CGLS from x=0).
+
+        Iterates stay in range(A^T), so the limit is the minimum-norm solution. Per-sample step sizes.
+        """
+        b = self.adjoint(y)
+        x = torch.zeros_like(b)
+        r = b.clone()
+        p = r.clone()
+        rr = batch_dot(r, r)
+        stop = tol**2 * rr.clamp(min=torch.finfo(rr.dtype).tiny)
+        for _ in range(max_iter):
+            if bool((rr <= stop).all()):
+                break
+            q = self.normal(p)
+            alpha = rr / batch_dot(p, q).clamp(min=torch.finfo(rr.dtype).tiny)
+            alpha = torch.where(rr <= stop, torch.zeros_like(alpha), alpha)
+            x = x + append_dims(alpha, x.ndim) * p
+            r = r - append_dims(alpha, x.ndim) * q
+            rr_new = batch_dot(r, r)
+            p = r + append_dims(rr_new / rr.clamp(min=torch.finfo(rr.dtype).tiny), x.ndim) * p
+            rr = rr_new
+        return x
+
+    def matrix(self, image_shape: tuple[int, ...], dtype=torch.float64) -> torch.Tensor:
+        """The dense matrix (m, d) of A on flattened images of `image_shape` (small images only)."""
+        d = math.prod(image_shape)
+        buffer = next(iter(self.buffers()), None)
+        device = buffer.device if buffer is not None else "cpu"
+        eye = torch.eye(d, dtype=dtype, device=device).reshape(d, *image_shape)
+        with torch.no_grad():
+            columns = torch.cat([self.forward(eye[i : i + 256]) for i in range(0, d, 256)])
+        return columns.reshape(d, -1).T.contiguous()
+
+
+class SVDOperator(LinearOperator):
+    """A = U diag(s) V^T with orthonormal V (image -> spectral coefficients) and U (spectral -> measurement).
+
+    Spectral coefficients c = V^T x have the operator's `spectral_shape`; they may be complex (FFT), in
+    which case V(c) takes the real part and noise in the spectral domain must be drawn as V^T(n) with
+    real white n. `singular_values` broadcasts against c and is 0 on unobserved coordinates; U^T y
+    places the measurement on the observed coordinates (zeros elsewhere), U reads them back.
+    """
+
+    @property
+    def has_svd(self) -> bool:
+        return True
+
+    def V_t(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802 (paper notation)
+        raise NotImplementedError
+
+    def V(self, c: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        raise NotImplementedError
+
+    def U_t(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        raise NotImplementedError
+
+    def U(self, c: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        raise NotImplementedError
+
+    def singular_values(self, image_shape: tuple[int, ...]) -> torch.Tensor:
+        """Real, non-negative singular values, broadcastable against V_t(x) for x of `image_shape`."""
+        raise NotImplementedError
+
+    def forward(self, x):
+        return self.U(self.singular_values(tuple(x.shape[1:])).to(x.real.dtype) * self.V_t(x))
+
+    def adjoint(self, y):
+        image_shape = self.image_shape(tuple(y.shape[1:]))
+        return self.V(self.singular_values(image_shape).to(y.real.dtype) * self.U_t(y))
+
+    def pinv(self, y, max_iter: int = 0, tol: float = 0.0):
+        """Exact A^+ y = V diag(1/s on s > 0) U^T y (the CG arguments are ignored)."""
+        s = self.singular_values(self.image_shape(tuple(y.shape[1:]))).to(y.real.dtype)
+        s_inv = torch.where(s > 1e-6 * s.max(), 1.0 / s.clamp(min=1e-30), torch.zeros_like(s))
+        return self.V(s_inv * self.U_t(y))

@@ -1,0 +1,66 @@
+"""Name -> operator class registry: `get_operator`, `list_operators`, `from_config`."""
+
+from __future__ import annotations
+
+import inspect
+
+from .base import Operator
+from .noise import NOISE_PARAMS, make_noise
+
+_OPERATORS: dict[str, type[Operator]] = {}
+
+
+def register_operator(name: str):
+    """Class decorator: `@register_operator("gaussian_blur")` makes the class available by that name."""
+
+    def wrap(cls: type[Operator]) -> type[Operator]:
+        if name in _OPERATORS:
+            raise ValueError(f"operator {name!r} is registered twice")
+        cls.name = name
+        _OPERATORS[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_operators() -> list[str]:
+    """Registered operator names, sorted."""
+    return sorted(_OPERATORS)
+
+
+def operator_class(name: str) -> type[Operator]:
+    if name not in _OPERATORS:
+        raise ValueError(f"unknown operator {name!r}; valid: {', '.join(list_operators())}")
+    return _OPERATORS[name]
+
+
+def operator_params(name: str) -> dict[str, object]:
+    """Constructor parameters of operator `name` with their defaults (inspect.Parameter.empty if required)."""
+    sig = inspect.signature(operator_class(name).__init__)
+    return {k: p.default for k, p in sig.parameters.items() if k != "self"}
+
+
+def get_operator(name: str, **params) -> Operator:
+    """Build operator `name`. Noise: noise='gaussian' (noise_sigma, default 0.05) or 'poisson' (poisson_rate).
+
+    An unknown name or parameter is a ValueError that lists the valid ones.
+    """
+    cls = operator_class(name)
+    noise_kwargs = {k: params.pop(k) for k in NOISE_PARAMS if k in params}
+    valid = operator_params(name)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(unknown)} for operator {name!r}; valid: "
+            f"{', '.join(list(valid) + list(NOISE_PARAMS))}"
+        )
+    op = cls(**params)
+    op.noise = make_noise(**noise_kwargs)
+    return op
+
+
+def from_config(config: dict) -> Operator:
+    """Rebuild an operator from `op.to_config()`."""
+    config = dict(config)
+    name = config.pop("name")
+    return get_operator(name, **config.pop("params", {}), **config)

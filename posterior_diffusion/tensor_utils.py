@@ -1,0 +1,66 @@
+"""Small tensor helpers shared by operators, priors and samplers (one copy of each, STYLE rule 15)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+
+def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Append trailing singleton dims to v (B,) so it broadcasts against a tensor with `ndim` dims."""
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def batch_norm(r: torch.Tensor) -> torch.Tensor:
+    """Per-sample L2 norm: r (B, ...) -> (B,), computed in float32 (complex entries count by modulus)."""
+    return torch.linalg.vector_norm(r.reshape(r.shape[0], -1).to(_float32_like(r)), dim=1)
+
+
+def batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample real inner product <a, b>: (B, ...) x (B, ...) -> (B,) (real part for complex)."""
+    prod = a.reshape(a.shape[0], -1) * b.reshape(b.shape[0], -1).conj()
+    return prod.sum(dim=1).real
+
+
+def _float32_like(r: torch.Tensor) -> torch.dtype:
+    if r.is_complex():
+        return torch.complex128 if r.dtype == torch.complex128 else torch.complex64
+    return torch.float64 if r.dtype == torch.float64 else torch.float32
+
+
+def seed_for(*keys: int) -> int:
+    """A 63-bit seed derived from integer keys (e.g. global seed, image index, sample index).
+
+    Different key tuples give statistically independent streams, so the noise of sample s of image b
+    does not depend on how many images or samples share a batch (edm's per-seed generators).
+    """
+    words = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+def make_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One torch.Generator per seed, on `device`."""
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def randn_stacked(generators: Sequence[torch.Generator], shape: Sequence[int], device, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise (len(generators), *shape): row i is drawn from generators[i] only."""
+    return torch.stack([torch.randn(tuple(shape), generator=g, device=device, dtype=dtype) for g in generators])
+
+
+def chunk_slices(n: int, size: int | None) -> Iterator[slice]:
+    """Slices covering range(n) in chunks of `size` (None or <= 0: one chunk)."""
+    size = n if not size or size <= 0 else size
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def as_batch(x: torch.Tensor, ndim: int, name: str) -> tuple[torch.Tensor, bool]:
+    """Return (x with a batch dim, whether one was added) for a tensor whose unbatched rank is `ndim`."""
+    if x.ndim == ndim:
+        return x.unsqueeze(0), True
+    if x.ndim == ndim + 1:
+        return x, False
+    raise ValueError(f"{name} must have {ndim} dims (unbatched) or {ndim + 1} (batched), got shape {tuple(x.shape)}")
