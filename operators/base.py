@@ -28,6 +28,7 @@ class Operator(nn.Module):
 
     name: ClassVar[str] = ""
     is_linear: ClassVar[bool] = False
+    svd_condition: ClassVar[str | None] = None  # when `has_svd` holds: None never, "always", or the setting
 
     def __init__(self):
         super().__init__()
@@ -150,6 +151,8 @@ class SVDOperator(LinearOperator):
     real white n. `singular_values` broadcasts against c and is 0 on unobserved coordinates; U^T y
     places the measurement on the observed coordinates (zeros elsewhere), U reads them back.
     """
+
+    svd_condition: ClassVar[str | None] = "always"
 
     @property
     def has_svd(self) -> bool:

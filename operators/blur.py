@@ -34,6 +34,8 @@ class Blur(SVDOperator):
         tensor([1., 1., 1.])
     """
 
+    svd_condition = "boundary='circular'"
+
     def __init__(self, kernel, boundary: str = "reflect"):
         super().__init__()
         kernel = torch.as_tensor(kernel, dtype=torch.float32)

@@ -31,6 +31,8 @@ def _block_basis(n: int) -> torch.Tensor:
 class SuperResolution(SVDOperator):
     """Downsample by `factor` (any integer >= 1) with `method` "bicubic" (DPS) or "average" (DDRM)."""
 
+    svd_condition = "method='average'"
+
     def __init__(self, factor: int = 4, method: str = "bicubic"):
         super().__init__()
         if int(factor) != factor or factor < 1:

@@ -1,0 +1,15 @@
+"""Posterior samplers (installed as posterior_diffusion.samplers).
+
+    sampler = get_sampler("dps", steps=1000, step_size=0.5)
+    out = sampler(prior, op, y, num_samples=4, seed=0)   # out.samples: (B, S, C, H, W)
+"""
+
+from . import dps  # noqa: F401  (registers the sampler)
+from .base import NonFiniteError, Sampler, SamplerOutput, get_sampler, list_samplers, register_sampler, sampler_class
+from .dps import DPS, DPSConfig
+from .unconditional import sample_unconditional
+
+__all__ = [
+    "Sampler", "SamplerOutput", "NonFiniteError", "get_sampler", "list_samplers", "register_sampler", "sampler_class",
+    "DPS", "DPSConfig", "sample_unconditional",
+]

@@ -1,0 +1,11 @@
+"""Diffusion priors: `load_prior`, the denoiser contract, diffusers UNets and exact Gaussian mixtures."""
+
+from .base import PREDICTION_TYPES, DiffusionPrior, Prediction, linear_alphas_cumprod
+from .gaussian_mixture import GaussianMixturePosterior, GaussianMixturePrior
+from .loading import builtin_priors, default_prior_name, load_prior, resolve_dtype
+from .unet import UNetPrior
+
+__all__ = [
+    "DiffusionPrior", "Prediction", "PREDICTION_TYPES", "linear_alphas_cumprod", "GaussianMixturePrior",
+    "GaussianMixturePosterior", "UNetPrior", "load_prior", "builtin_priors", "default_prior_name", "resolve_dtype",
+]

@@ -1,0 +1,114 @@
+"""The one denoiser contract every sampler is written against (STYLE rule 4).
+
+A diffusion prior on a variance-preserving (VP/DDPM) schedule:
+    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,   t = 0 .. T-1
+exposes `alphas_cumprod` (T,) float32 and `predict(x_t, t)` -> eps_hat, the Tweedie estimate
+x0_hat = E[x_0 | x_t] and, for networks that learn it, the variance interpolation value v in [-1, 1]
+(Nichol & Dhariwal 2021, Eq. 15). `eps` and `denoise` are shortcuts.
+
+Precision (DESIGN.md): the network runs in its own dtype; schedules, conversions and results are float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from posterior_diffusion.tensor_utils import append_dims
+
+
+@dataclass
+class Prediction:
+    """One network evaluation, float32, each (B, C, H, W) (variance_values None unless learned)."""
+
+    eps: torch.Tensor
+    x0_hat: torch.Tensor
+    variance_values: torch.Tensor | None = None
+
+
+def _from_epsilon(out, x_t, a, s):
+    return out, (x_t - s * out) / a
+
+
+def _from_v(out, x_t, a, s):  # Salimans & Ho 2022: v = a eps - s x0
+    return s * x_t + a * out, a * x_t - s * out
+
+
+def _from_sample(out, x_t, a, s):
+    return (x_t - a * out) / s, out
+
+
+PREDICTION_TYPES = {"epsilon": _from_epsilon, "v_prediction": _from_v, "sample": _from_sample}
+
+
+def linear_alphas_cumprod(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """alpha_bar_t of the DDPM linear beta schedule (Ho et al. 2020, Sec. 4), float32 (T,)."""
+    betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0).float()
+
+
+class DiffusionPrior(nn.Module):
+    """Base class. Subclasses implement `model_output` (raw network output) or override `predict`."""
+
+    space: ClassVar[str] = "pixel"
+
+    def __init__(self, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
+                 variance_type: str = "fixed_small"):
+        super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction_type {prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
+        alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float32)
+        if alphas_cumprod.ndim != 1 or not ((alphas_cumprod > 0) & (alphas_cumprod <= 1)).all():
+            raise ValueError("alphas_cumprod must be a 1-D tensor of values in (0, 1]")
+        self.register_buffer("alphas_cumprod", alphas_cumprod)
+        self.prediction_type = prediction_type
+        self.variance_type = variance_type
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
+
+    @property
+    def learns_variance(self) -> bool:
+        return self.variance_type in ("learned", "learned_range")
+
+    def check_image_shape(self, image_shape: tuple[int, ...]) -> None:
+        """Raise ValueError if the prior cannot model images of `image_shape` (C, H, W)."""
+
+    def default_image_shape(self) -> tuple[int, ...] | None:
+        """The image shape the prior was trained on, if it has one."""
+        return None
+
+    def model_output(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _timesteps(self, t, batch: int) -> torch.Tensor:
+        t = torch.as_tensor(t, device=self.device, dtype=torch.long)
+        return t.expand(batch) if t.ndim == 0 else t
+
+    def predict(self, x_t: torch.Tensor, t) -> Prediction:
+        """x_t: (B, C, H, W) float; t: int or (B,) long in [0, T). Returns a float32 `Prediction`."""
+        t = self._timesteps(t, x_t.shape[0])
+        out = self.model_output(x_t, t).float()
+        channels = x_t.shape[1]
+        variance_values = None
+        if self.learns_variance:
+            out, variance_values = out[:, :channels], out[:, channels:]
+        alpha_bar = append_dims(self.alphas_cumprod[t], x_t.ndim)
+        eps, x0_hat = PREDICTION_TYPES[self.prediction_type](out, x_t.float(), alpha_bar.sqrt(), (1 - alpha_bar).sqrt())
+        return Prediction(eps=eps, x0_hat=x0_hat, variance_values=variance_values)
+
+    def eps(self, x_t: torch.Tensor, t) -> torch.Tensor:
+        """Predicted noise eps_hat(x_t, t): (B, C, H, W) float32."""
+        return self.predict(x_t, t).eps
+
+    def denoise(self, x_t: torch.Tensor, t) -> torch.Tensor:
+        """Tweedie estimate E[x_0 | x_t]: (B, C, H, W) float32 (not clipped)."""
+        return self.predict(x_t, t).x0_hat

@@ -1,0 +1,158 @@
+"""`load_prior(spec)`: one entry point for every prior format.
+
+    "builtin:<name>"   a prior shipped in the package's assets (no download)
+    "<folder>"         a diffusers DDPMPipeline folder (model_index.json + unet/ + scheduler/) or a bare
+                       UNet2DModel folder (config.json + weights; DDPM linear schedule assumed)
+    "<hub id>"         the same from the Hugging Face hub cache (offline use works once cached)
+    a DiffusionPrior   returned as is (moved to device/dtype)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+
+from .base import DiffusionPrior, linear_alphas_cumprod
+from .unet import UNetPrior
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ASSETS = Path(str(files("posterior_diffusion.assets")))
+BUILTIN_PRIORS = {  # name -> (folder under assets/priors, one-line description)
+    "natural-rgb": ("natural-rgb", "fully convolutional pixel prior for RGB natural images (any size divisible by 8)"),
+    "natural-gray": ("natural-gray", "fully convolutional pixel prior for grayscale natural images"),
+}
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    """None, a torch.dtype or a name ('float32', 'bf16', ...) -> torch.dtype or None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def builtin_priors() -> dict[str, str]:
+    """Built-in priors that are present in this installation: name -> description."""
+    return {name: desc for name, (folder, desc) in BUILTIN_PRIORS.items() if (ASSETS / "priors" / folder).is_dir()}
+
+
+def default_prior_name(channels: int) -> str:
+    """The built-in prior for images with `channels` channels (3: natural-rgb, 1: natural-gray)."""
+    names = {3: "natural-rgb", 1: "natural-gray"}
+    if channels not in names:
+        raise ValueError(f"no built-in prior for {channels}-channel images; pass prior=... (a folder or hub id)")
+    return names[channels]
+
+
+def load_prior(spec, device=None, dtype=None) -> DiffusionPrior:
+    """Load a diffusion prior; see the module docstring for the accepted `spec`s.
+
+    Args:
+        device: where the prior runs (default cpu).
+        dtype: the network's dtype: torch.float32 (default), float16 or bfloat16 (names accepted). The
+            schedule and all outputs stay float32.
+    """
+    dtype = resolve_dtype(dtype)
+    if isinstance(spec, DiffusionPrior):
+        prior = spec
+    elif not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"prior must be a DiffusionPrior or a string, got {type(spec).__name__}")
+    elif str(spec).startswith("builtin:"):
+        prior = _load_builtin(str(spec)[len("builtin:"):])
+    elif Path(spec).is_dir():
+        prior = _load_folder(Path(spec))
+    elif Path(spec).exists():
+        raise ValueError(f"'{spec}' is a file; priors load from a diffusers folder, a hub id or 'builtin:<name>'")
+    else:
+        prior = _load_hub(str(spec))
+    prior = prior.to(device or prior.device)
+    if dtype is not None and isinstance(prior, UNetPrior):
+        prior.net.to(dtype)
+    return prior
+
+
+def _load_builtin(name: str) -> DiffusionPrior:
+    if name not in BUILTIN_PRIORS:
+        raise ValueError(f"unknown built-in prior {name!r}; valid: {', '.join(sorted(BUILTIN_PRIORS))}")
+    folder = ASSETS / "priors" / BUILTIN_PRIORS[name][0]
+    if not folder.is_dir():
+        raise FileNotFoundError(f"built-in prior {name!r} is not in this installation (expected {folder})")
+    return _load_folder(folder)
+
+
+def _load_folder(folder: Path) -> DiffusionPrior:
+    from diffusers import UNet2DModel
+
+    if (folder / "model_index.json").exists():
+        index = json.loads((folder / "model_index.json").read_text())
+        unet_entry = index.get("unet")
+        if not unet_entry or unet_entry[1] != "UNet2DModel":
+            raise ValueError(
+                f"'{folder}' is a {index.get('_class_name', 'diffusers')} pipeline without a UNet2DModel 'unet'; "
+                "pixel priors need a DDPMPipeline-style folder (unet/ + scheduler/)"
+            )
+        unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
+        scheduler = _scheduler_config(folder / "scheduler")
+    elif (folder / "config.json").exists():
+        config = json.loads((folder / "config.json").read_text())
+        if config.get("_class_name") != "UNet2DModel":
+            raise ValueError(f"'{folder}' holds a {config.get('_class_name', 'unknown')} model, not a UNet2DModel")
+        unet = UNet2DModel.from_pretrained(folder)
+        scheduler = _scheduler_config(folder.parent / "scheduler") if (folder.parent / "scheduler").is_dir() else {}
+    else:
+        raise ValueError(
+            f"'{folder}' is not a diffusion model folder: expected model_index.json (a diffusers pipeline) "
+            "or config.json of a UNet2DModel"
+        )
+    return UNetPrior(
+        unet,
+        _alphas_cumprod(scheduler),
+        prediction_type=scheduler.get("prediction_type", "epsilon"),
+        variance_type=scheduler.get("variance_type", "fixed_small"),
+    )
+
+
+def _scheduler_config(folder: Path) -> dict:
+    file = folder / "scheduler_config.json"
+    if not file.exists():
+        raise ValueError(f"missing scheduler config '{file}'")
+    return json.loads(file.read_text())
+
+
+def _alphas_cumprod(config: dict) -> torch.Tensor:
+    """alpha_bar_t from a diffusers scheduler config (DDPM/DDIM family), via the scheduler class itself."""
+    if not config:
+        return linear_alphas_cumprod()
+    from diffusers import DDPMScheduler
+
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+    scheduler = DDPMScheduler(**{k: config[k] for k in keys if k in config})
+    return scheduler.alphas_cumprod.float()
+
+
+def _load_hub(repo_id: str) -> DiffusionPrior:
+    """A hub id: use the local cache (works offline); otherwise try to download; a clear error if neither works."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # not cached: try the network unless the user is offline
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+            raise ValueError(
+                f"prior '{repo_id}' is not a folder, a built-in prior, or a hub model in the local cache "
+                "(HF_HUB_OFFLINE is set, so nothing is downloaded)"
+            ) from None
+        try:
+            path = snapshot_download(repo_id)
+        except Exception as err:
+            raise ValueError(
+                f"prior '{repo_id}' is not a folder, a built-in prior, or a hub model that could be downloaded "
+                f"({type(err).__name__}); check the name, or download it where there is network"
+            ) from None
+    return _load_folder(Path(path))

@@ -1,0 +1,56 @@
+"""Pixel diffusion priors from diffusers: a UNet2DModel on a DDPM (VP) schedule.
+
+The network runs in its dtype (float32, float16 or bfloat16); inputs are cast to it at the boundary and
+outputs come back as float32 (DESIGN.md precision rule). Learned-variance networks (out_channels =
+2 * in_channels, as in guided-diffusion / improved DDPM) are split into eps and the variance value v.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import DiffusionPrior
+
+
+class UNetPrior(DiffusionPrior):
+    """A diffusers UNet2DModel as a prior.
+
+    Args:
+        unet: a diffusers UNet2DModel (kept as `self.net`).
+        alphas_cumprod: (T,) the training schedule's alpha_bar_t.
+        prediction_type: "epsilon", "v_prediction" or "sample" (from the scheduler config).
+        variance_type: the scheduler's ("fixed_small", "fixed_large", "learned_range", ...); a network with
+            2C output channels implies a learned variance ("learned_range" unless the config says "learned").
+    """
+
+    def __init__(self, unet, alphas_cumprod, prediction_type: str = "epsilon", variance_type: str = "fixed_small"):
+        in_ch, out_ch = unet.config.in_channels, unet.config.out_channels
+        if out_ch == 2 * in_ch and variance_type not in ("learned", "learned_range"):
+            variance_type = "learned_range"
+        elif out_ch != in_ch and out_ch != 2 * in_ch:
+            raise ValueError(f"a UNet with {in_ch} input and {out_ch} output channels is not a diffusion denoiser")
+        super().__init__(alphas_cumprod, prediction_type, variance_type)
+        self.net = unet.eval().requires_grad_(False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.net.dtype
+
+    @property
+    def downsampling(self) -> int:
+        return 2 ** (len(self.net.config.block_out_channels) - 1)
+
+    def check_image_shape(self, image_shape):
+        c, h, w = image_shape
+        if c != self.net.config.in_channels:
+            raise ValueError(f"the prior models {self.net.config.in_channels}-channel images, got {c} channels")
+        if h % self.downsampling or w % self.downsampling:
+            raise ValueError(f"image size {h}x{w} must be divisible by {self.downsampling} (the UNet's downsampling)")
+
+    def default_image_shape(self):
+        size = self.net.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return (self.net.config.in_channels, h, w)
+
+    def model_output(self, x_t, t):
+        return self.net(x_t.to(self.dtype), t).sample

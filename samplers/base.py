@@ -1,0 +1,194 @@
+"""What every sampler shares: the registry, capability checks, per-chain generators, chunked batching,
+progress, and the non-finite guard. A sampler module only writes its config and `sample_chunk`.
+
+    sampler = get_sampler("dps", steps=1000, step_size=0.5)
+    out = sampler(prior, op, y, num_samples=4, seed=0)   # out.samples: (B, S, C, H, W)
+
+Each of the B measurements gets S chains; chain (b, s) draws all its noise from its own generator seeded by
+(seed, b, s), so results do not depend on batch_size, on S or on the other measurements in the call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from posterior_diffusion.operators.base import Operator
+from posterior_diffusion.priors.base import DiffusionPrior
+from posterior_diffusion.tensor_utils import as_batch, chunk_slices, make_generators, seed_for
+
+_SAMPLERS: dict[str, type[Sampler]] = {}
+
+
+def register_sampler(name: str):
+    """Class decorator: `@register_sampler("dps")`."""
+
+    def wrap(cls):
+        if name in _SAMPLERS:
+            raise ValueError(f"sampler {name!r} is registered twice")
+        cls.name = name
+        _SAMPLERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_samplers() -> list[str]:
+    return sorted(_SAMPLERS)
+
+
+def sampler_class(name: str) -> type[Sampler]:
+    if name not in _SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(list_samplers())}")
+    return _SAMPLERS[name]
+
+
+def get_sampler(name: str, preset: str | None = None, **options) -> Sampler:
+    """Build sampler `name`; `preset` (a task name of the paper's configs) sets defaults that `options` override."""
+    return sampler_class(name)(preset=preset, **options)
+
+
+@dataclass
+class SamplerOutput:
+    """samples (B, S, C, H, W) float32 in about [-1, 1]; nfe network evaluations per chain; extras (e.g. kernel)."""
+
+    samples: torch.Tensor
+    nfe: int
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+class NonFiniteGuard:
+    """Records, on the device, the first step at which a chain became NaN/Inf; checks on the host only
+    every `every` steps (no per-step host-device sync) and at the end."""
+
+    def __init__(self, device, every: int = 50):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.every = every
+
+    def update(self, i: int, x: torch.Tensor) -> None:
+        bad = ~torch.isfinite(x).all()
+        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, i), self.first_bad)
+        if (i + 1) % self.every == 0:
+            self.check()
+
+    def check(self) -> None:
+        step = int(self.first_bad)
+        if step >= 0:
+            raise NonFiniteError(
+                f"sampling produced NaN/Inf at step {step}; try dtype=float32, a smaller step size or more steps"
+            )
+
+
+class Sampler:
+    """Base class. Subclasses set `Config` (a frozen dataclass with cited defaults), `PRESETS`, the
+    capabilities they need, and implement `sample_chunk` and `nfe`."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type]
+    PRESETS: ClassVar[dict[str, dict]] = {}
+    needs_space: ClassVar[str] = "pixel"  # "pixel" or "any"
+    needs_operator: ClassVar[str] = "differentiable"  # "differentiable", "linear" or "svd"
+
+    def __init__(self, preset: str | None = None, **options):
+        if preset is not None and preset not in self.PRESETS:
+            raise ValueError(f"unknown preset {preset!r} for {self.name}; valid: {', '.join(sorted(self.PRESETS)) or 'none'}")
+        fields = {f.name for f in dataclasses.fields(self.Config)}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} for sampler {self.name!r}; valid: {', '.join(sorted(fields))}")
+        self.preset = preset
+        self.config = self.Config(**{**self.PRESETS.get(preset, {}), **options})
+
+    def to_config(self) -> dict:
+        return {"name": self.name, "preset": self.preset, **dataclasses.asdict(self.config)}
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per chain."""
+        raise NotImplementedError
+
+    def check(self, prior: DiffusionPrior, op: Operator) -> None:
+        """Refuse an incompatible prior/operator before any work, saying what works."""
+        if self.needs_space == "pixel" and prior.space != "pixel":
+            raise ValueError(f"{self.name} needs a pixel-space prior; this prior is {prior.space}")
+        needs = self.needs_operator
+        ok = {"differentiable": True, "linear": op.is_linear, "svd": op.has_svd}[needs]
+        if not ok:
+            from posterior_diffusion.operators import describe_capable
+
+            what = "linear operator with an SVD (spectral form)" if needs == "svd" else f"{needs} operator"
+            raise ValueError(
+                f"{self.name} needs a {what}; '{op.name}' with these settings is not one. "
+                f"Operators that work: {describe_capable(needs)}"
+            )
+
+    def __call__(self, prior: DiffusionPrior, op: Operator, y: torch.Tensor, num_samples: int = 1, seed: int = 0,
+                 generator: torch.Generator | None = None, batch_size: int | None = None,
+                 image_shape: tuple[int, ...] | None = None, callback: Callable[[dict], None] | None = None,
+                 progress: bool = False) -> SamplerOutput:
+        """Sample `num_samples` posterior draws per measurement.
+
+        Args:
+            y: (B, *measurement_shape) or one unbatched measurement.
+            seed: global seed; chain (b, s) uses seed_for(seed, b, s). A `generator` instead draws the seed.
+            batch_size: chains per network call (default: all).
+            image_shape: (C, H, W) of x; default op.image_shape(measurement shape).
+            callback: called after every step with {"i", "t", "x", "x0_hat"} of the current chunk.
+        """
+        from tqdm.auto import tqdm
+
+        self.check(prior, op)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if generator is not None:
+            seed = int(torch.randint(2**62, (1,), generator=generator))
+        y = y.to(prior.device)
+        image_shape = tuple(image_shape or op.image_shape(tuple(y.shape[1:])))
+        b, s = y.shape[0], num_samples
+        seeds = [seed_for(seed, i, j) for i in range(b) for j in range(s)]
+        y_chains = y.repeat_interleave(s, dim=0)
+        chunks = list(chunk_slices(b * s, batch_size))
+        bar = tqdm(total=self.nfe * len(chunks), disable=not progress, desc=self.name, unit="nfe")
+
+        def step_hook(info: dict) -> None:
+            bar.update(1)
+            if callback is not None:
+                callback(info)
+
+        samples, extras = [], []
+        try:
+            for chunk in chunks:
+                generators = make_generators(seeds[chunk], device=prior.device)
+                x, extra = self.sample_chunk(prior, op, y_chains[chunk], image_shape, generators, step_hook)
+                samples.append(x.float())
+                extras.append(extra)
+        finally:
+            bar.close()
+        out = torch.cat(samples).reshape(b, s, *image_shape)
+        merged = {k: torch.cat([e[k] for e in extras]).reshape(b, s, *extras[0][k].shape[1:]) for k in extras[0]}
+        return SamplerOutput(samples=out, nfe=self.nfe, extras=merged)
+
+    def sample_chunk(self, prior, op, y, image_shape, generators, step_hook) -> tuple[torch.Tensor, dict]:
+        """Run the algorithm on n chains. y: (n, *meas), one generator per chain. Returns x (n, C, H, W) and
+        extras {name: (n, ...) tensor}."""
+        raise NotImplementedError
+
+
+def validate_measurement(y: torch.Tensor, op: Operator, image_shape) -> tuple[torch.Tensor, bool]:
+    """Check y against the operator: finite, right shape. Returns (y batched, whether it was unbatched)."""
+    meas_shape = tuple(op.measurement_shape(tuple(image_shape)))
+    y, unbatched = as_batch(y, len(meas_shape), "y")
+    if tuple(y.shape[1:]) != meas_shape:
+        raise ValueError(f"y has shape {tuple(y.shape[1:])} per measurement but the operator gives {meas_shape} "
+                         f"for images of shape {tuple(image_shape)}")
+    if not torch.isfinite(y).all():
+        raise ValueError("y contains NaN or Inf")
+    return y, unbatched

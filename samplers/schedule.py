@@ -1,0 +1,82 @@
+"""Schedule helpers shared by the samplers: strided timesteps and DDPM ancestral-step coefficients.
+
+Notation (Ho et al. 2020; Nichol & Dhariwal 2021): alpha_bar_t = prod(1 - beta); on a strided subsequence
+t_0 > t_1 > ... the step t_i -> t_{i+1} has beta_i = 1 - alpha_bar_{t_i} / alpha_bar_{t_{i+1}} (the respacing
+of guided-diffusion's `SpacedDiffusion`), and q(x_prev | x_t, x0) = N(c0 x0 + ct x_t, beta_tilde).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from posterior_diffusion.tensor_utils import append_dims
+
+
+def strided_timesteps(num_train_timesteps: int, steps: int) -> torch.Tensor:
+    """`steps` integer timesteps evenly spread over [0, T-1], descending, always including T-1 and 0 (long)."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
+    if steps == 1:
+        return torch.tensor([num_train_timesteps - 1])
+    t = torch.linspace(0, num_train_timesteps - 1, steps, dtype=torch.float64).round().long()
+    return t.flip(0)
+
+
+@dataclass
+class DDPMCoefficients:
+    """Per-step coefficients (n,) float32 for the descending `timesteps` (n,) long."""
+
+    timesteps: torch.Tensor
+    alpha_bar: torch.Tensor
+    alpha_bar_prev: torch.Tensor
+    beta: torch.Tensor
+    coef_x0: torch.Tensor
+    coef_xt: torch.Tensor
+    log_var_small: torch.Tensor  # log beta_tilde; last step (0 variance) clipped to its neighbour's
+    log_var_large: torch.Tensor  # log beta; last step replaced by beta_tilde of its neighbour
+
+    def log_variance(self, i: int, variance_type: str, variance_values: torch.Tensor | None) -> torch.Tensor:
+        """log variance of step i: "fixed_small", "fixed_large", "learned" (the network's log variance) or
+        "learned_range" (interpolation between log beta and log beta_tilde; Nichol & Dhariwal 2021, Eq. 15)."""
+        if variance_type == "learned":
+            return variance_values
+        if variance_type == "learned_range":
+            frac = (variance_values + 1) / 2
+            return frac * self.beta[i].log() + (1 - frac) * self.log_var_small[i]
+        return (self.log_var_large if variance_type == "fixed_large" else self.log_var_small)[i]
+
+
+def ddpm_coefficients(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> DDPMCoefficients:
+    """DDPM posterior coefficients along a (possibly strided) descending timestep sequence.
+
+    The log variances follow guided-diffusion's `posterior_log_variance_clipped` and fixed-large choices.
+    """
+    ab = alphas_cumprod.double()[timesteps.to(alphas_cumprod.device)]
+    ab_prev = torch.cat([ab[1:], ab.new_ones(1)])
+    beta = 1 - ab / ab_prev
+    var_small = beta * (1 - ab_prev) / (1 - ab)
+    neighbour = var_small[-2:-1] if len(ab) > 1 else beta[-1:]
+    f = lambda v: v.float()  # noqa: E731
+    return DDPMCoefficients(
+        timesteps=timesteps.to(alphas_cumprod.device),
+        alpha_bar=f(ab),
+        alpha_bar_prev=f(ab_prev),
+        beta=f(beta),
+        coef_x0=f(ab_prev.sqrt() * beta / (1 - ab)),
+        coef_xt=f((1 - beta).sqrt() * (1 - ab_prev) / (1 - ab)),
+        log_var_small=f(torch.cat([var_small[:-1], neighbour]).log()),
+        log_var_large=f(torch.cat([beta[:-1], neighbour]).log()),
+    )
+
+
+def ddpm_step(coef: DDPMCoefficients, i: int, x_t: torch.Tensor, x0_hat: torch.Tensor, noise: torch.Tensor,
+              variance_type: str = "fixed_small", variance_values: torch.Tensor | None = None) -> torch.Tensor:
+    """One ancestral step x_t -> x_{t_{i+1}} ~ N(c0 x0_hat + ct x_t, var); no noise on the last step."""
+    mean = coef.coef_x0[i] * x0_hat + coef.coef_xt[i] * x_t
+    if i == len(coef.timesteps) - 1:
+        return mean
+    log_var = coef.log_variance(i, variance_type, variance_values)
+    std = torch.exp(0.5 * log_var)
+    return mean + (append_dims(std, x_t.ndim) if std.ndim == 1 else std) * noise

@@ -1,0 +1,24 @@
+"""Unconditional DDPM ancestral sampling from a prior (Ho et al. 2020, Algorithm 2), on a strided schedule.
+Used for the sample grids of `train` and for looking at what a prior has learned."""
+
+from __future__ import annotations
+
+import torch
+
+from posterior_diffusion.tensor_utils import make_generators, randn_stacked, seed_for
+
+from .schedule import ddpm_coefficients, ddpm_step, strided_timesteps
+
+
+@torch.inference_mode()
+def sample_unconditional(prior, shape: tuple[int, ...], steps: int = 250, seed: int = 0, clip: bool = True) -> torch.Tensor:
+    """Draw shape[0] images of shape (C, H, W) = shape[1:]: (N, C, H, W) float32 in [-1, 1]."""
+    generators = make_generators([seed_for(seed, i) for i in range(shape[0])], prior.device)
+    coef = ddpm_coefficients(prior.alphas_cumprod, strided_timesteps(prior.num_timesteps, steps))
+    x_t = randn_stacked(generators, shape[1:], prior.device)
+    for i, t in enumerate(coef.timesteps.tolist()):
+        pred = prior.predict(x_t, t)
+        x0_hat = pred.x0_hat.clamp(-1, 1) if clip else pred.x0_hat
+        x_t = ddpm_step(coef, i, x_t, x0_hat, randn_stacked(generators, shape[1:], prior.device),
+                        prior.variance_type, pred.variance_values)
+    return x_t.clamp(-1, 1) if clip else x_t
