@@ -11,12 +11,14 @@ from .denoise import Denoise
 from .inpaint import InpaintBox, InpaintRandom
 from .kernels import gaussian_kernel, motion_kernel, uniform_kernel
 from .noise import GaussianNoise, NoiseModel, PoissonNoise, make_noise
-from .registry import describe_capable, from_config, get_operator, list_operators, operator_params, register_operator
+from .registry import (
+    describe_capable, from_config, get_operator, list_operators, operator_class, operator_params, register_operator,
+)
 from .super_resolution import SuperResolution
 
 __all__ = [
     "Operator", "LinearOperator", "SVDOperator", "Blur", "GaussianBlur", "MotionBlur", "UniformBlur", "Denoise",
     "InpaintBox", "InpaintRandom", "SuperResolution", "NoiseModel", "GaussianNoise", "PoissonNoise", "make_noise",
-    "get_operator", "describe_capable", "list_operators", "operator_params", "register_operator", "from_config",
+    "get_operator", "describe_capable", "operator_class", "list_operators", "operator_params", "register_operator", "from_config",
     "gaussian_kernel", "motion_kernel", "uniform_kernel",
 ]

@@ -29,6 +29,7 @@ class Operator(nn.Module):
     name: ClassVar[str] = ""
     is_linear: ClassVar[bool] = False
     svd_condition: ClassVar[str | None] = None  # when `has_svd` holds: None never, "always", or the setting
+    measurement_ndim: ClassVar[int] = 3  # rank of one measurement (3: image-like (C, h, w))
 
     def __init__(self):
         super().__init__()
@@ -66,6 +67,13 @@ class Operator(nn.Module):
         with torch.no_grad():
             y = self.noise.sample(self.forward(x), generator)
         return y[0] if unbatched else y
+
+    def check_measurement_values(self, y: torch.Tensor) -> None:
+        """Refuse measurements on the wrong scale: image-like y must be about [-1, 1] (noise allowed)."""
+        peak = float(y.abs().max()) if y.numel() else 0.0
+        if peak > 10:
+            raise ValueError(f"y has values up to {peak:.4g}; image measurements must be scaled to [-1, 1] "
+                             "(an 8-bit image v maps to v / 127.5 - 1)")
 
     def restrict(self, y: torch.Tensor) -> torch.Tensor:
         """y with the entries the operator does not observe set to 0 (identity except for masks)."""

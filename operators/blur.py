@@ -87,20 +87,20 @@ class Blur(SVDOperator):
         return F.conv2d(x.reshape(1, b * c, *x.shape[-2:]), weight, groups=b * c).reshape(b, c, h, w)
 
     # "circular": FFT ------------------------------------------------------------------------------
-    def transfer_function(self, image_shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
+    def transfer_function(self, image_shape: tuple[int, ...], dtype: torch.dtype | None = None) -> torch.Tensor:
         """K = FFT2 of the kernel wrapped onto the H x W torus: (1 or B, 1, H, W) complex.
 
         Built so that circular convolution with it equals the padded correlation of "reflect" mode in
         the interior of the image.
         """
         h, w = image_shape[-2:]
+        dtype = dtype or self.kernel.dtype
         key = (h, w, self.kernel.device, dtype, self.kernel.data_ptr(), self.kernel._version)
         if self._transfer_cache is None or self._transfer_cache[0] != key:
             k = self.kernel.to(dtype)
             k = k[None] if k.ndim == 2 else k
             kh, kw = k.shape[-2:]
-            _, _, top, _ = self._pads()
-            left = self._pads()[0]
+            left, _, top, _ = self._pads()
             rows = (top - torch.arange(kh, device=k.device)) % h
             cols = (left - torch.arange(kw, device=k.device)) % w
             wrapped = torch.zeros(k.shape[0], h, w, dtype=dtype, device=k.device)

@@ -20,10 +20,10 @@ def _size(image_size) -> tuple[int, int]:
 
 
 class Masked(SVDOperator):
-    """Base class: a fixed mask (1, 1, H, W) for images of size `image_size`."""
+    """Base class: a fixed mask (1, H, W) for images of size `image_size`."""
 
     def _set_mask(self, mask: torch.Tensor) -> None:
-        self.register_buffer("mask", mask.float().reshape(1, 1, *mask.shape[-2:]))
+        self.register_buffer("mask", mask.float().reshape(1, *mask.shape[-2:]))  # broadcasts over (B,) C, H, W
 
     def check_image_shape(self, image_shape):
         super().check_image_shape(image_shape)

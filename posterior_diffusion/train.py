@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,6 @@ class TrainConfig:
     mixed_precision: str = "bf16"
     checkpoint_every: int = 250
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)

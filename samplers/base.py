@@ -19,7 +19,7 @@ import torch
 
 from posterior_diffusion.operators.base import Operator
 from posterior_diffusion.priors.base import DiffusionPrior
-from posterior_diffusion.tensor_utils import as_batch, chunk_slices, make_generators, seed_for
+from posterior_diffusion.tensor_utils import chunk_slices, make_generators, seed_for
 
 _SAMPLERS: dict[str, type[Sampler]] = {}
 
@@ -182,13 +182,13 @@ class Sampler:
         raise NotImplementedError
 
 
-def validate_measurement(y: torch.Tensor, op: Operator, image_shape) -> tuple[torch.Tensor, bool]:
-    """Check y against the operator: finite, right shape. Returns (y batched, whether it was unbatched)."""
+def validate_measurement(y: torch.Tensor, op: Operator, image_shape) -> None:
+    """Check a batch of measurements y (B, *meas) against the operator and image shape: shape, finite, range."""
+    op.check_image_shape(tuple(image_shape))
     meas_shape = tuple(op.measurement_shape(tuple(image_shape)))
-    y, unbatched = as_batch(y, len(meas_shape), "y")
     if tuple(y.shape[1:]) != meas_shape:
         raise ValueError(f"y has shape {tuple(y.shape[1:])} per measurement but the operator gives {meas_shape} "
                          f"for images of shape {tuple(image_shape)}")
     if not torch.isfinite(y).all():
         raise ValueError("y contains NaN or Inf")
-    return y, unbatched
+    op.check_measurement_values(y)

@@ -1,0 +1,277 @@
+"""The `posterior-diffusion` command line.
+
+    posterior-diffusion list
+    posterior-diffusion degrade photo.png --operator gaussian_blur --op-param kernel_size=31 --op-param sigma=1.5 --out y.png
+    posterior-diffusion restore photo.png --simulate --operator super_resolution --op-param factor=4 \
+        --sampler dps --num-samples 4 --out results/
+    posterior-diffusion train --data my_images/ --out my_prior/ --steps 10000
+
+Errors are one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+EXIT_ERROR = 1
+
+
+def _parse_value(text: str):
+    """'3' -> 3, '0.5' -> 0.5, '[64, 64]' -> [64, 64], 'true' -> True, anything else -> the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_params(pairs: list[str] | None, what: str) -> dict:
+    params = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"{what} '{pair}' must look like name=value")
+        key, value = pair.split("=", 1)
+        params[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return params
+
+
+def _read_measurement(path: Path, channels: int | None) -> torch.Tensor:
+    """An image file (-> (C, H, W) in [-1, 1]), a .pt tensor (weights_only) or a .npz array ('y' or the only one)."""
+    from posterior_diffusion.images import load_image
+
+    if not path.exists():
+        raise FileNotFoundError(f"input file '{path}' does not exist")
+    if path.suffix == ".pt":
+        try:
+            value = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as err:
+            raise ValueError(f"cannot read '{path}' as a tensor file: {err}") from None
+        if isinstance(value, dict):
+            value = value.get("y")
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"'{path}' must hold a tensor (or a dict with key 'y')")
+        return value
+    if path.suffix == ".npz":
+        try:
+            arrays = np.load(path, allow_pickle=False)
+        except Exception as err:
+            raise ValueError(f"cannot read '{path}' as an .npz file: {err}") from None
+        names = list(arrays.keys())
+        if "y" not in names and len(names) != 1:
+            raise ValueError(f"'{path}' must hold an array named 'y' (it has {', '.join(names)})")
+        return torch.from_numpy(arrays["y" if "y" in names else names[0]])
+    return load_image(path, channels)
+
+
+def _build_operator(args, image_shape: tuple[int, ...] | None):
+    """--operator NAME with --op-param pairs (image_size filled from the image), or --operator-config JSON."""
+    from posterior_diffusion.operators import from_config, get_operator, operator_params
+
+    if args.operator_config:
+        return from_config(json.loads(Path(args.operator_config).read_text()))
+    if not args.operator:
+        raise ValueError("give --operator NAME (see `posterior-diffusion list`) or --operator-config FILE")
+    params = _parse_params(args.op_param, "--op-param")
+    if args.noise_sigma is not None:
+        params["noise_sigma"] = args.noise_sigma
+    if image_shape is not None and "image_size" in operator_params(args.operator) and "image_size" not in params:
+        params["image_size"] = list(image_shape[1:])
+    return get_operator(args.operator, **params)
+
+
+def _write_measurement(y: torch.Tensor, path: Path) -> None:
+    from posterior_diffusion.images import save_image
+
+    if path.suffix == ".pt":
+        torch.save(y, path)
+    elif path.suffix == ".npz":
+        np.savez(path, y=y.numpy())
+    else:
+        save_image(y, path)
+
+
+def cmd_list(args) -> None:
+    from posterior_diffusion.operators import list_operators, operator_class
+    from posterior_diffusion.priors import builtin_priors
+    from posterior_diffusion.samplers import list_samplers, sampler_class
+
+    def first_line(obj) -> str:
+        return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+
+    print("operators:")
+    for name in list_operators():
+        print(f"  {name:18s} {first_line(operator_class(name))}")
+    print("samplers:")
+    for name in list_samplers():
+        cls = sampler_class(name)
+        presets = f" (presets: {', '.join(sorted(cls.PRESETS))})" if cls.PRESETS else ""
+        print(f"  {name:18s} {first_line(cls)}{presets}")
+    print("built-in priors:")
+    priors = builtin_priors()
+    for name, desc in priors.items():
+        print(f"  builtin:{name:10s} {desc}")
+    if not priors:
+        print("  (none in this installation)")
+
+
+def cmd_degrade(args) -> None:
+    from posterior_diffusion.images import load_image
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"'{out}' exists; pass --overwrite to replace it")
+    x = load_image(args.input, args.channels)
+    op = _build_operator(args, tuple(x.shape))
+    y = op.measure(x, generator=torch.Generator().manual_seed(args.seed))
+    _write_measurement(y, out)
+    config_path = out.with_suffix(out.suffix + ".json")
+    config_path.write_text(json.dumps(op.to_config()))
+    print(f"wrote {out} (operator config: {config_path})")
+
+
+def cmd_restore(args) -> None:
+    from posterior_diffusion.api import sample_posterior
+    from posterior_diffusion.figures import restoration_figure
+    from posterior_diffusion.images import load_image, save_image
+    from posterior_diffusion.metrics import psnr
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"output folder '{out}' is not empty; pass --overwrite to replace its files")
+    truth = None
+    if args.simulate:
+        truth = load_image(args.input, args.channels)
+        op = _build_operator(args, tuple(truth.shape))
+        y = op.measure(truth, generator=torch.Generator().manual_seed(args.seed))
+    else:
+        y = _read_measurement(Path(args.input), args.channels).float()
+        op = _build_operator(args, tuple(y.shape) if y.ndim == 3 else None)
+    options = _parse_params(args.sampler_param, "--sampler-param")
+    if args.steps is not None:
+        options["steps"] = args.steps
+    res = sample_posterior(
+        y, op, prior=args.prior, sampler=args.sampler, num_samples=args.num_samples, batch_size=args.batch_size,
+        seed=args.seed, device=args.device, dtype=args.dtype, progress=not args.quiet, preset=args.preset, **options,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
+    for i, sample in enumerate(res.samples):
+        save_image(sample, out / "samples" / f"sample_{i:03d}.png")
+    save_image(res.mean, out / "mean.png")
+    std_map = res.std.mean(0, keepdim=True)
+    save_image(std_map / std_map.max().clamp(min=1e-8) * 2 - 1, out / "std.png")
+    from safetensors.torch import save_file
+
+    tensors = {"samples": res.samples, "mean": res.mean, "std": res.std, "y": y.float().contiguous()}
+    tensors.update({k: v.contiguous() for k, v in res.extras.items() if isinstance(v, torch.Tensor)})
+    if truth is not None:
+        tensors["truth"] = truth
+    save_file({k: v.float().contiguous() for k, v in tensors.items() if not v.is_complex()}, out / "results.safetensors")
+    if y.ndim == 3 and y.shape[0] in (1, 3):
+        save_image(y, out / "measurement.png")
+    restoration_figure(out / "figure.png", y if y.ndim == 3 and y.shape[0] in (1, 3) else None,
+                       res.mean, res.std, res.samples, truth)
+    run = {**res.config, "input": str(args.input), "simulate": args.simulate, "nfe": res.nfe,
+           "seconds": round(res.seconds, 3)}
+    if truth is not None:
+        run["psnr_mean"] = round(float(psnr(res.mean[None], truth[None])[0]), 3)
+        run["psnr_samples"] = [round(float(v), 3) for v in psnr(res.samples, truth[None].expand_as(res.samples))]
+    (out / "run.json").write_text(json.dumps(run, indent=2))
+    summary = f"wrote {out}/ (mean.png, std.png, samples/, figure.png, run.json) in {res.seconds:.1f} s, {res.nfe} NFE"
+    print(summary + (f"; PSNR of the mean {run['psnr_mean']:.2f} dB" if truth is not None else ""))
+
+
+def cmd_train(args) -> None:
+    from posterior_diffusion.train import TrainConfig, default_threads, train
+
+    default_threads()
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _TRAIN_SKIP}
+    folder = train(TrainConfig(data=args.data, output=args.out, **options), progress=not args.quiet)
+    print(f"prior saved in {folder}/ (use it with --prior {folder})")
+
+
+_TRAIN_SKIP = ("data", "output")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """One --option per TrainConfig field, with the config's default (the dataclass is the single source)."""
+    from posterior_diffusion.train import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _TRAIN_SKIP:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, tuple):
+            p.add_argument(flag, type=type(f.default[0]), nargs="+", default=list(f.default), help=f"default {f.default}")
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default, help=f"default {f.default}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="posterior-diffusion", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="operators, samplers and built-in priors").set_defaults(func=cmd_list)
+
+    def operator_args(p):
+        p.add_argument("--operator", help="operator name (see `list`)")
+        p.add_argument("--op-param", action="append", metavar="K=V", help="operator parameter (repeatable)")
+        p.add_argument("--operator-config", metavar="JSON", help="operator config written by `degrade`")
+        p.add_argument("--noise-sigma", type=float, help="Gaussian noise std on the [-1, 1] scale (default 0.05)")
+        p.add_argument("--channels", type=int, choices=(1, 3), help="read images as gray (1) or RGB (3)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the noise and the samples (default 0)")
+        p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+    p = sub.add_parser("degrade", help="simulate a measurement of a clean image")
+    p.add_argument("input", help="clean image file")
+    p.add_argument("--out", required=True, help="measurement file (.png, or .pt/.npz for exact values)")
+    operator_args(p)
+    p.set_defaults(func=cmd_degrade)
+
+    p = sub.add_parser("restore", help="sample the posterior for a measurement")
+    p.add_argument("input", help="measurement (image, .pt or .npz), or a clean image with --simulate")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--simulate", action="store_true", help="INPUT is a clean image: measure it first")
+    operator_args(p)
+    p.add_argument("--sampler", default="dps", help="sampler name (default dps)")
+    p.add_argument("--preset", help="the sampler's task preset (see `list`)")
+    p.add_argument("--sampler-param", action="append", metavar="K=V", help="sampler option (repeatable)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the sampler's)")
+    p.add_argument("--prior", help="prior: builtin:NAME, a diffusers folder or hub id (default: built-in)")
+    p.add_argument("--num-samples", type=int, default=4, help="posterior samples (default 4)")
+    p.add_argument("--batch-size", type=int, help="samples per network call (default all)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda if available)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="network precision (default float32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("train", help="train a pixel diffusion prior on a folder of images")
+    p.add_argument("--data", required=True, help="folder of training images")
+    p.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
+    _add_train_options(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

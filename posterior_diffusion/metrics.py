@@ -1,0 +1,29 @@
+"""Image-quality metrics, per image, on images mapped from [-1, 1] to [0, 1]."""
+
+from __future__ import annotations
+
+import torch
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB per image: x, ref (..., C, H, W) in [-1, 1] (clipped) -> (...,), with peak 1 on [0, 1]."""
+    x01 = ((x.float() + 1) / 2).clamp(0, 1)
+    ref01 = ((ref.float() + 1) / 2).clamp(0, 1)
+    mse = (x01 - ref01).square().flatten(-3).mean(-1)
+    return -10 * torch.log10(mse.clamp(min=1e-12))
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, num_projections: int = 256,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sliced 2-Wasserstein distance between two equal-size point clouds a, b (N, ...) (flattened per point).
+
+    Mean over random unit directions of the 1-D W2 between the projections (sorted matching), then sqrt.
+    """
+    a, b = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
+    if a.shape != b.shape:
+        raise ValueError(f"point clouds must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    directions = torch.randn(a.shape[1], num_projections, generator=generator, dtype=torch.float64)
+    directions = directions / directions.norm(dim=0, keepdim=True)
+    pa, _ = torch.sort(a @ directions, dim=0)
+    pb, _ = torch.sort(b @ directions, dim=0)
+    return (pa - pb).square().mean().sqrt()

@@ -1,0 +1,215 @@
+"""Property suite over the operator registry: a new operator is tested by being registered.
+
+Each case builds a registered operator at a small size from parameter values chosen by parameter name
+(no per-operator branches); operators with a `boundary` or `method` choice are also tested in the
+spectral (SVD) setting.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from posterior_diffusion.operators import (
+    from_config,
+    gaussian_kernel,
+    get_operator,
+    list_operators,
+    motion_kernel,
+    operator_params,
+)
+
+IMAGE = (2, 8, 8)
+SMALL = {"image_size": [8, 8], "kernel_size": 5, "kernel": [[0.1, 0.2, 0.1], [0.05, 0.3, 0.05], [0.0, 0.1, 0.1]],
+         "factor": 2, "missing": 0.5}
+SPECTRAL = {"boundary": "circular", "method": "average"}
+
+
+def _cases():
+    cases = []
+    for name in list_operators():
+        params = {k: v for k, v in SMALL.items() if k in operator_params(name)}
+        cases.append(pytest.param(name, params, id=name))
+        spectral = {k: v for k, v in SPECTRAL.items() if k in operator_params(name)}
+        if spectral:
+            cases.append(pytest.param(name, {**params, **spectral}, id=f"{name}-{'-'.join(spectral.values())}"))
+    return cases
+
+
+CASES = _cases()
+
+
+def make(name, params, **extra):
+    return get_operator(name, **params, **extra).double()
+
+
+def rand(shape, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_adjoint_identity(name, params):
+    op = make(name, params)
+    x = rand((3, *IMAGE), 1)
+    y = rand((3, *op.measurement_shape(IMAGE)), 2)
+    lhs = (op(x) * y).sum()
+    rhs = (x * op.adjoint(y)).sum()
+    assert abs(float(lhs - rhs)) <= 1e-5 * abs(float(lhs))
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_pinv_is_least_squares(name, params):
+    op = make(name, params)
+    y = rand((2, *op.measurement_shape(IMAGE)), 3)
+    x = op.pinv(y)
+    normal_residual = op.adjoint(op(x) - y)  # zero at a least-squares solution
+    assert float(normal_residual.norm()) <= 1e-4 * float(op.adjoint(y).norm())
+    # minimum norm: pinv(A x) is the projection of x on range(A^T), never longer than x
+    x0 = rand((2, *IMAGE), 4)
+    assert float(op.pinv(op(x0)).norm()) <= float(x0.norm()) * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("name,params", [c for c in CASES if make(*c.values).has_svd])
+def test_svd_reproduces_operator(name, params):
+    op = make(name, params)
+    x = rand((2, *IMAGE), 5)
+    c = op.V_t(x)
+    assert torch.allclose(op.V(c), x, atol=1e-10), "V is not orthonormal (V V^T x != x)"
+    assert torch.allclose(c.abs().square().sum(), x.square().sum()), "V^T does not preserve norms"
+    s = op.singular_values(IMAGE)
+    assert (s >= 0).all()
+    assert torch.allclose(op.U(s * c), op(x), atol=1e-10)
+    y = rand((2, *op.measurement_shape(IMAGE)), 6)
+    assert torch.allclose(op.U(op.U_t(y)), y, atol=1e-10), "U U^T is not the identity on measurements"
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_matrix_matches_forward(name, params):
+    op = make(name, params)
+    x = rand((1, *IMAGE), 7)
+    a = op.matrix(IMAGE)
+    assert torch.allclose(a @ x.reshape(-1), op(x).reshape(-1), atol=1e-10)
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_config_round_trip_and_seeded_measure(name, params):
+    op = get_operator(name, **params, noise_sigma=0.1)
+    twin = from_config(op.to_config())
+    assert twin.to_config() == op.to_config()
+    x = rand((2, *IMAGE), 8).float().clamp(-1, 1)
+    assert torch.equal(twin(x), op(x))
+    y1 = op.measure(x, torch.Generator().manual_seed(3))
+    y2 = twin.measure(x, torch.Generator().manual_seed(3))
+    assert torch.equal(y1, y2)
+    assert not torch.equal(y1, op.measure(x, torch.Generator().manual_seed(4)))
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_forward_is_differentiable_and_batch_independent(name, params):
+    op = make(name, params)
+    x = rand((3, *IMAGE), 9).requires_grad_(True)
+    op(x).square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert torch.allclose(op(x[1:2]), op(x)[1:2])
+
+
+def test_gaussian_noise_level():
+    op = get_operator("denoise", noise_sigma=0.2)
+    x = torch.zeros(4, 1, 64, 64)
+    y = op.measure(x, torch.Generator().manual_seed(0))
+    assert abs(float(y.std()) - 0.2) < 0.005
+
+
+def test_poisson_noise_is_shot_noise():
+    op = get_operator("denoise", noise="poisson", poisson_rate=1.0)
+    x = torch.full((1, 1, 128, 128), 0.0)  # 0.5 on [0, 1] -> mean count 127.5
+    y = op.measure(x, torch.Generator().manual_seed(0))
+    counts = (y + 1) / 2 * 255
+    assert abs(float(counts.mean()) - 127.5) < 1.0
+    assert abs(float(counts.var()) - 127.5) < 8.0  # variance = mean
+
+
+def test_unknown_names_and_params_are_listed():
+    with pytest.raises(ValueError, match="unknown operator 'blurr'; valid: .*gaussian_blur"):
+        get_operator("blurr")
+    with pytest.raises(ValueError, match="unknown parameter.*sigmaa.*valid: kernel_size, sigma"):
+        get_operator("gaussian_blur", sigmaa=2)
+    with pytest.raises(ValueError, match="unknown noise model"):
+        get_operator("denoise", noise="laplace")
+    with pytest.raises(ValueError, match="boundary"):
+        get_operator("gaussian_blur", boundary="zero")
+
+
+def test_shape_errors_are_clear():
+    with pytest.raises(ValueError, match="too large for reflect padding"):
+        get_operator("gaussian_blur").measure(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="not divisible by the SR factor 4"):
+        get_operator("super_resolution", factor=4).measure(torch.zeros(1, 3, 10, 10))
+    with pytest.raises(ValueError, match=r"mask is \(8, 8\) but the image is \(16, 16\)"):
+        get_operator("inpaint_random", image_size=8).measure(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="NaN"):
+        get_operator("denoise").measure(torch.full((1, 1, 4, 4), float("nan")))
+
+
+# Independent references -----------------------------------------------------------------------------------
+
+def test_gaussian_kernel_matches_scipy_gaussian_filter_of_a_delta():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    delta = np.zeros((61, 61))
+    delta[30, 30] = 1.0
+    reference = ndimage.gaussian_filter(delta, sigma=3.0)  # how DPS builds its kernel
+    assert np.allclose(gaussian_kernel(61, 3.0).numpy(), reference, atol=1e-7)
+
+
+def test_reflect_blur_matches_scipy_correlate():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    op = get_operator("motion_blur", kernel_size=7, seed=3).double()
+    x = rand((1, 1, 16, 16), 10)
+    ref = ndimage.correlate(x[0, 0].numpy(), op.kernel.double().numpy(), mode="mirror")
+    assert np.allclose(op(x)[0, 0].numpy(), ref, atol=1e-10)
+
+
+def test_circular_blur_matches_circular_padding_convolution():
+    op = get_operator("motion_blur", kernel_size=5, seed=1, boundary="circular").double()
+    x = rand((2, 3, 12, 12), 11)
+    padded = F.pad(x, (2, 2, 2, 2), mode="circular")
+    ref = F.conv2d(padded, op.kernel.double().expand(3, 1, 5, 5), groups=3)
+    assert torch.allclose(op(x), ref, atol=1e-10)
+
+
+def test_average_pool_sr_matches_block_means():
+    op = get_operator("super_resolution", factor=4, method="average")
+    x = rand((1, 3, 16, 16), 12).float()
+    ref = x.numpy().reshape(1, 3, 4, 4, 4, 4).mean(axis=(3, 5))
+    assert np.allclose(op(x).numpy(), ref, atol=1e-6)
+
+
+def test_bicubic_sr_matches_pillow():
+    Image = pytest.importorskip("PIL.Image")
+    op = get_operator("super_resolution", factor=4)
+    g = torch.Generator().manual_seed(0)
+    x01 = F.interpolate(torch.rand(1, 1, 16, 16, generator=g), size=64, mode="bilinear")  # smooth-ish image
+    pil = Image.fromarray(x01[0, 0].numpy().astype(np.float32), mode="F").resize((16, 16), Image.BICUBIC)
+    assert np.abs(op(x01)[0, 0].numpy() - np.asarray(pil)).max() < 2e-3
+
+
+def test_motion_kernels_are_normalised_seeded_and_vary_with_intensity():
+    k1 = motion_kernel(61, 0.5, torch.Generator().manual_seed(0))
+    k2 = motion_kernel(61, 0.5, torch.Generator().manual_seed(0))
+    k3 = motion_kernel(61, 0.5, torch.Generator().manual_seed(1))
+    assert torch.equal(k1, k2) and not torch.equal(k1, k3)
+    assert abs(float(k1.sum()) - 1) < 1e-6 and (k1 >= 0).all()
+    support = (k1 > 1e-3).sum()
+    assert 20 < support < 61 * 61 / 2  # a streak, neither a dot nor a flat field
+
+
+def test_blind_with_kernel_keeps_noise_and_boundary():
+    op = get_operator("gaussian_blur", kernel_size=5, sigma=1.0, noise_sigma=0.02, boundary="circular")
+    k = torch.zeros(3, 3)
+    k[1, 1] = 1
+    twin = op.with_kernel(k)
+    assert twin.noise.sigma == 0.02 and twin.boundary == "circular"
+    x = rand((1, 1, 8, 8), 13).float()
+    assert torch.allclose(twin(x), x, atol=1e-6)
