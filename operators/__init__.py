@@ -12,13 +12,40 @@ from .inpaint import InpaintBox, InpaintRandom
 from .kernels import gaussian_kernel, motion_kernel, uniform_kernel
 from .noise import GaussianNoise, NoiseModel, PoissonNoise, make_noise
 from .registry import (
-    describe_capable, from_config, get_operator, list_operators, operator_class, operator_params, register_operator,
+    describe_capable,
+    from_config,
+    get_operator,
+    list_operators,
+    operator_class,
+    operator_params,
+    register_operator,
 )
 from .super_resolution import SuperResolution
 
 __all__ = [
-    "Operator", "LinearOperator", "SVDOperator", "Blur", "GaussianBlur", "MotionBlur", "UniformBlur", "Denoise",
-    "InpaintBox", "InpaintRandom", "SuperResolution", "NoiseModel", "GaussianNoise", "PoissonNoise", "make_noise",
-    "get_operator", "describe_capable", "operator_class", "list_operators", "operator_params", "register_operator", "from_config",
-    "gaussian_kernel", "motion_kernel", "uniform_kernel",
+    "Blur",
+    "Denoise",
+    "GaussianBlur",
+    "GaussianNoise",
+    "InpaintBox",
+    "InpaintRandom",
+    "LinearOperator",
+    "MotionBlur",
+    "NoiseModel",
+    "Operator",
+    "PoissonNoise",
+    "SVDOperator",
+    "SuperResolution",
+    "UniformBlur",
+    "describe_capable",
+    "from_config",
+    "gaussian_kernel",
+    "get_operator",
+    "list_operators",
+    "make_noise",
+    "motion_kernel",
+    "operator_class",
+    "operator_params",
+    "register_operator",
+    "uniform_kernel",
 ]

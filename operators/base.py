@@ -166,16 +166,16 @@ class SVDOperator(LinearOperator):
     def has_svd(self) -> bool:
         return True
 
-    def V_t(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802 (paper notation)
+    def V_t(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def V(self, c: torch.Tensor) -> torch.Tensor:  # noqa: N802
+    def V(self, c: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def U_t(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
+    def U_t(self, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def U(self, c: torch.Tensor) -> torch.Tensor:  # noqa: N802
+    def U(self, c: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def singular_values(self, image_shape: tuple[int, ...]) -> torch.Tensor:

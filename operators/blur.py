@@ -117,16 +117,16 @@ class Blur(SVDOperator):
     def singular_values(self, image_shape):
         return self.transfer_function(image_shape).abs()
 
-    def V_t(self, x):  # noqa: N802
+    def V_t(self, x):
         return torch.fft.fft2(x, norm="ortho")
 
-    def V(self, c):  # noqa: N802
+    def V(self, c):
         return torch.fft.ifft2(c, norm="ortho").real
 
-    def U_t(self, y):  # noqa: N802
+    def U_t(self, y):
         return self._phase(tuple(y.shape[1:]), y.dtype).conj() * torch.fft.fft2(y, norm="ortho")
 
-    def U(self, c):  # noqa: N802
+    def U(self, c):
         return torch.fft.ifft2(self._phase(tuple(c.shape[1:]), c.real.dtype) * c, norm="ortho").real
 
     def forward(self, x):

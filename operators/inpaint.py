@@ -42,16 +42,16 @@ class Masked(SVDOperator):
     def singular_values(self, image_shape):
         return self.mask
 
-    def V_t(self, x):  # noqa: N802
+    def V_t(self, x):
         return x
 
-    def V(self, c):  # noqa: N802
+    def V(self, c):
         return c
 
-    def U_t(self, y):  # noqa: N802
+    def U_t(self, y):
         return y
 
-    def U(self, c):  # noqa: N802
+    def U(self, c):
         return c
 
 

@@ -72,18 +72,18 @@ class SuperResolution(SVDOperator):
         s[0] = 1.0 / self.factor
         return s
 
-    def V_t(self, x):  # noqa: N802
+    def V_t(self, x):
         blocks = rearrange(x, "b c (h i) (w j) -> b c h w (i j)", i=self.factor, j=self.factor)
         return blocks @ self.basis.to(x.dtype)
 
-    def V(self, c):  # noqa: N802
+    def V(self, c):
         blocks = c @ self.basis.to(c.dtype).T
         return rearrange(blocks, "b c h w (i j) -> b c (h i) (w j)", i=self.factor, j=self.factor)
 
-    def U_t(self, y):  # noqa: N802
+    def U_t(self, y):
         return F.pad(y[..., None], (0, self.factor**2 - 1))
 
-    def U(self, c):  # noqa: N802
+    def U(self, c):
         return c[..., 0]
 
     def adjoint(self, y):

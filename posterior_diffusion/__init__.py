@@ -7,12 +7,19 @@
 
 __version__ = "0.1.0"
 
-from posterior_diffusion.api import PosteriorResult, sample_posterior  # noqa: E402
-from posterior_diffusion.operators import get_operator, list_operators  # noqa: E402
-from posterior_diffusion.priors import GaussianMixturePrior, load_prior  # noqa: E402
-from posterior_diffusion.samplers import get_sampler, list_samplers  # noqa: E402
+from posterior_diffusion.api import PosteriorResult, sample_posterior
+from posterior_diffusion.operators import get_operator, list_operators
+from posterior_diffusion.priors import GaussianMixturePrior, load_prior
+from posterior_diffusion.samplers import get_sampler, list_samplers
 
 __all__ = [
-    "sample_posterior", "PosteriorResult", "get_operator", "list_operators", "load_prior", "GaussianMixturePrior",
-    "get_sampler", "list_samplers", "__version__",
+    "GaussianMixturePrior",
+    "PosteriorResult",
+    "__version__",
+    "get_operator",
+    "get_sampler",
+    "list_operators",
+    "list_samplers",
+    "load_prior",
+    "sample_posterior",
 ]

@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import pickle
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +52,7 @@ def _read_measurement(path: Path, channels: int | None) -> torch.Tensor:
     if path.suffix == ".pt":
         try:
             value = torch.load(path, weights_only=True, map_location="cpu")
-        except Exception as err:
+        except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
             raise ValueError(f"cannot read '{path}' as a tensor file: {err}") from None
         if isinstance(value, dict):
             value = value.get("y")
@@ -60,7 +62,7 @@ def _read_measurement(path: Path, channels: int | None) -> torch.Tensor:
     if path.suffix == ".npz":
         try:
             arrays = np.load(path, allow_pickle=False)
-        except Exception as err:
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
             raise ValueError(f"cannot read '{path}' as an .npz file: {err}") from None
         names = list(arrays.keys())
         if "y" not in names and len(names) != 1:

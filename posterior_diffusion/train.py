@@ -15,6 +15,7 @@ Exact resume: the crops, flips, timesteps and noise of step k come from generato
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -196,7 +197,9 @@ def train(cfg: TrainConfig, max_steps_this_run: int | None = None, progress: boo
     accelerator.wait_for_everyone()
 
     data = CropDataset(cfg.data, cfg.channels, cfg.crop_size)
-    model = build_unet(cfg)
+    with torch.random.fork_rng():  # the initial weights depend on the seed only
+        torch.manual_seed(cfg.seed)
+        model = build_unet(cfg)
     scheduler = build_scheduler(cfg)
     ema = EMAModel(model.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, power=cfg.ema_power,
                    model_cls=type(model), model_config=model.config)
@@ -209,40 +212,44 @@ def train(cfg: TrainConfig, max_steps_this_run: int | None = None, progress: boo
     end = cfg.steps if max_steps_this_run is None else min(cfg.steps, start + max_steps_this_run)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not (progress and accelerator.is_main_process),
                desc="train")
-    log = open(out / "train_log.jsonl", "a") if accelerator.is_main_process else None
     tic = time.time()
-    for step in bar:
-        g = _step_generator(cfg.seed, step, accelerator.process_index)
-        x0 = data.batch(g, cfg.batch_size).to(accelerator.device)
-        t = torch.randint(cfg.num_train_timesteps, (cfg.batch_size,), generator=g).to(accelerator.device)
-        noise = torch.randn(x0.shape, generator=g).to(accelerator.device)
-        ab = alphas_cumprod[t].view(-1, 1, 1, 1)
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        with accelerator.autocast():
-            eps_hat = model(x_t, t).sample
-        loss = F.mse_loss(eps_hat.float(), noise)
-        accelerator.backward(loss)
-        for group in optimizer.param_groups:  # linear warm-up, then constant
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(accelerator.unwrap_model(model).parameters())
-        loss_value = accelerator.gather(loss.detach()[None]).mean().item()
-        losses.append(loss_value)
-        bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
-        if log is not None:
-            log.write(json.dumps({"step": step + 1, "loss": loss_value, "seconds": round(time.time() - tic, 3)}) + "\n")
-            log.flush()
-        done = step + 1
-        if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == end):
-            _save_checkpoint(out, accelerator.unwrap_model(model), ema, optimizer, done, losses)
-            _export(out, accelerator.unwrap_model(model), ema, scheduler)
-        accelerator.wait_for_everyone()
-    if log is not None:
-        log.close()
+    with open(out / "train_log.jsonl", "a") if accelerator.is_main_process else contextlib.nullcontext() as log:
+        for step in bar:
+            loss_value = _train_step(cfg, step, data, model, optimizer, ema, alphas_cumprod, accelerator)
+            losses.append(loss_value)
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+            done = step + 1
+            if log is not None:
+                log.write(json.dumps({"step": done, "loss": loss_value, "seconds": round(time.time() - tic, 3)}) + "\n")
+                log.flush()
+            if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == end):
+                _save_checkpoint(out, accelerator.unwrap_model(model), ema, optimizer, done, losses)
+                _export(out, accelerator.unwrap_model(model), ema, scheduler)
+            accelerator.wait_for_everyone()
     if accelerator.is_main_process and end == cfg.steps:
         _final_figures(out, losses, accelerator.device)
     return out
+
+
+def _train_step(cfg: TrainConfig, step: int, data: CropDataset, model, optimizer, ema, alphas_cumprod,
+                accelerator) -> float:
+    """One optimisation step of the epsilon loss (DDPM Algorithm 1); returns the loss averaged over processes."""
+    g = _step_generator(cfg.seed, step, accelerator.process_index)
+    x0 = data.batch(g, cfg.batch_size).to(accelerator.device)
+    t = torch.randint(cfg.num_train_timesteps, (cfg.batch_size,), generator=g).to(accelerator.device)
+    noise = torch.randn(x0.shape, generator=g).to(accelerator.device)
+    alpha_bar = alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+    with accelerator.autocast():
+        eps_hat = model(x_t, t).sample
+    loss = F.mse_loss(eps_hat.float(), noise)
+    accelerator.backward(loss)
+    for group in optimizer.param_groups:  # linear warm-up, then constant
+        group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    ema.step(accelerator.unwrap_model(model).parameters())
+    return accelerator.gather(loss.detach()[None]).mean().item()
 
 
 def _export(out: Path, model, ema, scheduler) -> None:
@@ -270,9 +277,9 @@ def _final_figures(out: Path, losses: list[float], device) -> None:
     fig.savefig(out / "loss.png", dpi=100)
     plt.close(fig)
 
+    from posterior_diffusion.figures import save_grid
     from posterior_diffusion.priors import load_prior
     from posterior_diffusion.samplers.unconditional import sample_unconditional
-    from posterior_diffusion.figures import save_grid
 
     prior = load_prior(str(out), device=device)
     cfg = json.loads((out / "train_config.json").read_text())
@@ -287,4 +294,4 @@ def default_threads() -> None:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
-__all__ = ["TrainConfig", "train", "build_unet", "build_scheduler", "save_prior", "CropDataset"]
+__all__ = ["CropDataset", "TrainConfig", "build_scheduler", "build_unet", "save_prior", "train"]

@@ -10,6 +10,14 @@ from .dps import DPS, DPSConfig
 from .unconditional import sample_unconditional
 
 __all__ = [
-    "Sampler", "SamplerOutput", "NonFiniteError", "get_sampler", "list_samplers", "register_sampler", "sampler_class",
-    "DPS", "DPSConfig", "sample_unconditional",
+    "DPS",
+    "DPSConfig",
+    "NonFiniteError",
+    "Sampler",
+    "SamplerOutput",
+    "get_sampler",
+    "list_samplers",
+    "register_sampler",
+    "sample_unconditional",
+    "sampler_class",
 ]

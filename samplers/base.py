@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-
 from posterior_diffusion.operators.base import Operator
+
 from posterior_diffusion.priors.base import DiffusionPrior
 from posterior_diffusion.tensor_utils import chunk_slices, make_generators, seed_for
 

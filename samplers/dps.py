@@ -16,6 +16,7 @@ The norm is per sample, so a result does not depend on the other samples in its 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -50,7 +51,7 @@ class DPS(Sampler):
     """DPS for any differentiable operator and pixel prior; one network VJP per step."""
 
     Config = DPSConfig
-    PRESETS = {  # the `scale` of each FFHQ task config in the reference repository (configs/*_config.yaml)
+    PRESETS: ClassVar[dict[str, dict]] = {  # the `scale` of each FFHQ task config in the reference repository (configs/*_config.yaml)
         "super_resolution": {"step_size": 0.3},
         "inpainting": {"step_size": 0.5},
         "gaussian_deblur": {"step_size": 0.3},

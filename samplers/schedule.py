@@ -58,7 +58,7 @@ def ddpm_coefficients(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> 
     beta = 1 - ab / ab_prev
     var_small = beta * (1 - ab_prev) / (1 - ab)
     neighbour = var_small[-2:-1] if len(ab) > 1 else beta[-1:]
-    f = lambda v: v.float()  # noqa: E731
+    f = lambda v: v.float()
     return DDPMCoefficients(
         timesteps=timesteps.to(alphas_cumprod.device),
         alpha_bar=f(ab),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-
 from posterior_diffusion.operators import get_operator
+
 from posterior_diffusion.priors import GaussianMixturePrior
 
 from .conftest import make_gmm

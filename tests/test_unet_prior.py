@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from posterior_diffusion.operators import get_operator
 
 from posterior_diffusion import sample_posterior
-from posterior_diffusion.operators import get_operator
 from posterior_diffusion.priors import UNetPrior, linear_alphas_cumprod, load_prior
 
 
@@ -115,7 +115,7 @@ def test_cached_hub_model_loads_offline(monkeypatch, tmp_path, tiny_unet_folder)
     (cache / "models--org--tiny" / "refs" / "main").write_text("0" * 40)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    import huggingface_hub.constants as constants
+    from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

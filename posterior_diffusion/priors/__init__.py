@@ -6,6 +6,15 @@ from .loading import builtin_priors, default_prior_name, load_prior, resolve_dty
 from .unet import UNetPrior
 
 __all__ = [
-    "DiffusionPrior", "Prediction", "PREDICTION_TYPES", "linear_alphas_cumprod", "GaussianMixturePrior",
-    "GaussianMixturePosterior", "UNetPrior", "load_prior", "builtin_priors", "default_prior_name", "resolve_dtype",
+    "PREDICTION_TYPES",
+    "DiffusionPrior",
+    "GaussianMixturePosterior",
+    "GaussianMixturePrior",
+    "Prediction",
+    "UNetPrior",
+    "builtin_priors",
+    "default_prior_name",
+    "linear_alphas_cumprod",
+    "load_prior",
+    "resolve_dtype",
 ]

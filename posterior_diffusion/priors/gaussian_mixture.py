@@ -161,12 +161,12 @@ class GaussianMixturePrior(DiffusionPrior):
         op.check_image_shape(self.image_shape)
         meas_shape = op.measurement_shape(self.image_shape)
         y = y.reshape(-1, math.prod(meas_shape)).to(self.means.device, torch.float64)
-        A = op.matrix(self.image_shape).to(self.means.device)  # (m, d)  # noqa: N806
+        A = op.matrix(self.image_shape).to(self.means.device)  # (m, d)
         sigma2 = op.noise.sigma**2
         eye = torch.eye(A.shape[0], dtype=torch.float64, device=A.device)
-        S = A @ self.covariances @ A.T + sigma2 * eye  # (K, m, m)  # noqa: N806
-        L = torch.linalg.cholesky(S)  # noqa: N806
-        G = torch.linalg.solve(S, A @ self.covariances).transpose(1, 2)  # (K, d, m) = Sigma A^T S^-1  # noqa: N806
+        S = A @ self.covariances @ A.T + sigma2 * eye  # (K, m, m)
+        L = torch.linalg.cholesky(S)
+        G = torch.linalg.solve(S, A @ self.covariances).transpose(1, 2)  # (K, d, m) = Sigma A^T S^-1
         resid = y[:, None, :] - (self.means @ A.T)[None]  # (B, K, m)
         means = self.means[None] + torch.einsum("kdm,bkm->bkd", G, resid)
         covs = self.covariances - G @ A @ self.covariances

@@ -142,7 +142,7 @@ def _load_hub(repo_id: str) -> DiffusionPrior:
 
     try:
         path = snapshot_download(repo_id, local_files_only=True)
-    except Exception:  # not cached: try the network unless the user is offline
+    except (OSError, ValueError):  # not cached: try the network unless the user is offline
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
             raise ValueError(
                 f"prior '{repo_id}' is not a folder, a built-in prior, or a hub model in the local cache "
@@ -150,7 +150,7 @@ def _load_hub(repo_id: str) -> DiffusionPrior:
             ) from None
         try:
             path = snapshot_download(repo_id)
-        except Exception as err:
+        except (OSError, ValueError) as err:
             raise ValueError(
                 f"prior '{repo_id}' is not a folder, a built-in prior, or a hub model that could be downloaded "
                 f"({type(err).__name__}); check the name, or download it where there is network"
