@@ -67,17 +67,19 @@ def test_unknown_names_are_refused(gmm):
         sample_posterior(torch.zeros(1, 8, 8), "deblur", prior=gmm, progress=False)
 
 
-def test_cli_restore_simulate_end_to_end(tmp_path, image_file, tiny_unet_folder, capsys):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cli_restore_simulate_end_to_end(tmp_path, image_file, tiny_unet_folder, capsys, dtype):
     out = tmp_path / "run"
     code = main(["restore", str(image_file), "--simulate", "--operator", "gaussian_blur", "--op-param", "kernel_size=5",
                  "--op-param", "sigma=1.0", "--prior", str(tiny_unet_folder), "--steps", "5", "--num-samples", "2",
-                 "--out", str(out), "--quiet", "--seed", "3"])
+                 "--out", str(out), "--quiet", "--seed", "3", "--dtype", dtype])
     assert code == 0
     for name in ("mean.png", "std.png", "figure.png", "measurement.png", "run.json", "results.safetensors",
                  "samples/sample_000.png", "samples/sample_001.png"):
         assert (out / name).exists(), name
     run = json.loads((out / "run.json").read_text())
     assert run["nfe"] == 5 and run["seed"] == 3 and run["operator"]["params"]["kernel_size"] == 5
+    assert run["dtype"] == dtype
     assert np.isfinite(run["psnr_mean"]) and len(run["psnr_samples"]) == 2
     assert "PSNR of the mean" in capsys.readouterr().out
     # never overwrites silently
