@@ -116,27 +116,45 @@ class LinearOperator(Operator):
         """A^T A x."""
         return self.adjoint(self.forward(x))
 
-    def pinv(self, y: torch.Tensor, max_iter: int = 500, tol: float = 1e-7) -> torch.Tensor:
-        """Minimum-norm least-squares solution A^+ y by conjugate gradients on A^T A x = A^T y (CGLS from x=0).
+    def norm_squared(self, image_shape: tuple[int, ...], iters: int = 50) -> float:
+        """||A||_2^2, the largest eigenvalue of A^T A, by power iteration on images of `image_shape` (float64)."""
+        buffer = next(iter(self.buffers()), None)
+        device = buffer.device if buffer is not None else "cpu"
+        g = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn((1, *image_shape), generator=g, device=device, dtype=torch.float64)
+        value = 0.0
+        with torch.no_grad():
+            for _ in range(iters):
+                x = x / x.norm()
+                ax = self.normal(x)
+                value = float((ax * x).sum())
+                x = ax
+        return value
 
-        Iterates stay in range(A^T), so the limit is the minimum-norm solution. Per-sample step sizes.
+    def pinv(self, y: torch.Tensor, rcond: float = 1e-6, max_iter: int = 500, tol: float = 1e-7) -> torch.Tensor:
+        """A^+ y by conjugate gradients on the damped normal equations (A^T A + d I) x = A^T y from x = 0 (CGLS).
+
+        d = (rcond ||A||)^2: rcond -> 0 gives the minimum-norm least-squares solution (iterates stay in
+        range(A^T)); a larger rcond regularises like discarding singular values below rcond * ||A||.
+        Per-sample step sizes, so each measurement's result is independent of the batch.
         """
         b = self.adjoint(y)
+        damping = rcond**2 * self.norm_squared(tuple(b.shape[1:])) if rcond > 1e-4 else 0.0
         x = torch.zeros_like(b)
         r = b.clone()
         p = r.clone()
         rr = batch_dot(r, r)
-        stop = tol**2 * rr.clamp(min=torch.finfo(rr.dtype).tiny)
+        tiny = torch.finfo(rr.dtype).tiny
+        stop = tol**2 * rr.clamp(min=tiny)
         for _ in range(max_iter):
             if bool((rr <= stop).all()):
                 break
-            q = self.normal(p)
-            alpha = rr / batch_dot(p, q).clamp(min=torch.finfo(rr.dtype).tiny)
-            alpha = torch.where(rr <= stop, torch.zeros_like(alpha), alpha)
+            q = self.normal(p) + damping * p
+            alpha = torch.where(rr <= stop, torch.zeros_like(rr), rr / batch_dot(p, q).clamp(min=tiny))
             x = x + append_dims(alpha, x.ndim) * p
             r = r - append_dims(alpha, x.ndim) * q
             rr_new = batch_dot(r, r)
-            p = r + append_dims(rr_new / rr.clamp(min=torch.finfo(rr.dtype).tiny), x.ndim) * p
+            p = r + append_dims(rr_new / rr.clamp(min=tiny), x.ndim) * p
             rr = rr_new
         return x
 
@@ -189,8 +207,8 @@ class SVDOperator(LinearOperator):
         image_shape = self.image_shape(tuple(y.shape[1:]))
         return self.V(self.singular_values(image_shape).to(y.real.dtype) * self.U_t(y))
 
-    def pinv(self, y, max_iter: int = 0, tol: float = 0.0):
-        """Exact A^+ y = V diag(1/s on s > 0) U^T y (the CG arguments are ignored)."""
+    def pinv(self, y, rcond: float = 1e-6, max_iter: int = 0, tol: float = 0.0):
+        """Exact A^+ y = V diag(1/s) U^T y, discarding singular values below rcond * max(s) (CG arguments unused)."""
         s = self.singular_values(self.image_shape(tuple(y.shape[1:]))).to(y.real.dtype)
-        s_inv = torch.where(s > 1e-6 * s.max(), 1.0 / s.clamp(min=1e-30), torch.zeros_like(s))
+        s_inv = torch.where(s > rcond * s.max(), 1.0 / s.clamp(min=1e-30), torch.zeros_like(s))
         return self.V(s_inv * self.U_t(y))

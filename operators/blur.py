@@ -139,10 +139,10 @@ class Blur(SVDOperator):
             return super(SVDOperator, self).adjoint(y)  # autograd VJP of the padded convolution
         return torch.fft.ifft2(self.transfer_function(tuple(y.shape[1:]), y.dtype).conj() * torch.fft.fft2(y)).real
 
-    def pinv(self, y, max_iter: int = 500, tol: float = 1e-7):
+    def pinv(self, y, rcond: float = 1e-6, max_iter: int = 500, tol: float = 1e-7):
         if self.boundary == "reflect":
-            return super(SVDOperator, self).pinv(y, max_iter=max_iter, tol=tol)
-        return super().pinv(y)
+            return super(SVDOperator, self).pinv(y, rcond=rcond, max_iter=max_iter, tol=tol)
+        return super().pinv(y, rcond=rcond)
 
 
 @register_operator("gaussian_blur")

@@ -91,7 +91,7 @@ class SuperResolution(SVDOperator):
             return super(SVDOperator, self).adjoint(y)
         return super().adjoint(y)
 
-    def pinv(self, y, max_iter: int = 500, tol: float = 1e-7):
+    def pinv(self, y, rcond: float = 1e-6, max_iter: int = 500, tol: float = 1e-7):
         if self.method == "bicubic":
-            return super(SVDOperator, self).pinv(y, max_iter=max_iter, tol=tol)
-        return super().pinv(y)
+            return super(SVDOperator, self).pinv(y, rcond=rcond, max_iter=max_iter, tol=tol)
+        return super().pinv(y, rcond=rcond)
