@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-
 from posterior_diffusion.operators.noise import GaussianNoise
+
 from posterior_diffusion.tensor_utils import randn_stacked
 
 from .base import NonFiniteGuard, Sampler, register_sampler
@@ -71,7 +71,7 @@ class SpectralPosterior:
         self.y_bar = torch.where(self.observed, self.u_t_y / self.s_safe, torch.zeros_like(self.u_t_y))
         self.sigma_y = sigma_y
 
-    def init(self, z: torch.Tensor, sigma_T: float) -> torch.Tensor:  # noqa: N803
+    def init(self, z: torch.Tensor, sigma_T: float) -> torch.Tensor:
         """x_bar_T ~ q(x_T | y) in the spectral domain (DDRM Eq. 7)."""
         large = self.s * sigma_T > self.sigma_y
         resid = (sigma_T**2 - (self.sigma_y / self.s_safe) ** 2).clamp(min=0).sqrt()
@@ -112,7 +112,8 @@ class DDRM(Sampler):
     def check(self, prior, op):
         super().check(prior, op)
         if not isinstance(op.noise, GaussianNoise):
-            raise ValueError(f"{self.name} needs Gaussian measurement noise (noise='gaussian'), got '{op.noise.name}'")
+            raise ValueError(f"{self.name} needs Gaussian measurement noise (noise='gaussian'), "
+                             f"got '{op.noise.name}'")
 
     @torch.inference_mode()
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
