@@ -1,7 +1,7 @@
 """Measurement operators (installed as posterior_diffusion.operators).
 
-    op = get_operator("gaussian_blur", kernel_size=61, sigma=3.0, noise_sigma=0.05)
-    y = op.measure(x, generator=g)   # A(x) + noise;  op(x) is A(x), noiseless and differentiable
+op = get_operator("gaussian_blur", kernel_size=61, sigma=3.0, noise_sigma=0.05)
+y = op.measure(x, generator=g)   # A(x) + noise;  op(x) is A(x), noiseless and differentiable
 """
 
 from . import blur, denoise, inpaint, super_resolution  # noqa: F401  (registers the operators)

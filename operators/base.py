@@ -72,8 +72,10 @@ class Operator(nn.Module):
         """Refuse measurements on the wrong scale: image-like y must be about [-1, 1] (noise allowed)."""
         peak = float(y.abs().max()) if y.numel() else 0.0
         if peak > 10:
-            raise ValueError(f"y has values up to {peak:.4g}; image measurements must be scaled to [-1, 1] "
-                             "(an 8-bit image v maps to v / 127.5 - 1)")
+            raise ValueError(
+                f"y has values up to {peak:.4g}; image measurements must be scaled to [-1, 1] "
+                "(an 8-bit image v maps to v / 127.5 - 1)"
+            )
 
     def restrict(self, y: torch.Tensor) -> torch.Tensor:
         """y with the entries the operator does not observe set to 0 (identity except for masks)."""

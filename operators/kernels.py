@@ -31,7 +31,9 @@ def uniform_kernel(kernel_size: int = 9) -> torch.Tensor:
     return torch.full((kernel_size, kernel_size), 1.0 / kernel_size**2)
 
 
-def motion_kernel(kernel_size: int = 61, intensity: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
+def motion_kernel(
+    kernel_size: int = 61, intensity: float = 0.5, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A random camera-shake kernel from a smooth random trajectory.
 
     Follows the idea of the `motionblur` package that DPS draws its kernels from (size 61, intensity 0.5)

@@ -58,8 +58,9 @@ class GaussianNoise(NoiseModel):
             return y_clean.clone()
         noise = torch.randn(y_clean.shape, generator=generator, device=y_clean.device, dtype=y_clean.real.dtype)
         if y_clean.is_complex():  # circular complex noise with std sigma per real and imaginary part
-            noise = torch.complex(noise, torch.randn(y_clean.shape, generator=generator, device=y_clean.device,
-                                                     dtype=y_clean.real.dtype))
+            noise = torch.complex(
+                noise, torch.randn(y_clean.shape, generator=generator, device=y_clean.device, dtype=y_clean.real.dtype)
+            )
         return y_clean + self.sigma * noise
 
     def residual_norm(self, y, y_hat):

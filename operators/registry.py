@@ -69,8 +69,11 @@ def from_config(config: dict) -> Operator:
 def describe_capable(needs: str) -> str:
     """Registered operators that satisfy `needs` ("differentiable", "linear" or "svd"), with the setting needed."""
     if needs == "svd":
-        found = [n if c.svd_condition == "always" else f"{n} ({c.svd_condition})"
-                 for n, c in sorted(_OPERATORS.items()) if c.svd_condition]
+        found = [
+            n if c.svd_condition == "always" else f"{n} ({c.svd_condition})"
+            for n, c in sorted(_OPERATORS.items())
+            if c.svd_condition
+        ]
     else:
         found = [n for n, c in sorted(_OPERATORS.items()) if needs == "differentiable" or c.is_linear]
     return ", ".join(found)

@@ -1,8 +1,8 @@
 """posterior_diffusion: sample p(x | y) for imaging inverse problems with pretrained diffusion priors.
 
-    from posterior_diffusion import sample_posterior, get_operator
-    op = get_operator("gaussian_blur", kernel_size=31, sigma=1.5, noise_sigma=0.05)
-    res = sample_posterior(op.measure(x), op, num_samples=4)   # res.samples, res.mean, res.std
+from posterior_diffusion import sample_posterior, get_operator
+op = get_operator("gaussian_blur", kernel_size=31, sigma=1.5, noise_sigma=0.05)
+res = sample_posterior(op.measure(x), op, num_samples=4)   # res.samples, res.mean, res.std
 """
 
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """`sample_posterior`: the one-call Python entry point.
 
-    res = sample_posterior(y, op, prior=None, sampler="dps", num_samples=4, seed=0)
-    res.samples (B, S, C, H, W); res.mean, res.std (B, C, H, W); res.nfe; res.seconds; res.config
+res = sample_posterior(y, op, prior=None, sampler="dps", num_samples=4, seed=0)
+res.samples (B, S, C, H, W); res.mean, res.std (B, C, H, W); res.nfe; res.seconds; res.config
 """
 
 from __future__ import annotations
@@ -91,15 +91,26 @@ def sample_posterior(
     shape = tuple(image_shape) if image_shape is not None else tuple(op.image_shape(tuple(y.shape[1:])))
     validate_measurement(y, op, shape)
 
-    prior_spec = prior if isinstance(prior, str) else ("builtin:" + default_prior_name(shape[0]) if prior is None else None)
+    prior_spec = (
+        prior if isinstance(prior, str) else ("builtin:" + default_prior_name(shape[0]) if prior is None else None)
+    )
     prior = load_prior(prior_spec if prior_spec is not None else prior, device=device, dtype=dtype)
     prior.check_image_shape(shape)
     op = op.to(device)
     y = op.restrict(y.to(device))
 
     start = time.perf_counter()
-    out = sampler(prior, op, y, num_samples=num_samples, seed=seed, batch_size=batch_size, image_shape=shape,
-                  callback=callback, progress=progress)
+    out = sampler(
+        prior,
+        op,
+        y,
+        num_samples=num_samples,
+        seed=seed,
+        batch_size=batch_size,
+        image_shape=shape,
+        callback=callback,
+        progress=progress,
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -131,5 +142,9 @@ def _versions() -> dict[str, str]:
 
     from posterior_diffusion import __version__
 
-    return {"posterior_diffusion": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "python": platform.python_version()}
+    return {
+        "posterior_diffusion": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,7 +1,7 @@
 """The `posterior-diffusion` command line.
 
     posterior-diffusion list
-    posterior-diffusion degrade photo.png --operator gaussian_blur --op-param kernel_size=31 --op-param sigma=1.5 --out y.png
+    posterior-diffusion degrade photo.png --operator gaussian_blur --op-param sigma=1.5 --out y.png
     posterior-diffusion restore photo.png --simulate --operator super_resolution --op-param factor=4 \
         --sampler dps --num-samples 4 --out results/
     posterior-diffusion train --data my_images/ --out my_prior/ --steps 10000
@@ -158,8 +158,18 @@ def cmd_restore(args) -> None:
     if args.steps is not None:
         options["steps"] = args.steps
     res = sample_posterior(
-        y, op, prior=args.prior, sampler=args.sampler, num_samples=args.num_samples, batch_size=args.batch_size,
-        seed=args.seed, device=args.device, dtype=args.dtype, progress=not args.quiet, preset=args.preset, **options,
+        y,
+        op,
+        prior=args.prior,
+        sampler=args.sampler,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        progress=not args.quiet,
+        preset=args.preset,
+        **options,
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
@@ -174,13 +184,21 @@ def cmd_restore(args) -> None:
     tensors.update({k: v.contiguous() for k, v in res.extras.items() if isinstance(v, torch.Tensor)})
     if truth is not None:
         tensors["truth"] = truth
-    save_file({k: v.float().contiguous() for k, v in tensors.items() if not v.is_complex()}, out / "results.safetensors")
+    save_file(
+        {k: v.float().contiguous() for k, v in tensors.items() if not v.is_complex()}, out / "results.safetensors"
+    )
     if y.ndim == 3 and y.shape[0] in (1, 3):
         save_image(y, out / "measurement.png")
-    restoration_figure(out / "figure.png", y if y.ndim == 3 and y.shape[0] in (1, 3) else None,
-                       res.mean, res.std, res.samples, truth)
-    run = {**res.config, "input": str(args.input), "simulate": args.simulate, "nfe": res.nfe,
-           "seconds": round(res.seconds, 3)}
+    restoration_figure(
+        out / "figure.png", y if y.ndim == 3 and y.shape[0] in (1, 3) else None, res.mean, res.std, res.samples, truth
+    )
+    run = {
+        **res.config,
+        "input": str(args.input),
+        "simulate": args.simulate,
+        "nfe": res.nfe,
+        "seconds": round(res.seconds, 3),
+    }
     if truth is not None:
         run["psnr_mean"] = round(float(psnr(res.mean[None], truth[None])[0]), 3)
         run["psnr_samples"] = [round(float(v), 3) for v in psnr(res.samples, truth[None].expand_as(res.samples))]
@@ -210,7 +228,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, tuple):
-            p.add_argument(flag, type=type(f.default[0]), nargs="+", default=list(f.default), help=f"default {f.default}")
+            p.add_argument(
+                flag, type=type(f.default[0]), nargs="+", default=list(f.default), help=f"default {f.default}"
+            )
         else:
             p.add_argument(flag, type=type(f.default), default=f.default, help=f"default {f.default}")
 

@@ -34,8 +34,15 @@ def _show(ax, image: torch.Tensor, title: str, cmap: str = "gray", vmin=-1.0, vm
     ax.axis("off")
 
 
-def restoration_figure(path: str | Path, measurement: torch.Tensor | None, mean: torch.Tensor, std: torch.Tensor,
-                       samples: torch.Tensor, truth: torch.Tensor | None = None, max_samples: int = 3) -> None:
+def restoration_figure(
+    path: str | Path,
+    measurement: torch.Tensor | None,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    samples: torch.Tensor,
+    truth: torch.Tensor | None = None,
+    max_samples: int = 3,
+) -> None:
     """Side-by-side figure: [truth] | measurement | posterior mean | per-pixel std | a few samples.
 
     All images (C, H, W) in [-1, 1]; `measurement` may have another size (shown as is) or be None when it
@@ -56,7 +63,7 @@ def restoration_figure(path: str | Path, measurement: torch.Tensor | None, mean:
     panels.append(("posterior std", std_map, {"cmap": "magma", "vmin": 0.0, "vmax": max(float(std_map.max()), 1e-6)}))
     panels += [(f"sample {i + 1}", s, {}) for i, s in enumerate(samples[:max_samples])]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.8))
-    for ax, (title, image, kwargs) in zip(axes, panels):
+    for ax, (title, image, kwargs) in zip(axes, panels, strict=False):
         _show(ax, image, title, **kwargs)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

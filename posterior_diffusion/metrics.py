@@ -13,8 +13,9 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse.clamp(min=1e-12))
 
 
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, num_projections: int = 256,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+def sliced_wasserstein(
+    a: torch.Tensor, b: torch.Tensor, num_projections: int = 256, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Sliced 2-Wasserstein distance between two equal-size point clouds a, b (N, ...) (flattened per point).
 
     Mean over random unit directions of the 1-D W2 between the projections (sorted matching), then sqrt.

@@ -45,7 +45,9 @@ def make_generators(seeds: Sequence[int], device: torch.device | str = "cpu") ->
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
-def randn_stacked(generators: Sequence[torch.Generator], shape: Sequence[int], device, dtype=torch.float32) -> torch.Tensor:
+def randn_stacked(
+    generators: Sequence[torch.Generator], shape: Sequence[int], device, dtype=torch.float32
+) -> torch.Tensor:
     """Standard normal noise (len(generators), *shape): row i is drawn from generators[i] only."""
     return torch.stack([torch.randn(tuple(shape), generator=g, device=device, dtype=dtype) for g in generators])
 

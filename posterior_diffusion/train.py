@@ -120,7 +120,7 @@ class CropDataset:
         idx = torch.randint(len(self.images), (n,), generator=generator).tolist()
         u = torch.rand(n, 4, generator=generator)
         crops = []
-        for i, (a, b, flip_h, flip_v) in zip(idx, u.tolist()):
+        for i, (a, b, flip_h, flip_v) in zip(idx, u.tolist(), strict=False):
             im = self.images[i]
             top = int(a * (im.shape[1] - s + 1))
             left = int(b * (im.shape[2] - s + 1))
@@ -174,7 +174,11 @@ def save_prior(folder: str | Path, unet, scheduler) -> None:
     folder = Path(folder)
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     scheduler.save_pretrained(folder / "scheduler")
-    index = {"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"]}
+    index = {
+        "_class_name": "DDPMPipeline",
+        "unet": ["diffusers", "UNet2DModel"],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+    }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
@@ -201,8 +205,14 @@ def train(cfg: TrainConfig, max_steps_this_run: int | None = None, progress: boo
         torch.manual_seed(cfg.seed)
         model = build_unet(cfg)
     scheduler = build_scheduler(cfg)
-    ema = EMAModel(model.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, power=cfg.ema_power,
-                   model_cls=type(model), model_config=model.config)
+    ema = EMAModel(
+        model.parameters(),
+        decay=cfg.ema_max_decay,
+        use_ema_warmup=True,
+        power=cfg.ema_power,
+        model_cls=type(model),
+        model_config=model.config,
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     start, losses = _load_checkpoint(out, model, ema, optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -210,8 +220,13 @@ def train(cfg: TrainConfig, max_steps_this_run: int | None = None, progress: boo
     alphas_cumprod = scheduler.alphas_cumprod.to(accelerator.device)
 
     end = cfg.steps if max_steps_this_run is None else min(cfg.steps, start + max_steps_this_run)
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not (progress and accelerator.is_main_process),
-               desc="train")
+    bar = tqdm(
+        range(start, end),
+        initial=start,
+        total=cfg.steps,
+        disable=not (progress and accelerator.is_main_process),
+        desc="train",
+    )
     tic = time.time()
     with open(out / "train_log.jsonl", "a") if accelerator.is_main_process else contextlib.nullcontext() as log:
         for step in bar:
@@ -231,8 +246,9 @@ def train(cfg: TrainConfig, max_steps_this_run: int | None = None, progress: boo
     return out
 
 
-def _train_step(cfg: TrainConfig, step: int, data: CropDataset, model, optimizer, ema, alphas_cumprod,
-                accelerator) -> float:
+def _train_step(
+    cfg: TrainConfig, step: int, data: CropDataset, model, optimizer, ema, alphas_cumprod, accelerator
+) -> float:
     """One optimisation step of the epsilon loss (DDPM Algorithm 1); returns the loss averaged over processes."""
     g = _step_generator(cfg.seed, step, accelerator.process_index)
     x0 = data.batch(g, cfg.batch_size).to(accelerator.device)

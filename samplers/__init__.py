@@ -1,7 +1,7 @@
 """Posterior samplers (installed as posterior_diffusion.samplers).
 
-    sampler = get_sampler("dps", steps=1000, step_size=0.5)
-    out = sampler(prior, op, y, num_samples=4, seed=0)   # out.samples: (B, S, C, H, W)
+sampler = get_sampler("dps", steps=1000, step_size=0.5)
+out = sampler(prior, op, y, num_samples=4, seed=0)   # out.samples: (B, S, C, H, W)
 """
 
 from . import ddrm, dps, pnp_ula, red_diff  # noqa: F401  (registers the samplers)

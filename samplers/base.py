@@ -99,11 +99,15 @@ class Sampler:
 
     def __init__(self, preset: str | None = None, **options):
         if preset is not None and preset not in self.PRESETS:
-            raise ValueError(f"unknown preset {preset!r} for {self.name}; valid: {', '.join(sorted(self.PRESETS)) or 'none'}")
+            raise ValueError(
+                f"unknown preset {preset!r} for {self.name}; valid: {', '.join(sorted(self.PRESETS)) or 'none'}"
+            )
         fields = {f.name for f in dataclasses.fields(self.Config)}
         unknown = sorted(set(options) - fields)
         if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(unknown)} for sampler {self.name!r}; valid: {', '.join(sorted(fields))}")
+            raise ValueError(
+                f"unknown option(s) {', '.join(unknown)} for sampler {self.name!r}; valid: {', '.join(sorted(fields))}"
+            )
         self.preset = preset
         self.config = self.Config(**{**self.PRESETS.get(preset, {}), **options})
 
@@ -130,10 +134,19 @@ class Sampler:
                 f"Operators that work: {describe_capable(needs)}"
             )
 
-    def __call__(self, prior: DiffusionPrior, op: Operator, y: torch.Tensor, num_samples: int = 1, seed: int = 0,
-                 generator: torch.Generator | None = None, batch_size: int | None = None,
-                 image_shape: tuple[int, ...] | None = None, callback: Callable[[dict], None] | None = None,
-                 progress: bool = False) -> SamplerOutput:
+    def __call__(
+        self,
+        prior: DiffusionPrior,
+        op: Operator,
+        y: torch.Tensor,
+        num_samples: int = 1,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+        image_shape: tuple[int, ...] | None = None,
+        callback: Callable[[dict], None] | None = None,
+        progress: bool = False,
+    ) -> SamplerOutput:
         """Sample `num_samples` posterior draws per measurement.
 
         Args:
@@ -187,8 +200,10 @@ def validate_measurement(y: torch.Tensor, op: Operator, image_shape) -> None:
     op.check_image_shape(tuple(image_shape))
     meas_shape = tuple(op.measurement_shape(tuple(image_shape)))
     if tuple(y.shape[1:]) != meas_shape:
-        raise ValueError(f"y has shape {tuple(y.shape[1:])} per measurement but the operator gives {meas_shape} "
-                         f"for images of shape {tuple(image_shape)}")
+        raise ValueError(
+            f"y has shape {tuple(y.shape[1:])} per measurement but the operator gives {meas_shape} "
+            f"for images of shape {tuple(image_shape)}"
+        )
     if not torch.isfinite(y).all():
         raise ValueError("y contains NaN or Inf")
     op.check_measurement_values(y)

@@ -51,7 +51,7 @@ def ddrm_timesteps(num_train_timesteps: int, steps: int) -> list[tuple[int, int]
     if not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
     seq = list(range(0, num_train_timesteps, num_train_timesteps // steps))[:steps]
-    return list(zip(reversed(seq), reversed([-1, *seq[:-1]])))
+    return list(zip(reversed(seq), reversed([-1, *seq[:-1]]), strict=False))
 
 
 def spectral_noise(op, generators, image_shape, device) -> torch.Tensor:
@@ -77,8 +77,9 @@ class SpectralPosterior:
         resid = (sigma_T**2 - (self.sigma_y / self.s_safe) ** 2).clamp(min=0).sqrt()
         return torch.where(large, self.y_bar + resid * z, sigma_T * z)
 
-    def step(self, c0: torch.Tensor, c_eps: torch.Tensor, z: torch.Tensor, sigma_next: float, eta: float,
-             eta_b: float) -> torch.Tensor:
+    def step(
+        self, c0: torch.Tensor, c_eps: torch.Tensor, z: torch.Tensor, sigma_next: float, eta: float, eta_b: float
+    ) -> torch.Tensor:
         """V^T x_bar_{t-1} from V^T x0_hat, V^T eps_hat and white spectral noise z (DDRM Eq. 8)."""
         std = sigma_next * eta
         tilde = (sigma_next**2 - std**2) ** 0.5
@@ -101,7 +102,10 @@ class DDRM(Sampler):
 
     Config = DDRMConfig
     PRESETS: ClassVar[dict[str, dict]] = {  # DDRM Sec. 5 (noisy tasks): eta 0.85, eta_b 1, 20 steps throughout
-        "super_resolution": {}, "deblur": {}, "inpainting": {}, "denoise": {},
+        "super_resolution": {},
+        "deblur": {},
+        "inpainting": {},
+        "denoise": {},
     }
     needs_operator = "svd"
 
@@ -112,8 +116,7 @@ class DDRM(Sampler):
     def check(self, prior, op):
         super().check(prior, op)
         if not isinstance(op.noise, GaussianNoise):
-            raise ValueError(f"{self.name} needs Gaussian measurement noise (noise='gaussian'), "
-                             f"got '{op.noise.name}'")
+            raise ValueError(f"{self.name} needs Gaussian measurement noise (noise='gaussian'), got '{op.noise.name}'")
 
     @torch.inference_mode()
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
@@ -121,7 +124,7 @@ class DDRM(Sampler):
         device = prior.device
         spec = SpectralPosterior(op, y, image_shape, op.noise.sigma)
         pairs = ddrm_timesteps(prior.num_timesteps, cfg.steps)
-        alpha_bar = prior.alphas_cumprod.double().cpu().tolist() + [1.0]  # index -1 -> alpha_bar = 1
+        alpha_bar = [*prior.alphas_cumprod.double().cpu().tolist(), 1.0]  # index -1 -> alpha_bar = 1
         guard = NonFiniteGuard(device)
         t_first = pairs[0][0]
         c = spec.init(spectral_noise(op, generators, image_shape, device), _sigma(alpha_bar[t_first]))

@@ -51,7 +51,9 @@ class DPS(Sampler):
     """DPS for any differentiable operator and pixel prior; one network VJP per step."""
 
     Config = DPSConfig
-    PRESETS: ClassVar[dict[str, dict]] = {  # the `scale` of each FFHQ task config in the reference repository (configs/*_config.yaml)
+    PRESETS: ClassVar[
+        dict[str, dict]
+    ] = {  # the `scale` of each FFHQ task config in the reference repository (configs/*_config.yaml)
         "super_resolution": {"step_size": 0.3},
         "inpainting": {"step_size": 0.5},
         "gaussian_deblur": {"step_size": 0.3},
@@ -85,4 +87,3 @@ class DPS(Sampler):
             step_hook({"i": i, "t": t, "x": x_t, "x0_hat": x0_hat.detach(), "residual_norm": norm.detach()})
         guard.check()
         return x_t, {}
-

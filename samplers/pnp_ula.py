@@ -51,7 +51,9 @@ class PnPULAConfig:
 
     def __post_init__(self):
         if self.iterations < 1 or self.eps <= 0 or self.alpha <= 0:
-            raise ValueError(f"need iterations >= 1, eps > 0, alpha > 0; got {self.iterations}, {self.eps}, {self.alpha}")
+            raise ValueError(
+                f"need iterations >= 1, eps > 0, alpha > 0; got {self.iterations}, {self.eps}, {self.alpha}"
+            )
         if self.burn_in is not None and not 0 <= self.burn_in < self.iterations:
             raise ValueError(f"burn_in must be in [0, iterations), got {self.burn_in}")
         if not 0 < self.step_fraction <= 1 or (self.step_size is not None and self.step_size <= 0):
@@ -119,8 +121,13 @@ class PnPULA(Sampler):
             with torch.no_grad():
                 denoised = prior.predict(sqrt_a * x, t_star).x0_hat
                 z = randn_stacked(generators, image_shape, device)
-                x = (x - delta * grad_nll + (cfg.alpha * delta / eps) * (denoised - x)
-                     + (delta / lam) * (x.clamp(low, high) - x) + (2 * delta) ** 0.5 * z)
+                x = (
+                    x
+                    - delta * grad_nll
+                    + (cfg.alpha * delta / eps) * (denoised - x)
+                    + (delta / lam) * (x.clamp(low, high) - x)
+                    + (2 * delta) ** 0.5 * z
+                )
                 if k >= burn_in:
                     total += x
                     total_sq += x * x

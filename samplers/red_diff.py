@@ -118,4 +118,3 @@ class REDDiff(Sampler):
             step_hook({"i": i, "t": t, "x": mu.detach(), "x0_hat": pred.x0_hat})
         guard.check()
         return mu.detach(), {}
-

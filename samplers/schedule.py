@@ -58,7 +58,10 @@ def ddpm_coefficients(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> 
     beta = 1 - ab / ab_prev
     var_small = beta * (1 - ab_prev) / (1 - ab)
     neighbour = var_small[-2:-1] if len(ab) > 1 else beta[-1:]
-    f = lambda v: v.float()
+
+    def f(v):
+        return v.float()
+
     return DDPMCoefficients(
         timesteps=timesteps.to(alphas_cumprod.device),
         alpha_bar=f(ab),
@@ -71,8 +74,15 @@ def ddpm_coefficients(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> 
     )
 
 
-def ddpm_step(coef: DDPMCoefficients, i: int, x_t: torch.Tensor, x0_hat: torch.Tensor, noise: torch.Tensor,
-              variance_type: str = "fixed_small", variance_values: torch.Tensor | None = None) -> torch.Tensor:
+def ddpm_step(
+    coef: DDPMCoefficients,
+    i: int,
+    x_t: torch.Tensor,
+    x0_hat: torch.Tensor,
+    noise: torch.Tensor,
+    variance_type: str = "fixed_small",
+    variance_values: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One ancestral step x_t -> x_{t_{i+1}} ~ N(c0 x0_hat + ct x_t, var); no noise on the last step."""
     mean = coef.coef_x0[i] * x0_hat + coef.coef_xt[i] * x_t
     if i == len(coef.timesteps) - 1:

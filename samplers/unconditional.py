@@ -11,7 +11,9 @@ from .schedule import ddpm_coefficients, ddpm_step, strided_timesteps
 
 
 @torch.inference_mode()
-def sample_unconditional(prior, shape: tuple[int, ...], steps: int = 250, seed: int = 0, clip: bool = True) -> torch.Tensor:
+def sample_unconditional(
+    prior, shape: tuple[int, ...], steps: int = 250, seed: int = 0, clip: bool = True
+) -> torch.Tensor:
     """Draw shape[0] images of shape (C, H, W) = shape[1:]: (N, C, H, W) float32 in [-1, 1]."""
     generators = make_generators([seed_for(seed, i) for i in range(shape[0])], prior.device)
     coef = ddpm_coefficients(prior.alphas_cumprod, strided_timesteps(prior.num_timesteps, steps))
@@ -19,6 +21,13 @@ def sample_unconditional(prior, shape: tuple[int, ...], steps: int = 250, seed: 
     for i, t in enumerate(coef.timesteps.tolist()):
         pred = prior.predict(x_t, t)
         x0_hat = pred.x0_hat.clamp(-1, 1) if clip else pred.x0_hat
-        x_t = ddpm_step(coef, i, x_t, x0_hat, randn_stacked(generators, shape[1:], prior.device),
-                        prior.variance_type, pred.variance_values)
+        x_t = ddpm_step(
+            coef,
+            i,
+            x_t,
+            x0_hat,
+            randn_stacked(generators, shape[1:], prior.device),
+            prior.variance_type,
+            pred.variance_values,
+        )
     return x_t.clamp(-1, 1) if clip else x_t

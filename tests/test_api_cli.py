@@ -70,12 +70,43 @@ def test_unknown_names_are_refused(gmm):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cli_restore_simulate_end_to_end(tmp_path, image_file, tiny_unet_folder, capsys, dtype):
     out = tmp_path / "run"
-    code = main(["restore", str(image_file), "--simulate", "--operator", "gaussian_blur", "--op-param", "kernel_size=5",
-                 "--op-param", "sigma=1.0", "--prior", str(tiny_unet_folder), "--steps", "5", "--num-samples", "2",
-                 "--out", str(out), "--quiet", "--seed", "3", "--dtype", dtype])
+    code = main(
+        [
+            "restore",
+            str(image_file),
+            "--simulate",
+            "--operator",
+            "gaussian_blur",
+            "--op-param",
+            "kernel_size=5",
+            "--op-param",
+            "sigma=1.0",
+            "--prior",
+            str(tiny_unet_folder),
+            "--steps",
+            "5",
+            "--num-samples",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+            "--seed",
+            "3",
+            "--dtype",
+            dtype,
+        ]
+    )
     assert code == 0
-    for name in ("mean.png", "std.png", "figure.png", "measurement.png", "run.json", "results.safetensors",
-                 "samples/sample_000.png", "samples/sample_001.png"):
+    for name in (
+        "mean.png",
+        "std.png",
+        "figure.png",
+        "measurement.png",
+        "run.json",
+        "results.safetensors",
+        "samples/sample_000.png",
+        "samples/sample_001.png",
+    ):
         assert (out / name).exists(), name
     run = json.loads((out / "run.json").read_text())
     assert run["nfe"] == 5 and run["seed"] == 3 and run["operator"]["params"]["kernel_size"] == 5
@@ -83,20 +114,66 @@ def test_cli_restore_simulate_end_to_end(tmp_path, image_file, tiny_unet_folder,
     assert np.isfinite(run["psnr_mean"]) and len(run["psnr_samples"]) == 2
     assert "PSNR of the mean" in capsys.readouterr().out
     # never overwrites silently
-    assert main(["restore", str(image_file), "--simulate", "--operator", "denoise", "--prior", str(tiny_unet_folder),
-                 "--out", str(out), "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "restore",
+                str(image_file),
+                "--simulate",
+                "--operator",
+                "denoise",
+                "--prior",
+                str(tiny_unet_folder),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     assert "pass --overwrite" in capsys.readouterr().err
 
 
 def test_cli_degrade_then_restore_with_the_saved_operator(tmp_path, image_file, tiny_unet_folder):
     y_file = tmp_path / "y.pt"
-    assert main(["degrade", str(image_file), "--operator", "inpaint_random", "--op-param", "missing=0.7",
-                 "--out", str(y_file)]) == 0
+    assert (
+        main(
+            [
+                "degrade",
+                str(image_file),
+                "--operator",
+                "inpaint_random",
+                "--op-param",
+                "missing=0.7",
+                "--out",
+                str(y_file),
+            ]
+        )
+        == 0
+    )
     config = json.loads((tmp_path / "y.pt.json").read_text())
     assert config["params"]["image_size"] == [16, 16]
     out = tmp_path / "restored"
-    assert main(["restore", str(y_file), "--operator-config", str(tmp_path / "y.pt.json"), "--prior",
-                 str(tiny_unet_folder), "--steps", "3", "--num-samples", "1", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                str(y_file),
+                "--operator-config",
+                str(tmp_path / "y.pt.json"),
+                "--prior",
+                str(tiny_unet_folder),
+                "--steps",
+                "3",
+                "--num-samples",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (out / "mean.png").exists()
 
 
@@ -105,13 +182,22 @@ def test_cli_degrade_then_restore_with_the_saved_operator(tmp_path, image_file, 
     [
         (["restore", "{img}", "--simulate", "--operator", "blurr", "--out", "{tmp}/o"], "unknown operator 'blurr'"),
         (["restore", "{tmp}/missing.png", "--simulate", "--operator", "denoise", "--out", "{tmp}/o"], "does not exist"),
-        (["restore", "{tmp}/broken.png", "--simulate", "--operator", "denoise", "--out", "{tmp}/o"], "cannot read image"),
-        (["restore", "{img}", "--simulate", "--operator", "denoise", "--prior", "{tmp}", "--out", "{tmp}/o"],
-         "is not a diffusion model folder"),
-        (["restore", "{img}", "--simulate", "--operator", "denoise", "--sampler", "nope", "--out", "{tmp}/o"],
-         "unknown sampler 'nope'"),
-        (["degrade", "{img}", "--operator", "gaussian_blur", "--op-param", "sigma", "--out", "{tmp}/y.png"],
-         "must look like name=value"),
+        (
+            ["restore", "{tmp}/broken.png", "--simulate", "--operator", "denoise", "--out", "{tmp}/o"],
+            "cannot read image",
+        ),
+        (
+            ["restore", "{img}", "--simulate", "--operator", "denoise", "--prior", "{tmp}", "--out", "{tmp}/o"],
+            "is not a diffusion model folder",
+        ),
+        (
+            ["restore", "{img}", "--simulate", "--operator", "denoise", "--sampler", "nope", "--out", "{tmp}/o"],
+            "unknown sampler 'nope'",
+        ),
+        (
+            ["degrade", "{img}", "--operator", "gaussian_blur", "--op-param", "sigma", "--out", "{tmp}/y.png"],
+            "must look like name=value",
+        ),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_code(tmp_path, image_file, argv, message, capsys):

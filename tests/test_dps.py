@@ -33,10 +33,12 @@ def test_dps_moves_samples_to_the_exact_posterior(gmm, name, params):
     prior_err = (gmm.mean - post.mean).norm() / post.mean.norm()
     # measured (see the issue note): DPS ~0.17-0.21, the prior mean ~0.8
     assert mean_err < 0.35 * prior_err, (float(mean_err), float(prior_err))
-    sw_dps = torch.stack([sliced_wasserstein(out.samples[b], exact[b], generator=torch.Generator().manual_seed(b))
-                          for b in range(4)]).mean()
-    sw_prior = torch.stack([sliced_wasserstein(prior_draws, exact[b], generator=torch.Generator().manual_seed(b))
-                            for b in range(4)]).mean()
+    sw_dps = torch.stack(
+        [sliced_wasserstein(out.samples[b], exact[b], generator=torch.Generator().manual_seed(b)) for b in range(4)]
+    ).mean()
+    sw_prior = torch.stack(
+        [sliced_wasserstein(prior_draws, exact[b], generator=torch.Generator().manual_seed(b)) for b in range(4)]
+    ).mean()
     assert sw_dps < 0.4 * sw_prior, (float(sw_dps), float(sw_prior))
     ratio = (out.samples.std(1) / post.std).mean()
     assert 0.4 < ratio < 1.6  # neither collapsed nor prior-wide
@@ -81,11 +83,11 @@ def test_strided_schedule_and_presets():
     assert t[0] == 999 and t[-1] == 0 and len(t.unique()) == 50 and (t[:-1] > t[1:]).all()
     assert get_sampler("dps", preset="gaussian_deblur").config.step_size == 0.3
     assert get_sampler("dps", preset="inpainting", step_size=0.7).config.step_size == 0.7
-    with pytest.raises(ValueError, match="unknown preset 'deblur'.*gaussian_deblur"):
+    with pytest.raises(ValueError, match=r"unknown preset 'deblur'.*gaussian_deblur"):
         get_sampler("dps", preset="deblur")
-    with pytest.raises(ValueError, match="unknown option.*stepsize.*valid: clip_x0, step_size, steps"):
+    with pytest.raises(ValueError, match=r"unknown option.*stepsize.*valid: clip_x0, step_size, steps"):
         get_sampler("dps", stepsize=1)
-    with pytest.raises(ValueError, match="unknown sampler 'dsp'; valid: .*dps"):
+    with pytest.raises(ValueError, match=r"unknown sampler 'dsp'; valid: .*dps"):
         get_sampler("dsp")
 
 
@@ -93,5 +95,5 @@ def test_nan_during_sampling_names_the_step(gmm):
     from posterior_diffusion.samplers import NonFiniteError
 
     op, y, _ = _exact_setting(gmm, *CASES[0], n_meas=1)
-    with pytest.raises(NonFiniteError, match="NaN/Inf at step 0.*float32"):
+    with pytest.raises(NonFiniteError, match=r"NaN/Inf at step 0.*float32"):
         get_sampler("dps", steps=10, step_size=float("inf"))(gmm, op, y)

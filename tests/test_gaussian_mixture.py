@@ -53,9 +53,10 @@ def test_multimodal_posterior_weights_match_brute_force_bayes():
     y = torch.tensor([[[[0.2]]]])
     post = prior.posterior(op, y)
     grid = torch.linspace(-4, 4, 200001, dtype=torch.float64)
-    dens = (0.3 * torch.exp(-(grid + 1) ** 2 / 0.08) / math.sqrt(0.08 * math.pi)
-            + 0.7 * torch.exp(-(grid - 1) ** 2 / 0.18) / math.sqrt(0.18 * math.pi))
-    like = torch.exp(-(0.2 - grid) ** 2 / (2 * 0.64))
+    dens = 0.3 * torch.exp(-((grid + 1) ** 2) / 0.08) / math.sqrt(0.08 * math.pi) + 0.7 * torch.exp(
+        -((grid - 1) ** 2) / 0.18
+    ) / math.sqrt(0.18 * math.pi)
+    like = torch.exp(-((0.2 - grid) ** 2) / (2 * 0.64))
     post_dens = dens * like
     mean_ref = (grid * post_dens).sum() / post_dens.sum()
     assert abs(float(post.mean) - float(mean_ref)) < 1e-4
@@ -71,8 +72,10 @@ def test_denoiser_is_tweedie_of_the_exact_marginal():
     x_t = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64).requires_grad_(True)
     log_p = 0
     comps = []
-    for w, mu, cov in zip(prior.weights, prior.means, prior.covariances):
-        dist = torch.distributions.MultivariateNormal(ab.sqrt() * mu, ab * cov + (1 - ab) * torch.eye(4, dtype=torch.float64))
+    for w, mu, cov in zip(prior.weights, prior.means, prior.covariances, strict=False):
+        dist = torch.distributions.MultivariateNormal(
+            ab.sqrt() * mu, ab * cov + (1 - ab) * torch.eye(4, dtype=torch.float64)
+        )
         comps.append(w.log() + dist.log_prob(x_t.reshape(4, -1)))
     log_p = torch.logsumexp(torch.stack(comps), 0).sum()
     (score,) = torch.autograd.grad(log_p, x_t)

@@ -21,8 +21,13 @@ from posterior_diffusion.operators import (
 )
 
 IMAGE = (2, 8, 8)
-SMALL = {"image_size": [8, 8], "kernel_size": 5, "kernel": [[0.1, 0.2, 0.1], [0.05, 0.3, 0.05], [0.0, 0.1, 0.1]],
-         "factor": 2, "missing": 0.5}
+SMALL = {
+    "image_size": [8, 8],
+    "kernel_size": 5,
+    "kernel": [[0.1, 0.2, 0.1], [0.05, 0.3, 0.05], [0.0, 0.1, 0.1]],
+    "factor": 2,
+    "missing": 0.5,
+}
 SPECTRAL = {"boundary": "circular", "method": "average"}
 
 
@@ -131,9 +136,9 @@ def test_poisson_noise_is_shot_noise():
 
 
 def test_unknown_names_and_params_are_listed():
-    with pytest.raises(ValueError, match="unknown operator 'blurr'; valid: .*gaussian_blur"):
+    with pytest.raises(ValueError, match=r"unknown operator 'blurr'; valid: .*gaussian_blur"):
         get_operator("blurr")
-    with pytest.raises(ValueError, match="unknown parameter.*sigmaa.*valid: kernel_size, sigma"):
+    with pytest.raises(ValueError, match=r"unknown parameter.*sigmaa.*valid: kernel_size, sigma"):
         get_operator("gaussian_blur", sigmaa=2)
     with pytest.raises(ValueError, match="unknown noise model"):
         get_operator("denoise", noise="laplace")
@@ -153,6 +158,7 @@ def test_shape_errors_are_clear():
 
 
 # Independent references -----------------------------------------------------------------------------------
+
 
 def test_gaussian_kernel_matches_scipy_gaussian_filter_of_a_delta():
     ndimage = pytest.importorskip("scipy.ndimage")

@@ -23,8 +23,17 @@ def image_folder(tmp_path_factory):
 
 
 def _config(data, out) -> TrainConfig:
-    return TrainConfig(data=str(data), output=str(out), crop_size=16, batch_size=4, steps=6, checkpoint_every=2,
-                       block_out_channels=(8, 16), norm_num_groups=4, warmup_steps=2)
+    return TrainConfig(
+        data=str(data),
+        output=str(out),
+        crop_size=16,
+        batch_size=4,
+        steps=6,
+        checkpoint_every=2,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        warmup_steps=2,
+    )
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, image_folder, monkeypatch):
@@ -44,9 +53,16 @@ def test_interrupted_run_resumes_exactly(tmp_path, image_folder, monkeypatch):
     assert load_file(tmp_path / "resumed" / "checkpoint" / "model.safetensors")  # the step-2 checkpoint survived
     train(_config(image_folder, tmp_path / "resumed"), progress=False)
 
-    for name in ("checkpoint/model.safetensors", "checkpoint/ema.safetensors", "unet/diffusion_pytorch_model.safetensors"):
+    for name in (
+        "checkpoint/model.safetensors",
+        "checkpoint/ema.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+    ):
         a, b = load_file(tmp_path / "straight" / name), load_file(tmp_path / "resumed" / name)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (name, max(float((a[k] - b[k]).abs().max()) for k in a))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (
+            name,
+            max(float((a[k] - b[k]).abs().max()) for k in a),
+        )
     for name in ("loss.png", "samples.png", "model_index.json"):
         assert (tmp_path / "resumed" / name).exists(), name
 

@@ -16,9 +16,17 @@ def _tiny_unet(in_ch=1, out_ch=1):
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    return UNet2DModel(sample_size=8, in_channels=in_ch, out_channels=out_ch, block_out_channels=(8, 16),
-                       layers_per_block=1, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
-                       norm_num_groups=4, add_attention=False)
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=in_ch,
+        out_channels=out_ch,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+        norm_num_groups=4,
+        add_attention=False,
+    )
 
 
 def test_pipeline_folder_loads_with_its_schedule(tiny_unet_folder):
@@ -47,7 +55,11 @@ def test_parametrisations_are_consistent(prediction_type):
     ab = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
     assert torch.allclose(ab.sqrt() * pred.x0_hat + (1 - ab).sqrt() * pred.eps, x_t, atol=1e-4)
     raw = prior.net(x_t, t).sample
-    expected = {"epsilon": pred.eps, "sample": pred.x0_hat, "v_prediction": ab.sqrt() * pred.eps - (1 - ab).sqrt() * pred.x0_hat}
+    expected = {
+        "epsilon": pred.eps,
+        "sample": pred.x0_hat,
+        "v_prediction": ab.sqrt() * pred.eps - (1 - ab).sqrt() * pred.x0_hat,
+    }
     assert torch.allclose(raw, expected[prediction_type], atol=1e-4)
 
 

@@ -55,8 +55,9 @@ class DiffusionPrior(nn.Module):
 
     space: ClassVar[str] = "pixel"
 
-    def __init__(self, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
-                 variance_type: str = "fixed_small"):
+    def __init__(
+        self, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon", variance_type: str = "fixed_small"
+    ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unknown prediction_type {prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")

@@ -122,7 +122,9 @@ class GaussianMixturePrior(DiffusionPrior):
 
     def check_image_shape(self, image_shape):
         if tuple(image_shape) != self.image_shape:
-            raise ValueError(f"this Gaussian-mixture prior models images of shape {self.image_shape}, got {tuple(image_shape)}")
+            raise ValueError(
+                f"this Gaussian-mixture prior models images of shape {self.image_shape}, got {tuple(image_shape)}"
+            )
 
     def default_image_shape(self):
         return self.image_shape

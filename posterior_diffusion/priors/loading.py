@@ -1,10 +1,10 @@
 """`load_prior(spec)`: one entry point for every prior format.
 
-    "builtin:<name>"   a prior shipped in the package's assets (no download)
-    "<folder>"         a diffusers DDPMPipeline folder (model_index.json + unet/ + scheduler/) or a bare
-                       UNet2DModel folder (config.json + weights; DDPM linear schedule assumed)
-    "<hub id>"         the same from the Hugging Face hub cache (offline use works once cached)
-    a DiffusionPrior   returned as is (moved to device/dtype)
+"builtin:<name>"   a prior shipped in the package's assets (no download)
+"<folder>"         a diffusers DDPMPipeline folder (model_index.json + unet/ + scheduler/) or a bare
+                   UNet2DModel folder (config.json + weights; DDPM linear schedule assumed)
+"<hub id>"         the same from the Hugging Face hub cache (offline use works once cached)
+a DiffusionPrior   returned as is (moved to device/dtype)
 """
 
 from __future__ import annotations
@@ -19,8 +19,14 @@ import torch
 from .base import DiffusionPrior, linear_alphas_cumprod
 from .unet import UNetPrior
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 ASSETS = Path(str(files("posterior_diffusion.assets")))
 BUILTIN_PRIORS = {  # name -> (folder under assets/priors, one-line description)
     "natural-rgb": ("natural-rgb", "fully convolutional pixel prior for RGB natural images (any size divisible by 8)"),
@@ -64,7 +70,7 @@ def load_prior(spec, device=None, dtype=None) -> DiffusionPrior:
     elif not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"prior must be a DiffusionPrior or a string, got {type(spec).__name__}")
     elif str(spec).startswith("builtin:"):
-        prior = _load_builtin(str(spec)[len("builtin:"):])
+        prior = _load_builtin(str(spec)[len("builtin:") :])
     elif Path(spec).is_dir():
         prior = _load_folder(Path(spec))
     elif Path(spec).exists():
