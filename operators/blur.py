@@ -20,6 +20,24 @@ from .registry import register_operator
 BOUNDARIES = ("reflect", "circular")
 
 
+def kernel_spectrum(kernel: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """FFT2 of a kernel (kh, kw) or (B, kh, kw) wrapped onto the h x w torus: (1 or B, 1, h, w) complex.
+
+    Built so that circular convolution with it equals the "reflect" mode's padded correlation in the
+    interior of the image. Differentiable in the kernel (blind deblurring takes gradients through it).
+    """
+    k = kernel[None] if kernel.ndim == 2 else kernel
+    kh, kw = k.shape[-2:]
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    rows = (top - torch.arange(kh, device=k.device)) % h
+    cols = (left - torch.arange(kw, device=k.device)) % w
+    index = (rows[:, None] * w + cols[None, :]).reshape(-1)
+    wrapped = torch.zeros(k.shape[0], h * w, dtype=k.dtype, device=k.device).index_add(
+        1, index, k.reshape(k.shape[0], -1)
+    )
+    return torch.fft.fft2(wrapped.reshape(-1, h, w))[:, None]
+
+
 @register_operator("blur")
 class Blur(SVDOperator):
     """Blur with a given kernel (a measured PSF, or a kernel estimate in blind deblurring).
@@ -88,25 +106,12 @@ class Blur(SVDOperator):
 
     # "circular": FFT ------------------------------------------------------------------------------
     def transfer_function(self, image_shape: tuple[int, ...], dtype: torch.dtype | None = None) -> torch.Tensor:
-        """K = FFT2 of the kernel wrapped onto the H x W torus: (1 or B, 1, H, W) complex.
-
-        Built so that circular convolution with it equals the padded correlation of "reflect" mode in
-        the interior of the image.
-        """
+        """K = `kernel_spectrum` of the kernel for H x W images: (1 or B, 1, H, W) complex, cached."""
         h, w = image_shape[-2:]
         dtype = dtype or self.kernel.dtype
         key = (h, w, self.kernel.device, dtype, self.kernel.data_ptr(), self.kernel._version)
         if self._transfer_cache is None or self._transfer_cache[0] != key:
-            k = self.kernel.to(dtype)
-            k = k[None] if k.ndim == 2 else k
-            kh, kw = k.shape[-2:]
-            left, _, top, _ = self._pads()
-            rows = (top - torch.arange(kh, device=k.device)) % h
-            cols = (left - torch.arange(kw, device=k.device)) % w
-            wrapped = torch.zeros(k.shape[0], h, w, dtype=dtype, device=k.device)
-            index = (rows[:, None] * w + cols[None, :]).reshape(-1)
-            wrapped.reshape(k.shape[0], -1).index_add_(1, index, k.reshape(k.shape[0], -1))
-            self._transfer_cache = (key, torch.fft.fft2(wrapped)[:, None])
+            self._transfer_cache = (key, kernel_spectrum(self.kernel.to(dtype), h, w))
         return self._transfer_cache[1]
 
     def _phase(self, image_shape, dtype):

@@ -114,9 +114,8 @@ class Sampler:
     def to_config(self) -> dict:
         return {"name": self.name, "preset": self.preset, **dataclasses.asdict(self.config)}
 
-    @property
-    def nfe(self) -> int:
-        """Network evaluations per chain."""
+    def nfe(self, prior: DiffusionPrior) -> int:
+        """Network evaluations per chain with this prior's schedule."""
         raise NotImplementedError
 
     def check(self, prior: DiffusionPrior, op: Operator) -> None:
@@ -154,7 +153,8 @@ class Sampler:
             seed: global seed; chain (b, s) uses seed_for(seed, b, s). A `generator` instead draws the seed.
             batch_size: chains per network call (default: all).
             image_shape: (C, H, W) of x; default op.image_shape(measurement shape).
-            callback: called after every step with {"i", "t", "x", "x0_hat"} of the current chunk.
+            callback: called after every step with {"i", "t", "x", "x0_hat", ...} of the current chunk ("nfe": the
+                step's network evaluations when it is not 1).
         """
         from tqdm.auto import tqdm
 
@@ -169,10 +169,11 @@ class Sampler:
         seeds = [seed_for(seed, i, j) for i in range(b) for j in range(s)]
         y_chains = y.repeat_interleave(s, dim=0)
         chunks = list(chunk_slices(b * s, batch_size))
-        bar = tqdm(total=self.nfe * len(chunks), disable=not progress, desc=self.name, unit="nfe")
+        nfe = self.nfe(prior)
+        bar = tqdm(total=nfe * len(chunks), disable=not progress, desc=self.name, unit="nfe")
 
         def step_hook(info: dict) -> None:
-            bar.update(1)
+            bar.update(info.get("nfe", 1))
             if callback is not None:
                 callback(info)
 
@@ -187,7 +188,7 @@ class Sampler:
             bar.close()
         out = torch.cat(samples).reshape(b, s, *image_shape)
         merged = {k: torch.cat([e[k] for e in extras]).reshape(b, s, *extras[0][k].shape[1:]) for k in extras[0]}
-        return SamplerOutput(samples=out, nfe=self.nfe, extras=merged)
+        return SamplerOutput(samples=out, nfe=nfe, extras=merged)
 
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook) -> tuple[torch.Tensor, dict]:
         """Run the algorithm on n chains. y: (n, *meas), one generator per chain. Returns x (n, C, H, W) and

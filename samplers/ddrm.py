@@ -78,21 +78,34 @@ class SpectralPosterior:
         return torch.where(large, self.y_bar + resid * z, sigma_T * z)
 
     def step(
-        self, c0: torch.Tensor, c_eps: torch.Tensor, z: torch.Tensor, sigma_next: float, eta: float, eta_b: float
+        self,
+        c0: torch.Tensor,
+        c_eps: torch.Tensor,
+        z: torch.Tensor,
+        sigma_next: float,
+        eta: float,
+        eta_data: float,
+        eta_b: float,
     ) -> torch.Tensor:
-        """V^T x_bar_{t-1} from V^T x0_hat, V^T eps_hat and white spectral noise z (DDRM Eq. 8)."""
+        """V^T x_bar_{t-1} from V^T x0_hat, V^T eps_hat and white spectral noise z (DDRM Eq. 8).
+
+        eta: noise share on unobserved coordinates; eta_data: weight of the measurement residual on observed
+        coordinates less noisy than y (DDRM: sqrt(1 - eta^2); GibbsDDRM's eta_C); eta_b: weight of y_bar on
+        coordinates noisier than y.
+        """
         std = sigma_next * eta
-        tilde = (sigma_next**2 - std**2) ** 0.5
-        missing = c0 + tilde * c_eps + std * z
+        missing = c0 + (sigma_next**2 - std**2) ** 0.5 * c_eps + std * z
         after = self.observed & (self.s * sigma_next < self.sigma_y)
-        less_noisy = c0 + tilde * (self.u_t_y - self.s * c0) / max(self.sigma_y, 1e-12) + std * z
+        residual = (self.u_t_y - self.s * c0) / max(self.sigma_y, 1e-12)
+        less_noisy = c0 + eta_data * sigma_next * residual + (1 - eta_data**2) ** 0.5 * sigma_next * z
         before = self.observed & (self.s * sigma_next > self.sigma_y)
         resid = (sigma_next**2 - (eta_b * self.sigma_y / self.s_safe) ** 2).clamp(min=0).sqrt()
         noisier = eta_b * self.y_bar + (1 - eta_b) * c0 + resid * z
         return torch.where(after, less_noisy, torch.where(before, noisier, missing))
 
 
-def _sigma(alpha_bar: float) -> float:
+def sigma_of(alpha_bar: float) -> float:
+    """sigma_t = sqrt(1 - alpha_bar_t) / sqrt(alpha_bar_t), the noise level of x_t / sqrt(alpha_bar_t)."""
     return ((1 - alpha_bar) / alpha_bar) ** 0.5
 
 
@@ -109,8 +122,7 @@ class DDRM(Sampler):
     }
     needs_operator = "svd"
 
-    @property
-    def nfe(self) -> int:
+    def nfe(self, prior) -> int:
         return self.config.steps
 
     def check(self, prior, op):
@@ -127,12 +139,20 @@ class DDRM(Sampler):
         alpha_bar = [*prior.alphas_cumprod.double().cpu().tolist(), 1.0]  # index -1 -> alpha_bar = 1
         guard = NonFiniteGuard(device)
         t_first = pairs[0][0]
-        c = spec.init(spectral_noise(op, generators, image_shape, device), _sigma(alpha_bar[t_first]))
+        c = spec.init(spectral_noise(op, generators, image_shape, device), sigma_of(alpha_bar[t_first]))
         x_t = alpha_bar[t_first] ** 0.5 * op.V(c)
         for i, (t, t_next) in enumerate(pairs):
             pred = prior.predict(x_t, t)
             z = spectral_noise(op, generators, image_shape, device)
-            c = spec.step(op.V_t(pred.x0_hat), op.V_t(pred.eps), z, _sigma(alpha_bar[t_next]), cfg.eta, cfg.eta_b)
+            c = spec.step(
+                op.V_t(pred.x0_hat),
+                op.V_t(pred.eps),
+                z,
+                sigma_of(alpha_bar[t_next]),
+                cfg.eta,
+                (1 - cfg.eta**2) ** 0.5,
+                cfg.eta_b,
+            )
             x_t = alpha_bar[t_next] ** 0.5 * op.V(c)
             guard.update(i, x_t)
             step_hook({"i": i, "t": t, "x": x_t, "x0_hat": pred.x0_hat})

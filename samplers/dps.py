@@ -62,8 +62,7 @@ class DPS(Sampler):
     }
     needs_operator = "differentiable"
 
-    @property
-    def nfe(self) -> int:
+    def nfe(self, prior) -> int:
         return self.config.steps
 
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):

@@ -10,7 +10,7 @@ no VJP. Pi_C is the projection on the box C; lam the Moreau-Yosida parameter. De
 code (Marien-RENAUD/PnP_ULA_posterior_law_sensivity, `pnpula`) converted from [0, 1] to the [-1, 1] scale:
 eps = (2 * 5/255)^2, alpha = 1, C = [-3, 3] (= [-1, 2] on [0, 1]),
 lam = 0.5 / (2 L_y + alpha / eps), delta = (1/3) / (L_y + 1/lam + alpha / eps), with L_y = ||A||^2 / sigma^2.
-The chain starts at y when y is an image of x's shape (the reference), else at A^+ y, else at 0.
+The chain starts at y when y is an image of x's shape (the reference), else at A^+ y (option `init`).
 Each requested sample is an independent chain: its last state is the sample, and the chain's mean and
 per-pixel std after burn-in are returned in extras["chain_mean"] and extras["chain_std"].
 """
@@ -39,6 +39,8 @@ class PnPULAConfig:
     box: (low, high) of the convex set C on [-1, 1]; (-3, 3) is the reference's [-1, 2] on [0, 1].
     step_fraction: delta as this fraction of the stability bound (L_y + 1/lam + alpha/eps)^-1; reference 1/3.
     step_size: an explicit delta (overrides step_fraction).
+    init: "measurement" (the reference: x_0 = y when y is an image of x's shape, else A^+ y), "pinv"
+        (A^+ y, singular values below 3e-2 of the largest discarded) or "zeros".
     """
 
     iterations: int = 10_000
@@ -48,6 +50,7 @@ class PnPULAConfig:
     box: tuple[float, float] = (-3.0, 3.0)
     step_fraction: float = 1 / 3
     step_size: float | None = None
+    init: str = "measurement"
 
     def __post_init__(self):
         if self.iterations < 1 or self.eps <= 0 or self.alpha <= 0:
@@ -56,8 +59,21 @@ class PnPULAConfig:
             )
         if self.burn_in is not None and not 0 <= self.burn_in < self.iterations:
             raise ValueError(f"burn_in must be in [0, iterations), got {self.burn_in}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
         if not 0 < self.step_fraction <= 1 or (self.step_size is not None and self.step_size <= 0):
             raise ValueError("step_fraction must be in (0, 1] and step_size > 0")
+
+
+INITS = ("measurement", "pinv", "zeros")
+
+
+def _initial_state(init: str, op, y: torch.Tensor, image_shape) -> torch.Tensor:
+    if init == "measurement" and tuple(y.shape[1:]) == tuple(image_shape):
+        return y.float().clone()
+    if init != "zeros" and op.is_linear:
+        return op.pinv(y, rcond=3e-2).float()
+    return torch.zeros((y.shape[0], *image_shape), device=y.device)
 
 
 def denoiser_timestep(alphas_cumprod: torch.Tensor, eps: float) -> int:
@@ -77,8 +93,7 @@ class PnPULA(Sampler):
     }
     needs_operator = "differentiable"
 
-    @property
-    def nfe(self) -> int:
+    def nfe(self, prior) -> int:
         return self.config.iterations
 
     def check(self, prior, op):
@@ -105,10 +120,7 @@ class PnPULA(Sampler):
         sqrt_a = p["alpha_bar"] ** 0.5
         burn_in = cfg.iterations // 10 if cfg.burn_in is None else cfg.burn_in
         with torch.no_grad():
-            if tuple(y.shape[1:]) == tuple(image_shape):
-                x = y.float().clone()
-            else:
-                x = op.pinv(y).float() if op.is_linear else torch.zeros((y.shape[0], *image_shape), device=device)
+            x = _initial_state(cfg.init, op, y, image_shape)
         total = torch.zeros_like(x)
         total_sq = torch.zeros_like(x)
         guard = NonFiniteGuard(device)
