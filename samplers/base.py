@@ -96,6 +96,8 @@ class Sampler:
     PRESETS: ClassVar[dict[str, dict]] = {}
     needs_space: ClassVar[str] = "pixel"  # "pixel" or "any"
     needs_operator: ClassVar[str] = "differentiable"  # "differentiable", "linear" or "svd"
+    samples_posterior: ClassVar[bool] = True  # False: a mode-seeking (variational) estimate, not posterior draws
+    blind: ClassVar[bool] = False  # True: estimates operator parameters too (returned in extras)
 
     def __init__(self, preset: str | None = None, **options):
         if preset is not None and preset not in self.PRESETS:

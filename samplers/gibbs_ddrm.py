@@ -106,6 +106,7 @@ class GibbsDDRM(Sampler):
         "afhq": {"langevin_step": 1.0},  # configs/afhq_256_deblur.yml: lr_Hupdate twice FFHQ's
     }
     needs_operator = "linear"
+    blind = True
 
     def _update_steps(self, num_timesteps: int) -> list[bool]:
         pairs = ddrm_timesteps(num_timesteps, self.config.steps)

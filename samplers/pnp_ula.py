@@ -17,6 +17,7 @@ per-pixel std after burn-in are returned in extras["chain_mean"] and extras["cha
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -41,6 +42,10 @@ class PnPULAConfig:
     step_size: an explicit delta (overrides step_fraction).
     init: "measurement" (the reference: x_0 = y when y is an image of x's shape, else A^+ y), "pinv"
         (A^+ y, singular values below 3e-2 of the largest discarded) or "zeros".
+    anneal_iterations: 0 (the reference). An optional warm start of this many iterations whose denoiser
+        variance decreases geometrically from anneal_eps to eps (annealed Langevin, Song & Ermon 2019), so
+        that chains started far away settle in the posterior's modes in the right proportions instead of the
+        nearest one. Not counted in burn_in or the chain statistics.
     """
 
     iterations: int = 10_000
@@ -51,12 +56,16 @@ class PnPULAConfig:
     step_fraction: float = 1 / 3
     step_size: float | None = None
     init: str = "measurement"
+    anneal_iterations: int = 0
+    anneal_eps: float = 1.0
 
     def __post_init__(self):
         if self.iterations < 1 or self.eps <= 0 or self.alpha <= 0:
             raise ValueError(
                 f"need iterations >= 1, eps > 0, alpha > 0; got {self.iterations}, {self.eps}, {self.alpha}"
             )
+        if self.anneal_iterations < 0 or self.anneal_eps <= self.eps:
+            raise ValueError("anneal_iterations must be >= 0 and anneal_eps > eps")
         if self.burn_in is not None and not 0 <= self.burn_in < self.iterations:
             raise ValueError(f"burn_in must be in [0, iterations), got {self.burn_in}")
         if self.init not in INITS:
@@ -94,17 +103,17 @@ class PnPULA(Sampler):
     needs_operator = "differentiable"
 
     def nfe(self, prior) -> int:
-        return self.config.iterations
+        return self.config.anneal_iterations + self.config.iterations
 
     def check(self, prior, op):
         super().check(prior, op)
         if not isinstance(op.noise, GaussianNoise) or op.noise.sigma <= 0:
             raise ValueError(f"{self.name} needs Gaussian measurement noise with noise_sigma > 0")
 
-    def step_sizes(self, prior, op, image_shape) -> dict[str, float]:
-        """t*, eps (exact at t*), L_y, lam and delta for this problem."""
+    def step_sizes(self, prior, op, image_shape, eps: float | None = None) -> dict[str, float]:
+        """t*, eps (exact at t*), L_y, lam and delta for this problem at noise variance eps (default cfg.eps)."""
         cfg = self.config
-        t_star = denoiser_timestep(prior.alphas_cumprod, cfg.eps)
+        t_star = denoiser_timestep(prior.alphas_cumprod, cfg.eps if eps is None else eps)
         a = float(prior.alphas_cumprod[t_star])
         eps = (1 - a) / a
         l_y = (op.norm_squared(tuple(image_shape)) if op.is_linear else 1.0) / op.noise.sigma**2
@@ -112,26 +121,32 @@ class PnPULA(Sampler):
         delta = cfg.step_size or cfg.step_fraction / (l_y + 1 / lam + cfg.alpha / eps)
         return {"t_star": t_star, "alpha_bar": a, "eps": eps, "L_y": l_y, "lam": lam, "delta": delta}
 
+    def _schedule(self, prior, op, image_shape) -> list[dict[str, float]]:
+        """Per-iteration parameters: the annealing phase (eps geometric from anneal_eps down), then the chain."""
+        cfg = self.config
+        target = self.step_sizes(prior, op, image_shape)
+        ramp = torch.logspace(math.log10(cfg.anneal_eps), math.log10(target["eps"]), cfg.anneal_iterations).tolist()
+        return [self.step_sizes(prior, op, image_shape, e) for e in ramp] + [target] * cfg.iterations
+
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
         cfg = self.config
         device = prior.device
-        p = self.step_sizes(prior, op, image_shape)
-        delta, lam, eps, t_star = p["delta"], p["lam"], p["eps"], p["t_star"]
-        sqrt_a = p["alpha_bar"] ** 0.5
-        burn_in = cfg.iterations // 10 if cfg.burn_in is None else cfg.burn_in
+        schedule = self._schedule(prior, op, image_shape)
+        burn_in = cfg.anneal_iterations + (cfg.iterations // 10 if cfg.burn_in is None else cfg.burn_in)
         with torch.no_grad():
             x = _initial_state(cfg.init, op, y, image_shape)
         total = torch.zeros_like(x)
         total_sq = torch.zeros_like(x)
         guard = NonFiniteGuard(device)
         low, high = cfg.box
-        for k in range(cfg.iterations):
+        for k, p in enumerate(schedule):
+            delta, lam, eps = p["delta"], p["lam"], p["eps"]
             with torch.enable_grad():
                 x_req = x.detach().requires_grad_(True)
                 nll = op.noise.neg_log_likelihood(y, op(x_req)).sum()
                 (grad_nll,) = torch.autograd.grad(nll, x_req)
             with torch.no_grad():
-                denoised = prior.predict(sqrt_a * x, t_star).x0_hat
+                denoised = prior.predict(p["alpha_bar"] ** 0.5 * x, p["t_star"]).x0_hat
                 z = randn_stacked(generators, image_shape, device)
                 x = (
                     x
@@ -144,9 +159,9 @@ class PnPULA(Sampler):
                     total += x
                     total_sq += x * x
             guard.update(k, x)
-            step_hook({"i": k, "t": t_star, "x": x, "x0_hat": denoised})
+            step_hook({"i": k, "t": p["t_star"], "x": x, "x0_hat": denoised})
         guard.check()
-        count = cfg.iterations - burn_in
+        count = len(schedule) - burn_in
         mean = total / count
         std = (total_sq / count - mean.square()).clamp(min=0).sqrt()
         return x, {"chain_mean": mean, "chain_std": std}

@@ -83,6 +83,7 @@ class REDDiff(Sampler):
         "nonlinear": {"lam": 0.25, "lr": 0.5},
     }
     needs_operator = "differentiable"
+    samples_posterior = False  # q(x0 | y) with sigma -> 0: samples differ only through the noise draws
 
     def nfe(self, prior) -> int:
         return self.config.steps

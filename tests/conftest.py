@@ -5,25 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from posterior_diffusion.priors import GaussianMixturePrior
-
-
-def make_gmm(shape=(1, 8, 8), components: int = 3, seed: int = 0, spread: float = 0.5) -> GaussianMixturePrior:
-    """A K-component mixture over images of `shape` with random means and smooth-ish random covariances."""
-    g = torch.Generator().manual_seed(seed)
-    d = int(torch.tensor(shape).prod())
-    means = spread * torch.randn(components, d, generator=g, dtype=torch.float64)
-    covs = []
-    for _ in range(components):
-        a = torch.randn(d, d, generator=g, dtype=torch.float64)
-        covs.append(0.05 * a @ a.T / d + 0.01 * torch.eye(d, dtype=torch.float64))
-    weights = torch.rand(components, generator=g, dtype=torch.float64) + 0.5
-    return GaussianMixturePrior(weights, means, torch.stack(covs), image_shape=shape)
+from posterior_diffusion.exact import random_gaussian_mixture
 
 
 @pytest.fixture(scope="session")
-def gmm() -> GaussianMixturePrior:
-    return make_gmm()
+def gmm():
+    return random_gaussian_mixture()
 
 
 @pytest.fixture(scope="session")

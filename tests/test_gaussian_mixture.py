@@ -7,9 +7,8 @@ import math
 import torch
 from posterior_diffusion.operators import get_operator
 
+from posterior_diffusion.exact import random_gaussian_mixture
 from posterior_diffusion.priors import GaussianMixturePrior
-
-from .conftest import make_gmm
 
 
 def _single_gaussian(d=6, seed=0):
@@ -36,7 +35,7 @@ def test_single_gaussian_posterior_is_the_kalman_update():
 
 
 def test_posterior_samples_match_their_moments():
-    prior = make_gmm(shape=(1, 2, 2), components=2, seed=3)
+    prior = random_gaussian_mixture(shape=(1, 2, 2), components=2, seed=3)
     op = get_operator("inpaint_random", image_size=2, missing=0.5, seed=1, noise_sigma=0.2)
     y = op.measure(prior.sample(1, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
     post = prior.posterior(op, y)
@@ -66,7 +65,7 @@ def test_multimodal_posterior_weights_match_brute_force_bayes():
 
 def test_denoiser_is_tweedie_of_the_exact_marginal():
     """eps_hat = -sqrt(1 - alpha_bar) * grad log p_t(x_t), with log p_t written out independently."""
-    prior = make_gmm(shape=(1, 2, 2), components=3, seed=5)
+    prior = random_gaussian_mixture(shape=(1, 2, 2), components=3, seed=5)
     t = 300
     ab = prior.alphas_cumprod[t].double()
     x_t = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64).requires_grad_(True)
@@ -86,6 +85,6 @@ def test_denoiser_is_tweedie_of_the_exact_marginal():
 
 
 def test_prior_samples_match_prior_moments():
-    prior = make_gmm(shape=(1, 2, 2), components=2, seed=7)
+    prior = random_gaussian_mixture(shape=(1, 2, 2), components=2, seed=7)
     x = prior.sample(40000, torch.Generator().manual_seed(0))
     assert torch.allclose(x.mean(0), prior.mean, atol=0.01)
