@@ -189,6 +189,9 @@ def cmd_restore(args) -> None:
     )
     if y.ndim == 3 and y.shape[0] in (1, 3):
         save_image(y, out / "measurement.png")
+    if "kernel" in res.extras:  # blind deblurring: the estimated kernel of each sample, scaled to its maximum
+        for i, kernel in enumerate(res.extras["kernel"]):
+            save_image(kernel / kernel.abs().max().clamp(min=1e-12) * 2 - 1, out / f"kernel_{i:03d}.png")
     restoration_figure(
         out / "figure.png", y if y.ndim == 3 and y.shape[0] in (1, 3) else None, res.mean, res.std, res.samples, truth
     )

@@ -135,3 +135,40 @@ def test_gibbs_ddrm_recovers_a_motion_kernel():
 def test_incompatible_combinations_are_refused_before_work(name, op, message, gmm):
     with pytest.raises(ValueError, match=message):
         get_sampler(name)(gmm, op, torch.zeros(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_restore_command_runs_every_sampler(name, tiny_unet_folder, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from posterior_diffusion.cli import main
+
+    image = tmp_path / "clean.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(image)
+    op = _operator_for(name)
+    params = [f"--sampler-param={k}={v}" for k, v in SMOKE[name].items()]
+    argv = [
+        "restore",
+        str(image),
+        "--simulate",
+        "--operator",
+        "gaussian_blur",
+        "--op-param",
+        "kernel_size=3",
+        "--op-param",
+        f"boundary={op.boundary}",
+        "--sampler",
+        name,
+        *params,
+        "--prior",
+        str(tiny_unet_folder),
+        "--num-samples",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    assert (tmp_path / "out" / "mean.png").exists()
+    assert (tmp_path / "out" / "kernel_000.png").exists() == sampler_class(name).blind
