@@ -182,6 +182,17 @@ def save_prior(folder: str | Path, unet, scheduler) -> None:
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
+def export_prior(source: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Copy the prior of a training folder (EMA weights) to `dest`, weights cast to `dtype` to halve the size;
+    `load_prior` runs it in float32 unless asked otherwise."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    source, dest = Path(source), Path(dest)
+    unet = UNet2DModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
+    save_prior(dest, unet, DDPMScheduler.from_pretrained(source, subfolder="scheduler"))
+    return dest
+
+
 def train(cfg: TrainConfig, max_steps_this_run: int | None = None, progress: bool = True) -> Path:
     """Train (or resume) a pixel prior; returns the output folder. `max_steps_this_run` stops early (tests)."""
     from accelerate import Accelerator

@@ -61,38 +61,39 @@ def load_prior(spec, device=None, dtype=None) -> DiffusionPrior:
 
     Args:
         device: where the prior runs (default cpu).
-        dtype: the network's dtype: torch.float32 (default), float16 or bfloat16 (names accepted). The
-            schedule and all outputs stay float32.
+        dtype: the network's dtype: torch.float32 (default, whatever the stored weights are), float16 or
+            bfloat16 (names accepted). The schedule and all outputs stay float32.
     """
-    dtype = resolve_dtype(dtype)
+    requested = resolve_dtype(dtype)
+    dtype = requested or torch.float32
     if isinstance(spec, DiffusionPrior):
         prior = spec
+        if requested is not None and isinstance(prior, UNetPrior):
+            prior.net.to(requested)
     elif not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"prior must be a DiffusionPrior or a string, got {type(spec).__name__}")
     elif str(spec).startswith("builtin:"):
-        prior = _load_builtin(str(spec)[len("builtin:") :])
+        prior = _load_builtin(str(spec)[len("builtin:") :], dtype)
     elif Path(spec).is_dir():
-        prior = _load_folder(Path(spec))
+        prior = _load_folder(Path(spec), dtype)
     elif Path(spec).exists():
         raise ValueError(f"'{spec}' is a file; priors load from a diffusers folder, a hub id or 'builtin:<name>'")
     else:
-        prior = _load_hub(str(spec))
-    prior = prior.to(device or prior.device)
-    if dtype is not None and isinstance(prior, UNetPrior):
-        prior.net.to(dtype)
-    return prior
+        prior = _load_hub(str(spec), dtype)
+    return prior.to(device or prior.device)
 
 
-def _load_builtin(name: str) -> DiffusionPrior:
+def _load_builtin(name: str, dtype: torch.dtype) -> DiffusionPrior:
     if name not in BUILTIN_PRIORS:
         raise ValueError(f"unknown built-in prior {name!r}; valid: {', '.join(sorted(BUILTIN_PRIORS))}")
     folder = ASSETS / "priors" / BUILTIN_PRIORS[name][0]
     if not folder.is_dir():
         raise FileNotFoundError(f"built-in prior {name!r} is not in this installation (expected {folder})")
-    return _load_folder(folder)
+    return _load_folder(folder, dtype)
 
 
-def _load_folder(folder: Path) -> DiffusionPrior:
+def _load_folder(folder: Path, dtype: torch.dtype) -> DiffusionPrior:
+    """A diffusers folder; the UNet is loaded in `dtype` whatever the stored weights' precision."""
     from diffusers import UNet2DModel
 
     if (folder / "model_index.json").exists():
@@ -103,13 +104,13 @@ def _load_folder(folder: Path) -> DiffusionPrior:
                 f"'{folder}' is a {index.get('_class_name', 'diffusers')} pipeline without a UNet2DModel 'unet'; "
                 "pixel priors need a DDPMPipeline-style folder (unet/ + scheduler/)"
             )
-        unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
+        unet = UNet2DModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
         scheduler = _scheduler_config(folder / "scheduler")
     elif (folder / "config.json").exists():
         config = json.loads((folder / "config.json").read_text())
         if config.get("_class_name") != "UNet2DModel":
             raise ValueError(f"'{folder}' holds a {config.get('_class_name', 'unknown')} model, not a UNet2DModel")
-        unet = UNet2DModel.from_pretrained(folder)
+        unet = UNet2DModel.from_pretrained(folder, torch_dtype=dtype)
         scheduler = _scheduler_config(folder.parent / "scheduler") if (folder.parent / "scheduler").is_dir() else {}
     else:
         raise ValueError(
@@ -142,7 +143,7 @@ def _alphas_cumprod(config: dict) -> torch.Tensor:
     return scheduler.alphas_cumprod.float()
 
 
-def _load_hub(repo_id: str) -> DiffusionPrior:
+def _load_hub(repo_id: str, dtype: torch.dtype) -> DiffusionPrior:
     """A hub id: use the local cache (works offline); otherwise try to download; a clear error if neither works."""
     from huggingface_hub import snapshot_download
 
@@ -161,4 +162,4 @@ def _load_hub(repo_id: str) -> DiffusionPrior:
                 f"prior '{repo_id}' is not a folder, a built-in prior, or a hub model that could be downloaded "
                 f"({type(err).__name__}); check the name, or download it where there is network"
             ) from None
-    return _load_folder(Path(path))
+    return _load_folder(Path(path), dtype)
