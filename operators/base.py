@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from posterior_diffusion.tensor_utils import append_dims, batch_dot
+from posterior_diffusion.tensor_utils import conjugate_gradient
 
 from .noise import GaussianNoise, NoiseModel
 
@@ -142,23 +142,7 @@ class LinearOperator(Operator):
         """
         b = self.adjoint(y)
         damping = rcond**2 * self.norm_squared(tuple(b.shape[1:])) if rcond > 1e-4 else 0.0
-        x = torch.zeros_like(b)
-        r = b.clone()
-        p = r.clone()
-        rr = batch_dot(r, r)
-        tiny = torch.finfo(rr.dtype).tiny
-        stop = tol**2 * rr.clamp(min=tiny)
-        for _ in range(max_iter):
-            if bool((rr <= stop).all()):
-                break
-            q = self.normal(p) + damping * p
-            alpha = torch.where(rr <= stop, torch.zeros_like(rr), rr / batch_dot(p, q).clamp(min=tiny))
-            x = x + append_dims(alpha, x.ndim) * p
-            r = r - append_dims(alpha, x.ndim) * q
-            rr_new = batch_dot(r, r)
-            p = r + append_dims(rr_new / rr.clamp(min=tiny), x.ndim) * p
-            rr = rr_new
-        return x
+        return conjugate_gradient(lambda v: self.normal(v) + damping * v, b, max_iter=max_iter, tol=tol)
 
     def matrix(self, image_shape: tuple[int, ...], dtype=torch.float64) -> torch.Tensor:
         """The dense matrix (m, d) of A on flattened images of `image_shape` (small images only)."""

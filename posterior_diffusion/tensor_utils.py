@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -66,3 +66,32 @@ def as_batch(x: torch.Tensor, ndim: int, name: str) -> tuple[torch.Tensor, bool]
     if x.ndim == ndim + 1:
         return x, False
     raise ValueError(f"{name} must have {ndim} dims (unbatched) or {ndim + 1} (batched), got shape {tuple(x.shape)}")
+
+
+def conjugate_gradient(
+    apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, max_iter: int = 500, tol: float = 1e-7
+) -> torch.Tensor:
+    """Solve apply(x) = b for a symmetric positive semi-definite linear `apply`, per sample, from x = 0.
+
+    b: (B, ...). Stops when every sample's residual is below tol * |b| (at least 100 machine epsilons: past
+    that the residual is rounding noise, which CG would amplify along the null space of `apply`). From
+    x = 0 the iterates stay in the range of `apply`, so a singular system gives the minimum-norm solution.
+    """
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rr = batch_dot(r, r)
+    tiny = torch.finfo(rr.dtype).tiny
+    tol = max(tol, 100 * torch.finfo(b.dtype).eps)
+    stop = tol**2 * rr.clamp(min=tiny)
+    for _ in range(max_iter):
+        if bool((rr <= stop).all()):
+            break
+        q = apply(p)
+        alpha = torch.where(rr <= stop, torch.zeros_like(rr), rr / batch_dot(p, q).clamp(min=tiny))
+        x = x + append_dims(alpha, x.ndim) * p
+        r = r - append_dims(alpha, x.ndim) * q
+        rr_new = batch_dot(r, r)
+        p = r + append_dims(rr_new / rr.clamp(min=tiny), x.ndim) * p
+        rr = rr_new
+    return x
