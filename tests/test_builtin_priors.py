@@ -39,3 +39,15 @@ def test_prior_none_uses_the_builtin_prior_for_the_channel_count():
     op = get_operator("inpaint_random", image_size=16, missing=0.5)
     res = sample_posterior(op.measure(x), op, steps=2, progress=False)
     assert res.config["prior"] == "builtin:natural-rgb" and res.samples.shape == (1, 3, 16, 16)
+
+
+def test_prior_benchmark_denoise_rows(tmp_path, tiny_unet_folder):
+    from PIL import Image
+
+    from posterior_diffusion.prior_benchmark import tweedie_denoise_psnr
+
+    for i in range(2):
+        Image.open(IMAGE).crop((0, 0, 33 + i, 40)).save(tmp_path / f"{i}.png")  # odd sizes get cropped to /2
+    rows = tweedie_denoise_psnr(load_prior(tiny_unet_folder), sorted(tmp_path.glob("*.png")), sigma255=25)
+    assert [r["image"] for r in rows] == ["0.png", "1.png"]
+    assert all(19.5 < r["psnr_noisy"] < 21.5 and r["psnr"] > 0 for r in rows)  # 20 log10(255 / 25) = 20.17
