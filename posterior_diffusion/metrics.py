@@ -13,6 +13,20 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse.clamp(min=1e-12))
 
 
+def ssim(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """SSIM per image (torchmetrics, Gaussian window 11, sigma 1.5) on images mapped to [0, 1]: (B, C, H, W) -> (B,).
+
+    Needs the optional `torchmetrics` package (`pip install posterior_diffusion[metrics]`).
+    """
+    try:
+        from torchmetrics.functional.image import structural_similarity_index_measure
+    except ImportError:
+        raise ImportError("SSIM needs torchmetrics: pip install 'posterior_diffusion[metrics]'") from None
+    x01 = ((x.float() + 1) / 2).clamp(0, 1)
+    ref01 = ((ref.float() + 1) / 2).clamp(0, 1)
+    return structural_similarity_index_measure(x01, ref01, data_range=1.0, reduction="none")
+
+
 def sliced_wasserstein(
     a: torch.Tensor, b: torch.Tensor, num_projections: int = 256, generator: torch.Generator | None = None
 ) -> torch.Tensor:
