@@ -5,7 +5,7 @@ y = op.measure(x, generator=g)   # A(x) + noise;  op(x) is A(x), noiseless and d
 """
 
 from . import blur, denoise, inpaint, super_resolution  # noqa: F401  (registers the operators)
-from .base import LinearOperator, Operator, SVDOperator
+from .base import DiagonalOperator, LinearOperator, Operator, SVDOperator
 from .blur import Blur, GaussianBlur, MotionBlur, UniformBlur
 from .denoise import Denoise
 from .inpaint import InpaintBox, InpaintRandom
@@ -25,6 +25,7 @@ from .super_resolution import SuperResolution
 __all__ = [
     "Blur",
     "Denoise",
+    "DiagonalOperator",
     "GaussianBlur",
     "GaussianNoise",
     "InpaintBox",

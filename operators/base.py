@@ -198,3 +198,19 @@ class SVDOperator(LinearOperator):
         s = self.singular_values(self.image_shape(tuple(y.shape[1:]))).to(y.real.dtype)
         s_inv = torch.where(s > rcond * s.max(), 1.0 / s.clamp(min=1e-30), torch.zeros_like(s))
         return self.V(s_inv * self.U_t(y))
+
+
+class DiagonalOperator(SVDOperator):
+    """A = diag(s) in pixel space (identity, masks): U = V = I, so the spectral coefficients are the pixels."""
+
+    def V_t(self, x):
+        return x
+
+    def V(self, c):
+        return c
+
+    def U_t(self, y):
+        return y
+
+    def U(self, c):
+        return c

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from .base import SVDOperator
+from .base import DiagonalOperator
 from .registry import register_operator
 
 
 @register_operator("denoise")
-class Denoise(SVDOperator):
+class Denoise(DiagonalOperator):
     """The identity operator (its SVD is trivial: U = V = I, s = 1)."""
 
     def __init__(self):
@@ -17,18 +17,6 @@ class Denoise(SVDOperator):
 
     def singular_values(self, image_shape):
         return torch.ones(1)
-
-    def V_t(self, x):
-        return x
-
-    def V(self, c):
-        return c
-
-    def U_t(self, y):
-        return y
-
-    def U(self, c):
-        return c
 
     def forward(self, x):
         return x

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SVDOperator
+from .base import DiagonalOperator
 from .registry import register_operator
 
 
@@ -19,7 +19,7 @@ def _size(image_size) -> tuple[int, int]:
     return int(h), int(w)
 
 
-class Masked(SVDOperator):
+class Masked(DiagonalOperator):
     """Base class: a fixed mask (1, H, W) for images of size `image_size`."""
 
     def _set_mask(self, mask: torch.Tensor) -> None:
@@ -41,18 +41,6 @@ class Masked(SVDOperator):
 
     def singular_values(self, image_shape):
         return self.mask
-
-    def V_t(self, x):
-        return x
-
-    def V(self, c):
-        return c
-
-    def U_t(self, y):
-        return y
-
-    def U(self, c):
-        return c
 
 
 @register_operator("inpaint_box")

@@ -10,18 +10,10 @@ from typing import ClassVar
 
 import torch
 
+from posterior_diffusion.registry import Registry
 from posterior_diffusion.tensor_utils import batch_norm
 
-_NOISE_MODELS: dict[str, type[NoiseModel]] = {}
-
-
-def register_noise(name: str):
-    def wrap(cls):
-        cls.name = name
-        _NOISE_MODELS[name] = cls
-        return cls
-
-    return wrap
+NOISE_MODELS = Registry("noise model")
 
 
 class NoiseModel:
@@ -44,7 +36,7 @@ class NoiseModel:
         raise NotImplementedError
 
 
-@register_noise("gaussian")
+@NOISE_MODELS.register("gaussian")
 class GaussianNoise(NoiseModel):
     """n ~ N(0, sigma^2 I) on the [-1, 1] scale (sigma = 0.05 in DPS Sec. 4 / App. C)."""
 
@@ -76,7 +68,7 @@ class GaussianNoise(NoiseModel):
         return {"noise": "gaussian", "noise_sigma": self.sigma}
 
 
-@register_noise("poisson")
+@NOISE_MODELS.register("poisson")
 class PoissonNoise(NoiseModel):
     """Shot noise: y01 = Poisson(255 * rate * x01) / (255 * rate), on the [0, 1] scale, mapped back to [-1, 1].
 
@@ -114,6 +106,5 @@ NOISE_PARAMS = ("noise", "noise_sigma", "poisson_rate")
 
 def make_noise(noise: str = "gaussian", noise_sigma: float = 0.05, poisson_rate: float = 1.0) -> NoiseModel:
     """Build a noise model by name: 'gaussian' (noise_sigma) or 'poisson' (poisson_rate)."""
-    if noise not in _NOISE_MODELS:
-        raise ValueError(f"unknown noise model {noise!r}; valid: {', '.join(sorted(_NOISE_MODELS))}")
-    return GaussianNoise(noise_sigma) if noise == "gaussian" else PoissonNoise(poisson_rate)
+    cls = NOISE_MODELS.get(noise)
+    return cls(noise_sigma) if cls is GaussianNoise else cls(poisson_rate)

@@ -4,34 +4,15 @@ from __future__ import annotations
 
 import inspect
 
+from posterior_diffusion.registry import Registry
+
 from .base import Operator
 from .noise import NOISE_PARAMS, make_noise
 
-_OPERATORS: dict[str, type[Operator]] = {}
-
-
-def register_operator(name: str):
-    """Class decorator: `@register_operator("gaussian_blur")` makes the class available by that name."""
-
-    def wrap(cls: type[Operator]) -> type[Operator]:
-        if name in _OPERATORS:
-            raise ValueError(f"operator {name!r} is registered twice")
-        cls.name = name
-        _OPERATORS[name] = cls
-        return cls
-
-    return wrap
-
-
-def list_operators() -> list[str]:
-    """Registered operator names, sorted."""
-    return sorted(_OPERATORS)
-
-
-def operator_class(name: str) -> type[Operator]:
-    if name not in _OPERATORS:
-        raise ValueError(f"unknown operator {name!r}; valid: {', '.join(list_operators())}")
-    return _OPERATORS[name]
+OPERATORS = Registry("operator")
+register_operator = OPERATORS.register  # class decorator: @register_operator("gaussian_blur")
+list_operators = OPERATORS.names
+operator_class = OPERATORS.get
 
 
 def operator_params(name: str) -> dict[str, object]:
@@ -71,9 +52,9 @@ def describe_capable(needs: str) -> str:
     if needs == "svd":
         found = [
             n if c.svd_condition == "always" else f"{n} ({c.svd_condition})"
-            for n, c in sorted(_OPERATORS.items())
+            for n, c in OPERATORS.items()
             if c.svd_condition
         ]
     else:
-        found = [n for n, c in sorted(_OPERATORS.items()) if needs == "differentiable" or c.is_linear]
+        found = [n for n, c in OPERATORS.items() if needs == "differentiable" or c.is_linear]
     return ", ".join(found)

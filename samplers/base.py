@@ -19,32 +19,13 @@ import torch
 from posterior_diffusion.operators.base import Operator
 
 from posterior_diffusion.priors.base import DiffusionPrior
+from posterior_diffusion.registry import Registry
 from posterior_diffusion.tensor_utils import chunk_slices, make_generators, seed_for
 
-_SAMPLERS: dict[str, type[Sampler]] = {}
-
-
-def register_sampler(name: str):
-    """Class decorator: `@register_sampler("dps")`."""
-
-    def wrap(cls):
-        if name in _SAMPLERS:
-            raise ValueError(f"sampler {name!r} is registered twice")
-        cls.name = name
-        _SAMPLERS[name] = cls
-        return cls
-
-    return wrap
-
-
-def list_samplers() -> list[str]:
-    return sorted(_SAMPLERS)
-
-
-def sampler_class(name: str) -> type[Sampler]:
-    if name not in _SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(list_samplers())}")
-    return _SAMPLERS[name]
+SAMPLERS = Registry("sampler")
+register_sampler = SAMPLERS.register  # class decorator: @register_sampler("dps")
+list_samplers = SAMPLERS.names
+sampler_class = SAMPLERS.get
 
 
 def get_sampler(name: str, preset: str | None = None, **options) -> Sampler:
