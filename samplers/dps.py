@@ -71,7 +71,7 @@ class DPS(Sampler):
         coef = ddpm_coefficients(prior.alphas_cumprod, strided_timesteps(prior.num_timesteps, cfg.steps))
         guard = NonFiniteGuard(device)
         x_t = randn_stacked(generators, image_shape, device)
-        for i, t in enumerate(coef.timesteps.tolist()):
+        for i, t in enumerate(coef.timesteps):  # 0-d device tensors: no host-device copy per step
             x_t.requires_grad_(True)
             with torch.enable_grad():
                 pred = prior.predict(x_t, t)
@@ -83,6 +83,14 @@ class DPS(Sampler):
                 x_prev = ddpm_step(coef, i, x_t, x0_hat, noise, prior.variance_type, pred.variance_values)
                 x_t = (x_prev - cfg.step_size * grad).detach()
             guard.update(i, x_t)
-            step_hook({"i": i, "t": t, "x": x_t, "x0_hat": x0_hat.detach(), "residual_norm": norm.detach()})
+            step_hook(
+                {
+                    "i": i,
+                    "t": coef.timesteps_host[i],
+                    "x": x_t,
+                    "x0_hat": x0_hat.detach(),
+                    "residual_norm": norm.detach(),
+                }
+            )
         guard.check()
         return x_t, {}

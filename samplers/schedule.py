@@ -28,7 +28,8 @@ def strided_timesteps(num_train_timesteps: int, steps: int) -> torch.Tensor:
 class DDPMCoefficients:
     """Per-step coefficients (n,) float32 for the descending `timesteps` (n,) long."""
 
-    timesteps: torch.Tensor
+    timesteps: torch.Tensor  # on the prior's device
+    timesteps_host: list[int]
     alpha_bar: torch.Tensor
     alpha_bar_prev: torch.Tensor
     beta: torch.Tensor
@@ -64,6 +65,7 @@ def ddpm_coefficients(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> 
 
     return DDPMCoefficients(
         timesteps=timesteps.to(alphas_cumprod.device),
+        timesteps_host=timesteps.tolist(),
         alpha_bar=f(ab),
         alpha_bar_prev=f(ab_prev),
         beta=f(beta),

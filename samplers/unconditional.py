@@ -18,7 +18,7 @@ def sample_unconditional(
     generators = make_generators([seed_for(seed, i) for i in range(shape[0])], prior.device)
     coef = ddpm_coefficients(prior.alphas_cumprod, strided_timesteps(prior.num_timesteps, steps))
     x_t = randn_stacked(generators, shape[1:], prior.device)
-    for i, t in enumerate(coef.timesteps.tolist()):
+    for i, t in enumerate(coef.timesteps):  # 0-d device tensors: no host-device copy per step
         pred = prior.predict(x_t, t)
         x0_hat = pred.x0_hat.clamp(-1, 1) if clip else pred.x0_hat
         x_t = ddpm_step(
