@@ -55,7 +55,8 @@ def _case(name: str, prior: GaussianMixturePrior, op: Operator, n: int, seed: in
 
 def standard_cases(num_measurements: int = 4, seed: int = 11) -> list[ExactCase]:
     """3-component mixtures on 1x8x8 images with a circular blur, random inpainting and average-pool SR x2
-    (sigma_y = 0.1), and a bimodal posterior: two components that differ only in the unobserved pixels."""
+    (sigma_y = 0.1); a 2-component mixture on 3x4x4 images with strong noise (denoising, sigma_y = 0.3); and a
+    bimodal posterior: two components that differ only in the unobserved pixels."""
     gmm = random_gaussian_mixture()
     cases = [
         _case(
@@ -80,6 +81,8 @@ def standard_cases(num_measurements: int = 4, seed: int = 11) -> list[ExactCase]
             seed,
         ),
     ]
+    rgb = random_gaussian_mixture(shape=(3, 4, 4), components=2, seed=4)
+    cases.append(_case("denoise_rgb", rgb, get_operator("denoise", noise_sigma=0.3), num_measurements, seed))
     means = torch.tensor([[0.0, 0.0, 0.8, 0.8], [0.0, 0.0, -0.8, -0.8]], dtype=torch.float64)
     bimodal = GaussianMixturePrior(
         [0.3, 0.7], means, 0.05 * torch.eye(4, dtype=torch.float64).expand(2, 4, 4), image_shape=(1, 1, 4)

@@ -79,6 +79,7 @@ class Sampler:
     needs_operator: ClassVar[str] = "differentiable"  # "differentiable", "linear" or "svd"
     samples_posterior: ClassVar[bool] = True  # False: a mode-seeking (variational) estimate, not posterior draws
     blind: ClassVar[bool] = False  # True: estimates operator parameters too (returned in extras)
+    weighs_noise_level: ClassVar[bool] = True  # False: the data term ignores sigma_y (DPS, RED-Diff)
 
     def __init__(self, preset: str | None = None, **options):
         if preset is not None and preset not in self.PRESETS:

@@ -35,6 +35,7 @@ class PnPULAConfig:
 
     iterations: 10_000 (the reference's default n_iter; its demos use 3e4-1e5).
     burn_in: iterations left out of the chain statistics; default iterations // 10 (declared in the reference).
+    thinning: every thinning-th state after burn-in enters the chain mean and std (the reference averages all).
     eps: the denoiser's noise variance on [-1, 1]; default (2 * 5/255)^2 (std 5/255 on [0, 1]).
     alpha: prior weight, 1 (the paper also uses 0.3).
     box: (low, high) of the convex set C on [-1, 1]; (-3, 3) is the reference's [-1, 2] on [0, 1].
@@ -50,6 +51,7 @@ class PnPULAConfig:
 
     iterations: int = 10_000
     burn_in: int | None = None
+    thinning: int = 1
     eps: float = (2 * 5 / 255) ** 2
     alpha: float = 1.0
     box: tuple[float, float] = (-3.0, 3.0)
@@ -66,6 +68,8 @@ class PnPULAConfig:
             )
         if self.anneal_iterations < 0 or self.anneal_eps <= self.eps:
             raise ValueError("anneal_iterations must be >= 0 and anneal_eps > eps")
+        if self.thinning < 1:
+            raise ValueError(f"thinning must be >= 1, got {self.thinning}")
         if self.burn_in is not None and not 0 <= self.burn_in < self.iterations:
             raise ValueError(f"burn_in must be in [0, iterations), got {self.burn_in}")
         if self.init not in INITS:
@@ -155,13 +159,13 @@ class PnPULA(Sampler):
                     + (delta / lam) * (x.clamp(low, high) - x)
                     + (2 * delta) ** 0.5 * z
                 )
-                if k >= burn_in:
+                if k >= burn_in and (k - burn_in) % cfg.thinning == 0:
                     total += x
                     total_sq += x * x
             guard.update(k, x)
             step_hook({"i": k, "t": p["t_star"], "x": x, "x0_hat": denoised})
         guard.check()
-        count = len(schedule) - burn_in
+        count = len(range(burn_in, len(schedule), cfg.thinning))
         mean = total / count
         std = (total_sq / count - mean.square()).clamp(min=0).sqrt()
         return x, {"chain_mean": mean, "chain_std": std}

@@ -83,6 +83,7 @@ class REDDiff(Sampler):
         "nonlinear": {"lam": 0.25, "lr": 0.5},
     }
     needs_operator = "differentiable"
+    weighs_noise_level = False  # the data term is mean((y - A mu)^2) / 2, not divided by sigma_y^2
     samples_posterior = False  # q(x0 | y) with sigma -> 0: samples differ only through the noise draws
 
     def nfe(self, prior) -> int:

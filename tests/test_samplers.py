@@ -40,10 +40,18 @@ def _supported(name, case_names):
     return out
 
 
-@pytest.mark.parametrize("name,case_name", [p for n in NON_BLIND for p in _supported(n, ["blur", "inpaint", "sr2"])])
+@pytest.mark.parametrize(
+    "name,case_name", [p for n in NON_BLIND for p in _supported(n, ["blur", "inpaint", "sr2", "denoise_rgb"])]
+)
 def test_samples_match_the_exact_posterior(name, case_name):
     sampler = get_sampler(name, **REPORT_SETTINGS[name])
-    r = evaluate(sampler, CASES[case_name], num_samples=32)
+    case = CASES[case_name]
+    r = evaluate(sampler, case, num_samples=32)
+    if case.op.noise.sigma > 0.2 and not sampler.weighs_noise_level:
+        # strong noise: a data term blind to sigma_y over-trusts y (measured: DPS std ratio 0.24, RED-Diff
+        # mean error 0.48 of the prior's 0.77), so only "better than the prior alone" is asserted
+        assert r["mean_err"] < r["prior_err"] and r["sw"] < r["sw_prior"], r
+        return
     assert r["mean_err"] < 0.6 * r["prior_err"], r
     assert r["sw"] < 0.6 * r["sw_prior"], r
     if sampler.samples_posterior:  # spread checks only for samplers that claim posterior draws
@@ -67,7 +75,7 @@ def test_pnp_ula_with_the_exact_denoiser_matches_closely():
     """Asymptotically exact up to the smoothing eps: long chains on a unimodal posterior are very close."""
     r = evaluate(get_sampler("pnp_ula", iterations=4000), CASES["inpaint"], num_samples=32)
     assert r["mean_err"] < 0.08 and 0.85 < r["std_ratio"] < 1.15 and r["coverage90"] > 0.8, r
-    out = get_sampler("pnp_ula", iterations=300, burn_in=100)(
+    out = get_sampler("pnp_ula", iterations=300, burn_in=100, thinning=4)(
         CASES["inpaint"].prior, CASES["inpaint"].op, CASES["inpaint"].y, num_samples=2
     )
     assert out.extras["chain_mean"].shape == out.samples.shape == out.extras["chain_std"].shape
