@@ -2,6 +2,7 @@
 
 from .base import PREDICTION_TYPES, DiffusionPrior, Prediction, linear_alphas_cumprod
 from .gaussian_mixture import GaussianMixturePosterior, GaussianMixturePrior
+from .latent import LatentPrior
 from .loading import builtin_priors, default_prior_name, load_prior, resolve_dtype
 from .unet import UNetPrior
 
@@ -10,6 +11,7 @@ __all__ = [
     "DiffusionPrior",
     "GaussianMixturePosterior",
     "GaussianMixturePrior",
+    "LatentPrior",
     "Prediction",
     "UNetPrior",
     "builtin_priors",

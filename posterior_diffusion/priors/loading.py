@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .base import DiffusionPrior, linear_alphas_cumprod
+from .latent import LatentPrior
 from .unet import UNetPrior
 
 DTYPES = {
@@ -56,13 +57,14 @@ def default_prior_name(channels: int) -> str:
     return names[channels]
 
 
-def load_prior(spec, device=None, dtype=None) -> DiffusionPrior:
+def load_prior(spec, device=None, dtype=None, scaling_factor: float | None = None) -> DiffusionPrior:
     """Load a diffusion prior; see the module docstring for the accepted `spec`s.
 
     Args:
         device: where the prior runs (default cpu).
         dtype: the network's dtype: torch.float32 (default, whatever the stored weights are), float16 or
             bfloat16 (names accepted). The schedule and all outputs stay float32.
+        scaling_factor: latent priors only: the latent scaling (default: see `_latent_prior`).
     """
     requested = resolve_dtype(dtype)
     dtype = requested or torch.float32
@@ -75,11 +77,11 @@ def load_prior(spec, device=None, dtype=None) -> DiffusionPrior:
     elif str(spec).startswith("builtin:"):
         prior = _load_builtin(str(spec)[len("builtin:") :], dtype)
     elif Path(spec).is_dir():
-        prior = _load_folder(Path(spec), dtype)
+        prior = _load_folder(Path(spec), dtype, scaling_factor)
     elif Path(spec).exists():
         raise ValueError(f"'{spec}' is a file; priors load from a diffusers folder, a hub id or 'builtin:<name>'")
     else:
-        prior = _load_hub(str(spec), dtype)
+        prior = _load_hub(str(spec), dtype, scaling_factor)
     return prior.to(device or prior.device)
 
 
@@ -92,8 +94,14 @@ def _load_builtin(name: str, dtype: torch.dtype) -> DiffusionPrior:
     return _load_folder(folder, dtype)
 
 
-def _load_folder(folder: Path, dtype: torch.dtype) -> DiffusionPrior:
-    """A diffusers folder; the UNet is loaded in `dtype` whatever the stored weights' precision."""
+AUTOENCODER_KEYS = ("vqvae", "vae")  # the component names of LDM and Stable Diffusion pipelines
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, scaling_factor: float | None = None) -> DiffusionPrior:
+    """A diffusers folder; the UNet is loaded in `dtype` whatever the stored weights' precision.
+
+    A pipeline with an autoencoder component ("vqvae" or "vae") is a latent prior (see `_latent_prior`).
+    """
     from diffusers import UNet2DModel
 
     if (folder / "model_index.json").exists():
@@ -102,11 +110,12 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> DiffusionPrior:
         if not unet_entry or unet_entry[1] != "UNet2DModel":
             raise ValueError(
                 f"'{folder}' is a {index.get('_class_name', 'diffusers')} pipeline without a UNet2DModel 'unet'; "
-                "pixel priors need a DDPMPipeline-style folder (unet/ + scheduler/)"
+                "priors need a DDPMPipeline or LDMPipeline-style folder (unet/ + scheduler/ [+ vqvae/ or vae/])"
             )
         unet = UNet2DModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
         scheduler = _scheduler_config(folder / "scheduler")
     elif (folder / "config.json").exists():
+        index = {}
         config = json.loads((folder / "config.json").read_text())
         if config.get("_class_name") != "UNet2DModel":
             raise ValueError(f"'{folder}' holds a {config.get('_class_name', 'unknown')} model, not a UNet2DModel")
@@ -117,12 +126,44 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> DiffusionPrior:
             f"'{folder}' is not a diffusion model folder: expected model_index.json (a diffusers pipeline) "
             "or config.json of a UNet2DModel"
         )
-    return UNetPrior(
+    prior = UNetPrior(
         unet,
         _alphas_cumprod(scheduler),
         prediction_type=scheduler.get("prediction_type", "epsilon"),
         variance_type=scheduler.get("variance_type", "fixed_small"),
     )
+    if any(key in index for key in AUTOENCODER_KEYS):
+        return _latent_prior(folder, index, prior, scaling_factor)
+    if scaling_factor is not None:
+        raise ValueError(f"scaling_factor was given but '{folder}' is a pixel prior (no vqvae/ or vae/ component)")
+    return prior
+
+
+def _latent_prior(folder: Path, index: dict, latent: UNetPrior, scaling_factor: float | None) -> LatentPrior:
+    """The autoencoder of an LDM-style folder, in float32. Latent scaling, in order: the `scaling_factor`
+    argument; a "scaling_factor" entry of model_index.json (written by this package's `train`); 1.0 for an
+    LDMPipeline (CompVis LDMs diffuse unscaled latents, and diffusers' LDMPipeline applies none); else the
+    autoencoder config's `scaling_factor`."""
+    from diffusers import AutoencoderKL, VQModel
+
+    classes = {"VQModel": VQModel, "AutoencoderKL": AutoencoderKL}
+    key = next(k for k in AUTOENCODER_KEYS if k in index)
+    name = index[key][1]
+    if name not in classes:
+        raise ValueError(f"'{folder}': autoencoder '{key}' is a {name}; supported: {', '.join(classes)}")
+    if not (folder / key).is_dir():
+        raise ValueError(f"'{folder}' lists a '{key}' component but has no {key}/ folder")
+    autoencoder = classes[name].from_pretrained(folder, subfolder=key, torch_dtype=torch.float32)
+    if scaling_factor is None:
+        scaling_factor = index.get("scaling_factor")
+    if scaling_factor is None:
+        scaling_factor = 1.0 if index.get("_class_name") == "LDMPipeline" else autoencoder.config.scaling_factor
+    if autoencoder.config.latent_channels != latent.net.config.in_channels:
+        raise ValueError(
+            f"'{folder}': the autoencoder makes {autoencoder.config.latent_channels}-channel latents but the UNet "
+            f"takes {latent.net.config.in_channels} channels"
+        )
+    return LatentPrior(latent, autoencoder, scaling_factor)
 
 
 def _scheduler_config(folder: Path) -> dict:
@@ -143,7 +184,7 @@ def _alphas_cumprod(config: dict) -> torch.Tensor:
     return scheduler.alphas_cumprod.float()
 
 
-def _load_hub(repo_id: str, dtype: torch.dtype) -> DiffusionPrior:
+def _load_hub(repo_id: str, dtype: torch.dtype, scaling_factor: float | None = None) -> DiffusionPrior:
     """A hub id: use the local cache (works offline); otherwise try to download; a clear error if neither works."""
     from huggingface_hub import snapshot_download
 
@@ -162,4 +203,4 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> DiffusionPrior:
                 f"prior '{repo_id}' is not a folder, a built-in prior, or a hub model that could be downloaded "
                 f"({type(err).__name__}); check the name, or download it where there is network"
             ) from None
-    return _load_folder(Path(path), dtype)
+    return _load_folder(Path(path), dtype, scaling_factor)

@@ -1,0 +1,82 @@
+"""Latent diffusion priors: a diffusers autoencoder (AutoencoderKL or VQModel) and a UNet2DModel on its latents
+(Rombach et al., CVPR 2022). The diffusion runs on z = scaling_factor * E(x); images come back as D(z / scaling_factor).
+
+The denoiser contract (`predict`, `alphas_cumprod`) is the latent UNet's; `encode`/`decode` cross between
+images (B, C, H, W) in [-1, 1] and latents (B, c, H / f, W / f). The autoencoder runs in float32 unless asked
+(half precision overflows in some VAE decoders), the UNet in its own dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import DiffusionPrior, Prediction
+from .unet import UNetPrior
+
+
+class LatentPrior(DiffusionPrior):
+    """A latent prior: `latent` is the UNetPrior on latents, `autoencoder` an AutoencoderKL or VQModel.
+
+    Args:
+        scaling_factor: latents are multiplied by it after encoding (the diffusers `vae.config.scaling_factor`;
+            CompVis LDM VQ-f4 models are unscaled, 1.0).
+    """
+
+    space = "latent"
+
+    def __init__(self, latent: UNetPrior, autoencoder, scaling_factor: float):
+        super().__init__(latent.alphas_cumprod, latent.prediction_type, latent.variance_type)
+        if not scaling_factor > 0:
+            raise ValueError(f"scaling_factor must be > 0, got {scaling_factor}")
+        self.latent = latent
+        self.autoencoder = autoencoder.eval().requires_grad_(False)
+        self.scaling_factor = float(scaling_factor)
+
+    @property
+    def net(self):
+        return self.latent.net
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.latent.dtype
+
+    @property
+    def factor(self) -> int:
+        """Spatial downsampling of the autoencoder."""
+        return 2 ** (len(self.autoencoder.config.block_out_channels) - 1)
+
+    @property
+    def downsampling(self) -> int:
+        """Image sizes must be multiples of this (autoencoder x latent UNet)."""
+        return self.factor * self.latent.downsampling
+
+    def latent_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        self.check_image_shape(image_shape)
+        _, h, w = image_shape
+        return (self.net.config.in_channels, h // self.factor, w // self.factor)
+
+    def check_image_shape(self, image_shape):
+        c, h, w = image_shape
+        if c != self.autoencoder.config.in_channels:
+            raise ValueError(f"the prior models {self.autoencoder.config.in_channels}-channel images, got {c} channels")
+        if h % self.downsampling or w % self.downsampling:
+            raise ValueError(f"image size {h}x{w} must be divisible by {self.downsampling} (autoencoder x UNet)")
+
+    def default_image_shape(self):
+        _, h, w = self.latent.default_image_shape()
+        return (self.autoencoder.config.in_channels, h * self.factor, w * self.factor)
+
+    def predict(self, x_t, t) -> Prediction:
+        """The latent UNet's prediction for latents z_t (B, c, h, w)."""
+        return self.latent.predict(x_t, t)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> scaled latents (B, c, H / f, W / f), float32 (the posterior mean
+        for AutoencoderKL; the pre-quantisation latents for VQModel, which quantises in `decode`)."""
+        enc = self.autoencoder.encode(x.to(self.autoencoder.dtype))
+        z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
+        return z.float() * self.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images (B, C, H, W), float32, about [-1, 1] (not clipped)."""
+        return self.autoencoder.decode((z / self.scaling_factor).to(self.autoencoder.dtype)).sample.float()
