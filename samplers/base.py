@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from posterior_diffusion.operators.base import Operator
 
+from posterior_diffusion.operators.base import Operator
 from posterior_diffusion.priors.base import DiffusionPrior
 from posterior_diffusion.registry import Registry
 from posterior_diffusion.tensor_utils import chunk_slices, make_generators, seed_for
@@ -133,7 +133,7 @@ class Sampler:
         """Sample `num_samples` posterior draws per measurement.
 
         Args:
-            y: (B, *measurement_shape) or one unbatched measurement.
+            y: (B, *measurement_shape), already validated (`sample_posterior` validates and batches).
             seed: global seed; chain (b, s) uses seed_for(seed, b, s). A `generator` instead draws the seed.
             batch_size: chains per network call (default: all).
             image_shape: (C, H, W) of x; default op.image_shape(measurement shape).

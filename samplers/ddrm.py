@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from posterior_diffusion.operators.noise import GaussianNoise
 
+from posterior_diffusion.operators.noise import GaussianNoise
 from posterior_diffusion.tensor_utils import randn_stacked
 
 from .base import NonFiniteGuard, Sampler, register_sampler

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+
 from posterior_diffusion.operators.blur import Blur, kernel_spectrum
 from posterior_diffusion.operators.noise import GaussianNoise
-
 from posterior_diffusion.tensor_utils import randn_stacked
 
 from .base import NonFiniteGuard, Sampler, register_sampler

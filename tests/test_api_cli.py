@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from posterior_diffusion.operators import get_operator
 
 from posterior_diffusion import sample_posterior
 from posterior_diffusion.cli import main
+from posterior_diffusion.operators import get_operator
 
 
 @pytest.fixture

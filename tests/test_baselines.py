@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from posterior_diffusion.operators import get_operator
 
 from posterior_diffusion.baselines import baseline
+from posterior_diffusion.operators import get_operator
 
 
 def test_harmonic_fill_reproduces_a_harmonic_image():

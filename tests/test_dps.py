@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from posterior_diffusion.operators import get_operator
-from posterior_diffusion.samplers import get_sampler
 
 from posterior_diffusion.metrics import sliced_wasserstein
+from posterior_diffusion.operators import get_operator
+from posterior_diffusion.samplers import get_sampler
 
 CASES = [
     ("gaussian_blur", {"kernel_size": 5, "sigma": 1.0}),

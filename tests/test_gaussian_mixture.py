@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-from posterior_diffusion.operators import get_operator
 
 from posterior_diffusion.exact import random_gaussian_mixture
+from posterior_diffusion.operators import get_operator
 from posterior_diffusion.priors import GaussianMixturePrior
 
 

@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 from diffusers import UNet2DModel
-from posterior_diffusion.operators import get_operator
-from posterior_diffusion.samplers import get_sampler
 
+from posterior_diffusion.operators import get_operator
 from posterior_diffusion.priors import LatentPrior, load_prior
+from posterior_diffusion.samplers import get_sampler
 from posterior_diffusion.train import TrainConfig, build_scheduler, build_unet
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from posterior_diffusion.operators import (
     from_config,
     gaussian_kernel,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from posterior_diffusion.operators import get_operator
-from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
 
 from posterior_diffusion import sample_posterior
 from posterior_diffusion.exact import REPORT_SETTINGS, evaluate, standard_cases
+from posterior_diffusion.operators import get_operator
 from posterior_diffusion.priors import load_prior
+from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
 
 SMOKE = {  # the cheapest settings that exercise every branch of each sampler
     "dps": {"steps": 4},

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from posterior_diffusion.operators import get_operator
 
 from posterior_diffusion import sample_posterior
+from posterior_diffusion.operators import get_operator
 from posterior_diffusion.priors import UNetPrior, linear_alphas_cumprod, load_prior
 
 
