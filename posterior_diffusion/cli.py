@@ -214,20 +214,33 @@ def cmd_train(args) -> None:
     from posterior_diffusion.train import TrainConfig, default_threads, train
 
     default_threads()
-    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _TRAIN_SKIP}
-    folder = train(TrainConfig(data=args.data, output=args.out, **options), progress=not args.quiet)
+    folder = train(_config_from_args(TrainConfig, args), progress=not args.quiet)
     print(f"prior saved in {folder}/ (use it with --prior {folder})")
 
 
-_TRAIN_SKIP = ("data", "output")
+def cmd_train_autoencoder(args) -> None:
+    from posterior_diffusion.train import default_threads
+    from posterior_diffusion.train_autoencoder import AutoencoderConfig, train_autoencoder
+
+    default_threads()
+    folder = train_autoencoder(_config_from_args(AutoencoderConfig, args), progress=not args.quiet)
+    print(f"autoencoder saved in {folder}/autoencoder (train a latent prior with --autoencoder {folder}/autoencoder)")
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    """One --option per TrainConfig field, with the config's default (the dataclass is the single source)."""
-    from posterior_diffusion.train import TrainConfig
+_SKIP = ("data", "output")
 
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in _TRAIN_SKIP:
+
+def _config_from_args(config_class, args):
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if f.name not in _SKIP}
+    return config_class(data=args.data, output=args.out, **options)
+
+
+def _add_config_options(p: argparse.ArgumentParser, config_class) -> None:
+    """One --option per config field, with the config's default (the dataclass is the single source)."""
+    p.add_argument("--data", required=True, help="folder of training images")
+    p.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
+    for f in dataclasses.fields(config_class):
+        if f.name in _SKIP:
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, tuple):
@@ -235,7 +248,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                 flag, type=type(f.default[0]), nargs="+", default=list(f.default), help=f"default {f.default}"
             )
         else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=f"default {f.default}")
+            kind = str if f.default is None else type(f.default)
+            p.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")
+    p.add_argument("--quiet", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,12 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_restore)
 
-    p = sub.add_parser("train", help="train a pixel diffusion prior on a folder of images")
-    p.add_argument("--data", required=True, help="folder of training images")
-    p.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
-    _add_train_options(p)
-    p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("train", help="train a diffusion prior (pixel, or latent with --autoencoder)")
+    from posterior_diffusion.train import TrainConfig
+    from posterior_diffusion.train_autoencoder import AutoencoderConfig
+
+    _add_config_options(p, TrainConfig)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("train-autoencoder", help="train the autoencoder of a latent prior")
+    _add_config_options(p, AutoencoderConfig)
+    p.set_defaults(func=cmd_train_autoencoder)
     return parser
 
 

@@ -1,34 +1,27 @@
-"""Train a pixel diffusion prior (diffusers UNet2DModel + DDPM schedule) on a folder of images.
+"""Train a diffusion prior (diffusers UNet2DModel + DDPM schedule) on a folder of images: on pixels, or on the
+latents of a trained autoencoder (`autoencoder=`, see `train_autoencoder`).
 
-The objective is the DDPM epsilon loss (Ho et al., 2020, Algorithm 1) on random crops with random flips,
-with accelerate for the device, mixed precision and multi-process data parallelism, and an EMA copy of
-the weights (the weights that are saved as the prior).
+The objective is the DDPM epsilon loss (Ho et al., 2020, Algorithm 1) on random crops with random flips; the
+loop (accelerate, EMA, checkpoints, exact resume) is `training_loop.fit`.
 
 Output folder (read by `load_prior`; nothing else is needed to use it):
     model_index.json, unet/ (EMA weights, safetensors + config.json), scheduler/ (DDPMScheduler config),
-    checkpoint/ (latest raw weights, EMA, optimizer and step, for exact resume), train_log.jsonl,
-    loss.png and samples.png at the end.
-
-Exact resume: the crops, flips, timesteps and noise of step k come from generators seeded by
-(seed, k, process index), so a resumed run repeats exactly what an uninterrupted one does.
+    [vae/ or vqvae/: the autoencoder, its config's scaling_factor set], checkpoint/ (for exact resume),
+    train_log.jsonl, train_config.json, and loss.png and samples.png at the end.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from posterior_diffusion.images import list_images, read_image_uint8, uint8_to_float
+from posterior_diffusion.training_loop import TrainingJob, fit
 
 
 @dataclass
@@ -39,6 +32,8 @@ class TrainConfig:
     Optimiser: AdamW, lr 2e-4 (DDPM Sec. B, CIFAR10), with a short warm-up.
     EMA: diffusers' EMAModel with warm-up (power 3/4, max decay 0.9999), as in diffusers'
     train_unconditional example.
+    autoencoder: a trained autoencoder folder (AutoencoderKL or VQModel): the UNet then learns its latents,
+    scaled to unit variance (latent diffusion, Rombach et al. 2022, Sec. 4.3.2).
     """
 
     data: str
@@ -60,6 +55,7 @@ class TrainConfig:
     mixed_precision: str = "bf16"
     checkpoint_every: int = 250
     seed: int = 0
+    autoencoder: str | None = None
 
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)
@@ -72,15 +68,17 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
 
 
-def build_unet(cfg: TrainConfig):
-    """A fully convolutional UNet2DModel (no attention), usable at any size divisible by its downsampling."""
+def build_unet(cfg: TrainConfig, channels: int | None = None, sample_size: int | None = None):
+    """A fully convolutional UNet2DModel (no attention), usable at any size divisible by its downsampling.
+    `channels`/`sample_size` default to the image's (pass the latent ones for a latent prior)."""
     from diffusers import UNet2DModel
 
     n = len(cfg.block_out_channels)
+    channels = channels or cfg.channels
     return UNet2DModel(
-        sample_size=cfg.crop_size,
-        in_channels=cfg.channels,
-        out_channels=cfg.channels,
+        sample_size=sample_size or cfg.crop_size,
+        in_channels=channels,
+        out_channels=channels,
         block_out_channels=cfg.block_out_channels,
         layers_per_block=cfg.layers_per_block,
         down_block_types=("DownBlock2D",) * n,
@@ -133,44 +131,9 @@ class CropDataset:
         return uint8_to_float(torch.stack(crops))
 
 
-def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def _save_checkpoint(folder: Path, model, ema, optimizer, step: int, losses: list[float]) -> None:
-    """Atomically replace folder/checkpoint with the current training state."""
-    tmp = folder / "checkpoint.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    ema_state = ema.state_dict()
-    shadow = ema_state.pop("shadow_params")
-    save_file({f"{i}": p.detach().cpu().contiguous() for i, p in enumerate(shadow)}, tmp / "ema.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "ema": ema_state, "losses": losses}))
-    final = folder / "checkpoint"
-    old = folder / "checkpoint.old"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(folder: Path, model, ema, optimizer) -> tuple[int, list[float]]:
-    ckpt = folder / "checkpoint"
-    if not (ckpt / "state.json").exists():
-        return 0, []
-    state = json.loads((ckpt / "state.json").read_text())
-    model.load_state_dict(load_file(ckpt / "model.safetensors"))
-    shadow = load_file(ckpt / "ema.safetensors")
-    ema.load_state_dict({**state["ema"], "shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    return state["step"], state["losses"]
-
-
-def save_prior(folder: str | Path, unet, scheduler) -> None:
-    """Write a DDPMPipeline-layout folder (model_index.json, unet/, scheduler/) that `load_prior` reads."""
+def save_prior(folder: str | Path, unet, scheduler, autoencoder=None, scaling_factor: float | None = None) -> None:
+    """Write a DDPMPipeline-layout folder (model_index.json, unet/, scheduler/) that `load_prior` reads; with an
+    autoencoder, a latent prior (+ vae/ or vqvae/, the latent scaling stored as its config's scaling_factor)."""
     folder = Path(folder)
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     scheduler.save_pretrained(folder / "scheduler")
@@ -179,139 +142,119 @@ def save_prior(folder: str | Path, unet, scheduler) -> None:
         "unet": ["diffusers", "UNet2DModel"],
         "scheduler": ["diffusers", "DDPMScheduler"],
     }
+    if autoencoder is not None:
+        key = "vqvae" if type(autoencoder).__name__ == "VQModel" else "vae"
+        autoencoder.register_to_config(scaling_factor=float(scaling_factor))
+        autoencoder.save_pretrained(folder / key, safe_serialization=True)
+        index = {**index, "_class_name": "LatentDiffusionPrior", key: ["diffusers", type(autoencoder).__name__]}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
 def export_prior(source: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16) -> Path:
     """Copy the prior of a training folder (EMA weights) to `dest`, weights cast to `dtype` to halve the size;
     `load_prior` runs it in float32 unless asked otherwise."""
-    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel, VQModel
 
     source, dest = Path(source), Path(dest)
     unet = UNet2DModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
-    save_prior(dest, unet, DDPMScheduler.from_pretrained(source, subfolder="scheduler"))
+    scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
+    index = json.loads((source / "model_index.json").read_text())
+    key = next((k for k in ("vae", "vqvae") if k in index), None)
+    if key is None:
+        save_prior(dest, unet, scheduler)
+    else:
+        autoencoder = {"vae": AutoencoderKL, "vqvae": VQModel}[key].from_pretrained(source / key, torch_dtype=dtype)
+        save_prior(dest, unet, scheduler, autoencoder, autoencoder.config.scaling_factor)
     return dest
 
 
 def train(cfg: TrainConfig, max_steps_this_run: int | None = None, progress: bool = True) -> Path:
-    """Train (or resume) a pixel prior; returns the output folder. `max_steps_this_run` stops early (tests)."""
-    from accelerate import Accelerator
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
-
+    """Train (or resume) a prior; returns the output folder. `max_steps_this_run` stops early (tests)."""
     out = Path(cfg.output)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    config_file = out / "train_config.json"
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if config_file.exists():
-            previous = json.loads(config_file.read_text())
-            if previous != json.loads(json.dumps(asdict(cfg))):
-                raise ValueError(f"'{out}' holds a run with other settings ({config_file}); use a new output folder")
-        config_file.write_text(json.dumps(asdict(cfg), indent=2))
-    accelerator.wait_for_everyone()
 
-    data = CropDataset(cfg.data, cfg.channels, cfg.crop_size)
-    with torch.random.fork_rng():  # the initial weights depend on the seed only
-        torch.manual_seed(cfg.seed)
-        model = build_unet(cfg)
-    scheduler = build_scheduler(cfg)
-    ema = EMAModel(
-        model.parameters(),
-        decay=cfg.ema_max_decay,
-        use_ema_warmup=True,
-        power=cfg.ema_power,
-        model_cls=type(model),
-        model_config=model.config,
-    )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    start, losses = _load_checkpoint(out, model, ema, optimizer)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    ema.to(accelerator.device)
-    alphas_cumprod = scheduler.alphas_cumprod.to(accelerator.device)
+    def build(accelerator) -> TrainingJob:
+        device = accelerator.device
+        data = CropDataset(cfg.data, cfg.channels, cfg.crop_size)
+        scheduler = build_scheduler(cfg)
+        alphas_cumprod = scheduler.alphas_cumprod.to(device)
+        encoder = LatentEncoder(cfg.autoencoder, data, cfg.seed, device) if cfg.autoencoder else None
+        if encoder is None:
+            unet = build_unet(cfg)
+        else:
+            unet = build_unet(cfg, encoder.channels, cfg.crop_size // encoder.factor)
 
-    end = cfg.steps if max_steps_this_run is None else min(cfg.steps, start + max_steps_this_run)
-    bar = tqdm(
-        range(start, end),
-        initial=start,
-        total=cfg.steps,
-        disable=not (progress and accelerator.is_main_process),
-        desc="train",
-    )
-    tic = time.time()
-    with open(out / "train_log.jsonl", "a") if accelerator.is_main_process else contextlib.nullcontext() as log:
-        for step in bar:
-            loss_value = _train_step(cfg, step, data, model, optimizer, ema, alphas_cumprod, accelerator)
-            losses.append(loss_value)
-            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
-            done = step + 1
-            if log is not None:
-                log.write(json.dumps({"step": done, "loss": loss_value, "seconds": round(time.time() - tic, 3)}) + "\n")
-                log.flush()
-            if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == end):
-                _save_checkpoint(out, accelerator.unwrap_model(model), ema, optimizer, done, losses)
-                _export(out, accelerator.unwrap_model(model), ema, scheduler)
-            accelerator.wait_for_everyone()
-    if accelerator.is_main_process and end == cfg.steps:
-        _final_figures(out, losses, accelerator.device)
-    return out
+        def loss(model, g, accelerator):
+            x0 = data.batch(g, cfg.batch_size).to(device)
+            if encoder is not None:
+                x0 = encoder(x0)
+            t = torch.randint(cfg.num_train_timesteps, (cfg.batch_size,), generator=g).to(device)
+            noise = torch.randn(x0.shape, generator=g).to(device)
+            alpha_bar = alphas_cumprod[t].view(-1, 1, 1, 1)
+            x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+            with accelerator.autocast():
+                eps_hat = model(x_t, t).sample
+            return F.mse_loss(eps_hat.float(), noise)
+
+        def export(model) -> None:
+            if encoder is None:
+                save_prior(out, model, scheduler)
+            else:
+                save_prior(out, model, scheduler, encoder.autoencoder, encoder.scaling_factor)
+
+        def finish(losses) -> None:
+            _sample_grid(out, cfg, device)
+
+        return TrainingJob(unet, loss, export, finish)
+
+    return fit(cfg, build, max_steps_this_run, progress)
 
 
-def _train_step(
-    cfg: TrainConfig, step: int, data: CropDataset, model, optimizer, ema, alphas_cumprod, accelerator
-) -> float:
-    """One optimisation step of the epsilon loss (DDPM Algorithm 1); returns the loss averaged over processes."""
-    g = _step_generator(cfg.seed, step, accelerator.process_index)
-    x0 = data.batch(g, cfg.batch_size).to(accelerator.device)
-    t = torch.randint(cfg.num_train_timesteps, (cfg.batch_size,), generator=g).to(accelerator.device)
-    noise = torch.randn(x0.shape, generator=g).to(accelerator.device)
-    alpha_bar = alphas_cumprod[t].view(-1, 1, 1, 1)
-    x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
-    with accelerator.autocast():
-        eps_hat = model(x_t, t).sample
-    loss = F.mse_loss(eps_hat.float(), noise)
-    accelerator.backward(loss)
-    for group in optimizer.param_groups:  # linear warm-up, then constant
-        group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    ema.step(accelerator.unwrap_model(model).parameters())
-    return accelerator.gather(loss.detach()[None]).mean().item()
+class LatentEncoder:
+    """A frozen autoencoder that maps image crops to latents scaled to unit variance.
+
+    The scale is 1 / std of the latents of 4 batches of 16 crops drawn with a generator seeded by `seed`
+    (the same on every process and on resume), as Stable Diffusion's scaling_factor was chosen.
+    """
+
+    def __init__(self, folder: str, data: CropDataset, seed: int, device):
+        from diffusers import AutoencoderKL, VQModel
+
+        config = json.loads((Path(folder) / "config.json").read_text())
+        classes = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
+        if config.get("_class_name") not in classes:
+            raise ValueError(f"'{folder}' is not an AutoencoderKL or VQModel folder")
+        self.autoencoder = (
+            classes[config["_class_name"]].from_pretrained(folder).to(device).eval().requires_grad_(False)
+        )
+        self.factor = 2 ** (len(self.autoencoder.config.block_out_channels) - 1)
+        self.channels = self.autoencoder.config.latent_channels
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            z = torch.cat([self._encode(data.batch(g, 16).to(device)) for _ in range(4)])
+        self.scaling_factor = float(1.0 / z.std())
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        enc = self.autoencoder.encode(x)
+        return enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._encode(x) * self.scaling_factor
 
 
-def _export(out: Path, model, ema, scheduler) -> None:
-    """Save the EMA weights as the prior (keeps the training weights untouched)."""
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
-    save_prior(out, model, scheduler)
-    ema.restore(model.parameters())
-
-
-def _final_figures(out: Path, losses: list[float], device) -> None:
-    """loss.png (smoothed loss curve) and samples.png (unconditional DDPM samples of the EMA prior)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    window = max(1, len(losses) // 100)
-    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-    ax.semilogy(np.arange(len(smooth)) + window, smooth)
-    ax.set_xlabel("step")
-    ax.set_ylabel("epsilon MSE (moving average)")
-    fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=100)
-    plt.close(fig)
-
+def _sample_grid(out: Path, cfg: TrainConfig, device) -> None:
+    """samples.png: 16 unconditional DDPM samples (250 strided steps) of the exported prior at twice the crop size."""
     from posterior_diffusion.figures import save_grid
     from posterior_diffusion.priors import load_prior
     from posterior_diffusion.samplers.unconditional import sample_unconditional
 
     prior = load_prior(str(out), device=device)
-    cfg = json.loads((out / "train_config.json").read_text())
-    size = cfg["crop_size"] * 2
-    samples = sample_unconditional(prior, (16, cfg["channels"], size, size), steps=250, seed=0)
+    size = cfg.crop_size * 2
+    if prior.space == "latent":
+        latents = sample_unconditional(prior, (16, *prior.latent_shape((cfg.channels, size, size))), 250, clip=False)
+        samples = prior.decode(latents).clamp(-1, 1)
+    else:
+        samples = sample_unconditional(prior, (16, cfg.channels, size, size), steps=250, seed=0)
     save_grid(samples, out / "samples.png", nrow=4)
 
 
@@ -321,4 +264,13 @@ def default_threads() -> None:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
-__all__ = ["CropDataset", "TrainConfig", "build_scheduler", "build_unet", "save_prior", "train"]
+__all__ = [
+    "CropDataset",
+    "LatentEncoder",
+    "TrainConfig",
+    "build_scheduler",
+    "build_unet",
+    "export_prior",
+    "save_prior",
+    "train",
+]

@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import posterior_diffusion.train as train_module
-from posterior_diffusion.priors import load_prior
+import posterior_diffusion.training_loop as loop
+from posterior_diffusion.priors import LatentPrior, load_prior
 from posterior_diffusion.train import TrainConfig, train
+from posterior_diffusion.train_autoencoder import AutoencoderConfig, train_autoencoder
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +40,17 @@ def _config(data, out) -> TrainConfig:
 def test_interrupted_run_resumes_exactly(tmp_path, image_folder, monkeypatch):
     train(_config(image_folder, tmp_path / "straight"), progress=False)
 
-    real_step = train_module._train_step
+    real_step = loop.one_step
 
-    def interrupted(cfg, step, *args):
+    def interrupted(cfg, job, model, optimizer, ema, step, accelerator):
         if step == 3:  # after the checkpoint at step 2, before the next one
             raise KeyboardInterrupt
-        return real_step(cfg, step, *args)
+        return real_step(cfg, job, model, optimizer, ema, step, accelerator)
 
-    monkeypatch.setattr(train_module, "_train_step", interrupted)
+    monkeypatch.setattr(loop, "one_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(_config(image_folder, tmp_path / "resumed"), progress=False)
-    monkeypatch.setattr(train_module, "_train_step", real_step)
+    monkeypatch.setattr(loop, "one_step", real_step)
     assert load_file(tmp_path / "resumed" / "checkpoint" / "model.safetensors")  # the step-2 checkpoint survived
     train(_config(image_folder, tmp_path / "resumed"), progress=False)
 
@@ -76,3 +77,27 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path, image_folder):
     cfg.lr = 1e-3
     with pytest.raises(ValueError, match="holds a run with other settings"):
         train(cfg, progress=False)
+
+
+def test_latent_prior_training_pipeline(tmp_path, image_folder):
+    """Autoencoder, then a UNet on its latents: the result loads as a latent prior and decodes to images."""
+    ae_cfg = AutoencoderConfig(
+        data=str(image_folder),
+        output=str(tmp_path / "ae"),
+        crop_size=16,
+        batch_size=2,
+        steps=2,
+        block_out_channels=(8, 8, 16),
+        norm_num_groups=4,
+        checkpoint_every=1,
+    )
+    train_autoencoder(ae_cfg, progress=False)
+    assert (tmp_path / "ae" / "reconstructions.png").exists()
+    cfg = _config(image_folder, tmp_path / "latent")
+    cfg.autoencoder, cfg.steps = str(tmp_path / "ae" / "autoencoder"), 2
+    train(cfg, progress=False)
+    prior = load_prior(tmp_path / "latent")
+    assert isinstance(prior, LatentPrior) and prior.factor == 4 and prior.scaling_factor > 0
+    z = prior.encode(torch.rand(1, 3, 16, 16) * 2 - 1)
+    assert z.shape == (1, 3, 4, 4) and prior.decode(z).shape == (1, 3, 16, 16)
+    assert (tmp_path / "latent" / "samples.png").exists()

@@ -1,0 +1,124 @@
+"""Train the autoencoder of a latent prior: a diffusers AutoencoderKL with downsampling factor
+2^(len(block_out_channels) - 1), on random crops of a folder of images.
+
+Loss: L1 reconstruction + kl_weight * KL(q(z | x) || N(0, I)) (the KL-regularised autoencoder of Rombach et al.,
+CVPR 2022, Sec. 3 and App. G, without its perceptual and adversarial terms, which need pretrained networks).
+The loop is `training_loop.fit` (EMA, checkpoints, exact resume). Output: autoencoder/ (EMA weights, a folder
+`train --autoencoder` and `AutoencoderKL.from_pretrained` read), loss.png and reconstructions.png.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from posterior_diffusion.train import CropDataset
+from posterior_diffusion.training_loop import TrainingJob, fit
+
+
+@dataclass
+class AutoencoderConfig:
+    """Autoencoder settings.
+
+    block_out_channels (64, 128, 128): three levels, factor 4, like the LDM f4 autoencoders.
+    latent_channels 3: LDM's kl-f4 / vq-f4 models use 3 latent channels (Rombach et al. Table 8).
+    kl_weight 1e-6: LDM `autoencoder_kl_*` configs.
+    lr 1e-4 with AdamW; EMA max decay 0.999 (the EMA weights are exported).
+    """
+
+    data: str
+    output: str
+    channels: int = 3
+    crop_size: int = 64
+    batch_size: int = 16
+    steps: int = 5000
+    lr: float = 1e-4
+    warmup_steps: int = 100
+    ema_max_decay: float = 0.999
+    ema_power: float = 0.75
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    latent_channels: int = 3
+    layers_per_block: int = 1
+    norm_num_groups: int = 32
+    kl_weight: float = 1e-6
+    mixed_precision: str = "bf16"
+    checkpoint_every: int = 250
+    seed: int = 0
+
+    def __post_init__(self):
+        self.block_out_channels = tuple(self.block_out_channels)
+        factor = 2 ** (len(self.block_out_channels) - 1)
+        if self.crop_size % factor:
+            raise ValueError(f"crop_size {self.crop_size} must be divisible by the downsampling factor {factor}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+
+
+def build_autoencoder(cfg: AutoencoderConfig):
+    """A fully convolutional AutoencoderKL (no attention in the middle block)."""
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=cfg.channels,
+        out_channels=cfg.channels,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.norm_num_groups,
+        sample_size=cfg.crop_size,
+        mid_block_add_attention=False,
+    )
+
+
+class _WithKL(torch.nn.Module):
+    """Wraps the autoencoder so that one forward (what DDP synchronises) returns the reconstruction and the KL."""
+
+    def __init__(self, autoencoder):
+        super().__init__()
+        self.autoencoder = autoencoder
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.autoencoder.encode(x).latent_dist
+        recon = self.autoencoder.decode(posterior.mean + posterior.std * eps).sample
+        return recon, posterior.kl()
+
+
+def train_autoencoder(cfg: AutoencoderConfig, max_steps_this_run: int | None = None, progress: bool = True) -> Path:
+    """Train (or resume) an autoencoder; returns the output folder (the model is in its autoencoder/)."""
+    out = Path(cfg.output)
+    factor = 2 ** (len(cfg.block_out_channels) - 1)
+    latent_size = cfg.crop_size // factor
+
+    def build(accelerator) -> TrainingJob:
+        data = CropDataset(cfg.data, cfg.channels, cfg.crop_size)
+
+        def loss(model, g, accelerator):
+            x = data.batch(g, cfg.batch_size).to(accelerator.device)
+            eps = torch.randn((cfg.batch_size, cfg.latent_channels, latent_size, latent_size), generator=g)
+            with accelerator.autocast():
+                recon, kl = model(x, eps.to(x.device))
+            return F.l1_loss(recon.float(), x) + cfg.kl_weight * kl.float().mean() / x[0].numel()
+
+        def export(model) -> None:
+            model.autoencoder.save_pretrained(out / "autoencoder", safe_serialization=True)
+
+        def finish(losses) -> None:
+            from diffusers import AutoencoderKL
+
+            from posterior_diffusion.figures import save_grid
+
+            x = data.batch(torch.Generator().manual_seed(cfg.seed), 8).to(accelerator.device)
+            autoencoder = AutoencoderKL.from_pretrained(out / "autoencoder").to(accelerator.device)
+            with torch.no_grad():
+                recon = autoencoder.decode(autoencoder.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+            save_grid(torch.cat([x, recon]), out / "reconstructions.png", nrow=8)
+
+        return TrainingJob(_WithKL(build_autoencoder(cfg)), loss, export, finish)
+
+    return fit(cfg, build, max_steps_this_run, progress)

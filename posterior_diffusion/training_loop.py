@@ -1,0 +1,157 @@
+"""The loop every trainer shares: accelerate (device, mixed precision, processes), AdamW with linear warm-up,
+an EMA copy of the weights (the weights that get exported), atomic checkpoints, exact resume and a log.
+
+Exact resume: everything random in step k comes from a generator seeded by (seed, k, process index), and the
+initial weights depend on the seed only, so a resumed run repeats exactly what an uninterrupted one does.
+A trainer supplies a `TrainingJob`: the model, the loss of one step, and how to write its output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+@dataclass
+class TrainingJob:
+    """model: the trained module; loss(model, generator, accelerator) -> scalar loss of one step (the model is
+    the accelerate-prepared one; randomness only from `generator`); export(model): write the usable output
+    (called with the EMA weights loaded); finish(losses): end-of-training figures (main process only)."""
+
+    model: torch.nn.Module
+    loss: Callable
+    export: Callable[[torch.nn.Module], None]
+    finish: Callable[[list[float]], None]
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The generator of training step `step` on process `rank`."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def fit(cfg, build: Callable, max_steps_this_run: int | None = None, progress: bool = True) -> Path:
+    """Train (or resume) until cfg.steps; returns cfg.output. `build(accelerator)` returns the TrainingJob.
+
+    cfg is a dataclass with output, steps, lr, warmup_steps, ema_max_decay, ema_power, mixed_precision,
+    checkpoint_every and seed; a folder that holds a run with other settings is refused.
+    """
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    out = Path(cfg.output)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    config_file = out / "train_config.json"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        settings = json.loads(json.dumps(asdict(cfg)))
+        if config_file.exists() and json.loads(config_file.read_text()) != settings:
+            raise ValueError(f"'{out}' holds a run with other settings ({config_file}); use a new output folder")
+        config_file.write_text(json.dumps(settings, indent=2))
+    accelerator.wait_for_everyone()
+
+    with torch.random.fork_rng():  # the initial weights depend on the seed only
+        torch.manual_seed(cfg.seed)
+        job = build(accelerator)
+    model = job.model
+    ema = EMAModel(model.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, power=cfg.ema_power)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    start, losses = _load_checkpoint(out, model, ema, optimizer)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema.to(accelerator.device)
+
+    end = cfg.steps if max_steps_this_run is None else min(cfg.steps, start + max_steps_this_run)
+    show = progress and accelerator.is_main_process
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not show, desc="train")
+    tic = time.time()
+    with open(out / "train_log.jsonl", "a") if accelerator.is_main_process else contextlib.nullcontext() as log:
+        for step in bar:
+            loss_value = one_step(cfg, job, model, optimizer, ema, step, accelerator)
+            losses.append(loss_value)
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+            done = step + 1
+            if log is not None:
+                log.write(json.dumps({"step": done, "loss": loss_value, "seconds": round(time.time() - tic, 3)}) + "\n")
+                log.flush()
+            if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == end):
+                raw = accelerator.unwrap_model(model)
+                _save_checkpoint(out, raw, ema, optimizer, done, losses)
+                ema.store(raw.parameters())
+                ema.copy_to(raw.parameters())
+                job.export(raw)
+                ema.restore(raw.parameters())
+            accelerator.wait_for_everyone()
+    if accelerator.is_main_process and end == cfg.steps:
+        save_loss_curve(out / "loss.png", losses)
+        job.finish(losses)
+    return out
+
+
+def one_step(cfg, job: TrainingJob, model, optimizer, ema, step: int, accelerator) -> float:
+    """One optimisation step; returns the loss averaged over processes."""
+    loss = job.loss(model, step_generator(cfg.seed, step, accelerator.process_index), accelerator)
+    accelerator.backward(loss)
+    for group in optimizer.param_groups:  # linear warm-up, then constant
+        group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    ema.step(accelerator.unwrap_model(model).parameters())
+    return accelerator.gather(loss.detach()[None]).mean().item()
+
+
+def _save_checkpoint(folder: Path, model, ema, optimizer, step: int, losses: list[float]) -> None:
+    """Atomically replace folder/checkpoint with the current training state (safetensors + weights-only torch)."""
+    tmp = folder / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    ema_state = ema.state_dict()
+    shadow = ema_state.pop("shadow_params")
+    save_file({f"{i}": p.detach().cpu().contiguous() for i, p in enumerate(shadow)}, tmp / "ema.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "ema": ema_state, "losses": losses}))
+    final, old = folder / "checkpoint", folder / "checkpoint.old"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(folder: Path, model, ema, optimizer) -> tuple[int, list[float]]:
+    ckpt = folder / "checkpoint"
+    if not (ckpt / "state.json").exists():
+        return 0, []
+    state = json.loads((ckpt / "state.json").read_text())
+    model.load_state_dict(load_file(ckpt / "model.safetensors"))
+    shadow = load_file(ckpt / "ema.safetensors")
+    ema.load_state_dict({**state["ema"], "shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    return state["step"], state["losses"]
+
+
+def save_loss_curve(path: Path, losses: list[float]) -> None:
+    """The training loss (moving average over 1 % of the run) on a log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    window = max(1, len(losses) // 100)
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    ax.semilogy(np.arange(len(smooth)) + window, smooth)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (moving average)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
