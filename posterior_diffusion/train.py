@@ -21,51 +21,27 @@ import torch
 import torch.nn.functional as F
 
 from posterior_diffusion.images import list_images, read_image_uint8, uint8_to_float
-from posterior_diffusion.training_loop import TrainingJob, fit
+from posterior_diffusion.training_loop import LoopConfig, TrainingJob, fit
 
 
 @dataclass
-class TrainConfig:
-    """Training settings. Defaults size a ~7M-parameter fully convolutional UNet for a 2-core CPU.
+class TrainConfig(LoopConfig):
+    """Diffusion-prior training. Defaults size a ~7M-parameter fully convolutional UNet for a 2-core CPU.
 
     Schedule: linear betas 1e-4..0.02 over 1000 steps (DDPM, Ho et al. 2020, Sec. 4).
     Optimiser: AdamW, lr 2e-4 (DDPM Sec. B, CIFAR10), with a short warm-up.
-    EMA: diffusers' EMAModel with warm-up (power 3/4, max decay 0.9999), as in diffusers'
-    train_unconditional example.
+    EMA: max decay 0.9999 with warm-up power 3/4, as in diffusers' train_unconditional example.
     autoencoder: a trained autoencoder folder (AutoencoderKL or VQModel): the UNet then learns its latents,
     scaled to unit variance (latent diffusion, Rombach et al. 2022, Sec. 4.3.2).
     """
 
-    data: str
-    output: str
-    channels: int = 3
-    crop_size: int = 64
-    batch_size: int = 32
-    steps: int = 10000
-    lr: float = 2e-4
-    warmup_steps: int = 200
-    ema_max_decay: float = 0.9999
-    ema_power: float = 0.75
     block_out_channels: tuple[int, ...] = (48, 96, 128, 192)
     layers_per_block: int = 1
     norm_num_groups: int = 16
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    mixed_precision: str = "bf16"
-    checkpoint_every: int = 250
-    seed: int = 0
     autoencoder: str | None = None
-
-    def __post_init__(self):
-        self.block_out_channels = tuple(self.block_out_channels)
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        factor = 2 ** (len(self.block_out_channels) - 1)
-        if self.crop_size % factor:
-            raise ValueError(f"crop_size {self.crop_size} must be divisible by {factor} (the UNet's downsampling)")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
 
 
 def build_unet(cfg: TrainConfig, channels: int | None = None, sample_size: int | None = None):

@@ -16,45 +16,29 @@ import torch
 import torch.nn.functional as F
 
 from posterior_diffusion.train import CropDataset
-from posterior_diffusion.training_loop import TrainingJob, fit
+from posterior_diffusion.training_loop import LoopConfig, TrainingJob, fit
 
 
 @dataclass
-class AutoencoderConfig:
-    """Autoencoder settings.
+class AutoencoderConfig(LoopConfig):
+    """Autoencoder training.
 
     block_out_channels (64, 128, 128): three levels, factor 4, like the LDM f4 autoencoders.
     latent_channels 3: LDM's kl-f4 / vq-f4 models use 3 latent channels (Rombach et al. Table 8).
     kl_weight 1e-6: LDM `autoencoder_kl_*` configs.
-    lr 1e-4 with AdamW; EMA max decay 0.999 (the EMA weights are exported).
+    lr 1e-4 with AdamW, batch 16, 5000 steps; EMA max decay 0.999 (the EMA weights are exported).
     """
 
-    data: str
-    output: str
-    channels: int = 3
-    crop_size: int = 64
     batch_size: int = 16
     steps: int = 5000
     lr: float = 1e-4
     warmup_steps: int = 100
     ema_max_decay: float = 0.999
-    ema_power: float = 0.75
     block_out_channels: tuple[int, ...] = (64, 128, 128)
     latent_channels: int = 3
     layers_per_block: int = 1
     norm_num_groups: int = 32
     kl_weight: float = 1e-6
-    mixed_precision: str = "bf16"
-    checkpoint_every: int = 250
-    seed: int = 0
-
-    def __post_init__(self):
-        self.block_out_channels = tuple(self.block_out_channels)
-        factor = 2 ** (len(self.block_out_channels) - 1)
-        if self.crop_size % factor:
-            raise ValueError(f"crop_size {self.crop_size} must be divisible by the downsampling factor {factor}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
 
 
 def build_autoencoder(cfg: AutoencoderConfig):

@@ -22,6 +22,41 @@ from safetensors.torch import load_file, save_file
 
 
 @dataclass
+class LoopConfig:
+    """Settings every trainer shares (a trainer's config subclasses this and may change the defaults).
+
+    Crops of `crop_size` with flips from the images in `data`; AdamW with `warmup_steps` of linear warm-up;
+    diffusers' EMAModel with warm-up (power `ema_power`, max decay `ema_max_decay`); accelerate mixed precision
+    "no", "bf16" or "fp16"; a checkpoint every `checkpoint_every` steps into `output`.
+    """
+
+    data: str
+    output: str
+    channels: int = 3
+    crop_size: int = 64
+    batch_size: int = 32
+    steps: int = 10000
+    lr: float = 2e-4
+    warmup_steps: int = 200
+    ema_max_decay: float = 0.9999
+    ema_power: float = 0.75
+    block_out_channels: tuple[int, ...] = ()
+    mixed_precision: str = "bf16"
+    checkpoint_every: int = 250
+    seed: int = 0
+
+    def __post_init__(self):
+        self.block_out_channels = tuple(self.block_out_channels)
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        factor = 2 ** (len(self.block_out_channels) - 1)
+        if self.crop_size % factor:
+            raise ValueError(f"crop_size {self.crop_size} must be divisible by {factor} (the network's downsampling)")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+
+
+@dataclass
 class TrainingJob:
     """model: the trained module; loss(model, generator, accelerator) -> scalar loss of one step (the model is
     the accelerate-prepared one; randomness only from `generator`); export(model): write the usable output
@@ -39,12 +74,9 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def fit(cfg, build: Callable, max_steps_this_run: int | None = None, progress: bool = True) -> Path:
+def fit(cfg: LoopConfig, build: Callable, max_steps_this_run: int | None = None, progress: bool = True) -> Path:
     """Train (or resume) until cfg.steps; returns cfg.output. `build(accelerator)` returns the TrainingJob.
-
-    cfg is a dataclass with output, steps, lr, warmup_steps, ema_max_decay, ema_power, mixed_precision,
-    checkpoint_every and seed; a folder that holds a run with other settings is refused.
-    """
+    A folder that holds a run with other settings is refused."""
     from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
