@@ -80,19 +80,22 @@ def langevin_kernel_update(
     """Langevin dynamics on per-chain kernels (n, kh, kw) given x0_hat (n, C, H, W) and circularly blurred y."""
     h, w = x0.shape[-2:]
     x_spec = torch.fft.fft2(x0)
-    lipschitz = x_spec.abs().square().sum(1).amax(dim=(-2, -1)) / sigma_k**2  # (n,) bound on grad U's data term
-    delta = (step_fraction / lipschitz).view(-1, 1, 1)
+    # The kernel keeps its sum (gradient and noise are projected to zero-sum), so the step is set by the largest
+    # non-DC frequency: natural images put most energy at DC, which would otherwise make delta needlessly small.
+    power = x_spec.abs().square().sum(1)
+    power[:, 0, 0] = 0
+    delta = (step_fraction * sigma_k**2 / power.amax(dim=(-2, -1))).view(-1, 1, 1)
     k = kernel.clone()
     for _ in range(iters):
         with torch.enable_grad():
             k_req = k.detach().requires_grad_(True)
             y_hat = torch.fft.ifft2(kernel_spectrum(k_req, h, w) * x_spec).real
-            energy = (y - y_hat).square().flatten(1).sum(1) / (2 * sigma_k**2) + l1_weight * k_req.abs().flatten(1).sum(
-                1
-            )
+            data = (y - y_hat).square().flatten(1).sum(1) / (2 * sigma_k**2)
+            energy = data + l1_weight * k_req.abs().flatten(1).sum(1)
             (grad,) = torch.autograd.grad(energy.sum(), k_req)
         xi = randn_stacked(generators, k.shape[1:], k.device)
-        k = k - delta / 2 * grad + delta.sqrt() * xi
+        step = -delta / 2 * grad + delta.sqrt() * xi
+        k = k + step - step.mean(dim=(-2, -1), keepdim=True)
     return k / k.sum(dim=(-2, -1), keepdim=True)
 
 
