@@ -46,6 +46,12 @@ class GibbsDDRMConfig:
     langevin_step: delta as a fraction of 1 / L (see the module docstring).
     l1_weight: gamma = 1000 for 3 x 256 x 256 images (Laplace kernel prior), scaled by the pixel count.
     kernel_sigma: sigma_k of the kernel likelihood; None uses the operator's noise_sigma (reference: 0.04 on [-1, 1]).
+    kernel_likelihood: "pixel" (default) is the paper's ||y - k * x0_hat||^2. "gradient" compares image
+        gradients instead (the classical blind-deblurring trick of Cho & Lee 2009 / Levin et al. 2011): natural
+        images put most energy at low frequencies, which makes pixel-domain Langevin ill-conditioned. Measured
+        with the true image as x0_hat on a 64x64 Kodak crop, 9x9 motion kernel: kernel L2 error 0.164 ->
+        0.148 (pixel) vs 0.031 (gradient) after 100 iterations; inside the sampler it only helps once x0_hat
+        is good, so it is not the default.
     """
 
     steps: int = 100
@@ -57,14 +63,26 @@ class GibbsDDRMConfig:
     langevin_step: float = 0.5
     l1_weight: float = 1000.0
     kernel_sigma: float | None = None
+    kernel_likelihood: str = "pixel"
 
     def __post_init__(self):
         if self.steps < 1 or self.kernel_updates < 0 or self.langevin_iters < 0:
             raise ValueError("steps must be >= 1 and kernel_updates, langevin_iters >= 0")
         if not (0 <= self.eta <= 1 and 0 <= self.eta_b <= 1 and 0 <= self.kernel_update_start <= 1):
             raise ValueError("eta, eta_b and kernel_update_start must be in [0, 1]")
+        if self.kernel_likelihood not in KERNEL_LIKELIHOODS:
+            raise ValueError(f"kernel_likelihood must be one of {', '.join(KERNEL_LIKELIHOODS)}")
         if self.langevin_step <= 0 or self.l1_weight < 0:
             raise ValueError("langevin_step must be > 0 and l1_weight >= 0")
+
+
+KERNEL_LIKELIHOODS = ("gradient", "pixel")
+
+
+def image_gradients(v: torch.Tensor) -> torch.Tensor:
+    """Circular horizontal and vertical differences, stacked on the channel axis: (n, C, H, W) -> (n, 2C, H, W).
+    Blur commutes with them, so d * y = k * (d * x) + d * n, with noise std sqrt(2) sigma."""
+    return torch.cat([v - v.roll(1, -1), v - v.roll(1, -2)], 1)
 
 
 def langevin_kernel_update(
@@ -77,7 +95,8 @@ def langevin_kernel_update(
     step_fraction: float,
     generators: list[torch.Generator],
 ) -> torch.Tensor:
-    """Langevin dynamics on per-chain kernels (n, kh, kw) given x0_hat (n, C, H, W) and circularly blurred y."""
+    """Langevin dynamics on per-chain kernels (n, kh, kw) given x0_hat (n, C, H, W) and circularly blurred y
+    (pass `image_gradients` of both, and sigma_k * sqrt(2), for the gradient-domain likelihood)."""
     h, w = x0.shape[-2:]
     x_spec = torch.fft.fft2(x0)
     # The kernel keeps its sum (gradient and noise are projected to zero-sum), so the step is set by the largest
@@ -144,6 +163,13 @@ class GibbsDDRM(Sampler):
         alpha_bar = [*prior.alphas_cumprod.double().cpu().tolist(), 1.0]
         guard = NonFiniteGuard(device)
 
+        def likelihood(x0):
+            if cfg.kernel_likelihood == "gradient":
+                return image_gradients(x0), y_gradients, sigma_k * 2**0.5
+            return x0, y, sigma_k
+
+        y_gradients = image_gradients(y)
+
         def ddrm_update(blur, spec, pred, sigma_next):
             z = spectral_noise(blur, generators, image_shape, device)
             return spec.step(blur.V_t(pred.x0_hat), blur.V_t(pred.eps), z, sigma_next, cfg.eta, cfg.eta, cfg.eta_b)
@@ -158,7 +184,7 @@ class GibbsDDRM(Sampler):
                 for _ in range(cfg.kernel_updates if update else 0):
                     x0_next = prior.predict(x_next, t_next).x0_hat
                     kernel = langevin_kernel_update(
-                        kernel, x0_next, y, sigma_k, l1_weight, cfg.langevin_iters, cfg.langevin_step, generators
+                        kernel, *likelihood(x0_next), l1_weight, cfg.langevin_iters, cfg.langevin_step, generators
                     )
                     blur = Blur(kernel, boundary="circular").to(device)
                     spec = SpectralPosterior(blur, y, image_shape, sigma_y)

@@ -119,7 +119,7 @@ def test_gibbs_ddrm_recovers_a_motion_kernel():
     out = get_sampler("gibbs_ddrm", steps=50, kernel_updates=1, langevin_iters=100)(gmm, guess, y, num_samples=4)
     kernel_err = (out.extras["kernel"] - truth.kernel).flatten(2).norm(dim=-1).mean()
     guess_err = (guess.kernel - truth.kernel).norm()
-    assert kernel_err < 0.85 * guess_err, (float(kernel_err), float(guess_err))  # measured: 0.16 vs 0.22
+    assert kernel_err < 0.75 * guess_err, (float(kernel_err), float(guess_err))  # measured: 0.12 vs 0.22
     nonblind = get_sampler("ddrm", steps=50)(gmm, guess, y, num_samples=4)
     mse = (out.samples.mean(1) - x).square().mean()
     mse_nonblind = (nonblind.samples.mean(1) - x).square().mean()
@@ -180,3 +180,24 @@ def test_restore_command_runs_every_sampler(name, tiny_unet_folder, tmp_path):
     assert main(argv) == 0
     assert (tmp_path / "out" / "mean.png").exists()
     assert (tmp_path / "out" / "kernel_000.png").exists() == sampler_class(name).blind
+
+
+@pytest.mark.parametrize("likelihood,bound", [("gradient", 0.6), ("pixel", 1.0)])  # measured: 0.50 and 0.95
+def test_kernel_langevin_moves_towards_the_true_kernel_given_the_image(likelihood, bound):
+    """GibbsDDRM's kernel step alone, with the clean image as x0_hat: the estimate improves on the guess
+    (strongly in the gradient domain; natural images make the pixel domain slow)."""
+    from pathlib import Path
+
+    from posterior_diffusion.images import load_image
+    from posterior_diffusion.samplers.gibbs_ddrm import image_gradients, langevin_kernel_update
+    from posterior_diffusion.tensor_utils import make_generators
+
+    x = load_image(Path(__file__).resolve().parents[1] / "assets" / "images" / "kodim23_crop128.png")[None, :, :64, :64]
+    truth = get_operator("motion_blur", kernel_size=9, seed=2, boundary="circular", noise_sigma=0.02)
+    guess = get_operator("gaussian_blur", kernel_size=9, sigma=1.5)
+    y = truth.measure(x, torch.Generator().manual_seed(0))
+    args = (image_gradients(x), image_gradients(y), 0.02 * 2**0.5) if likelihood == "gradient" else (x, y, 0.02)
+    k = langevin_kernel_update(guess.kernel[None], *args, 0.0, 200, 0.5, make_generators([0]))
+    assert abs(float(k.sum()) - 1) < 1e-4
+    guess_err = float((guess.kernel - truth.kernel).norm())
+    assert float((k[0] - truth.kernel).norm()) < bound * guess_err
