@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 
 from posterior_diffusion.registry import Registry
-from posterior_diffusion.tensor_utils import batch_norm
+from posterior_diffusion.tensor_utils import per_sample_norm
 
 NOISE_MODELS = Registry("noise model")
 
@@ -57,12 +57,12 @@ class GaussianNoise(NoiseModel):
 
     def residual_norm(self, y, y_hat):
         """||y - y_hat||_2 (un-squared), as in the DPS reference code (condition_methods.py)."""
-        return batch_norm(y - y_hat)
+        return per_sample_norm(y - y_hat)
 
     def neg_log_likelihood(self, y, y_hat):
         if self.sigma == 0:
             raise ValueError("the likelihood of noiseless measurements is degenerate; use noise_sigma > 0")
-        return batch_norm(y - y_hat).square() / (2 * self.sigma**2)
+        return per_sample_norm(y - y_hat).square() / (2 * self.sigma**2)
 
     def to_config(self):
         return {"noise": "gaussian", "noise_sigma": self.sigma}
@@ -92,7 +92,7 @@ class PoissonNoise(NoiseModel):
 
     def residual_norm(self, y, y_hat):
         r01 = (y - y_hat) / 2
-        return batch_norm(r01 * self._weights(y).sqrt())
+        return per_sample_norm(r01 * self._weights(y).sqrt())
 
     def neg_log_likelihood(self, y, y_hat):
         return self.residual_norm(y, y_hat).square() * (255.0 * self.rate)

@@ -13,7 +13,7 @@ def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
-def batch_norm(r: torch.Tensor) -> torch.Tensor:
+def per_sample_norm(r: torch.Tensor) -> torch.Tensor:
     """Per-sample L2 norm: r (B, ...) -> (B,), computed in float32 (complex entries count by modulus)."""
     return torch.linalg.vector_norm(r.reshape(r.shape[0], -1).to(_float32_like(r)), dim=1)
 
