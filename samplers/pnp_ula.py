@@ -116,21 +116,30 @@ class PnPULA(Sampler):
 
     def step_sizes(self, prior, op, image_shape, eps: float | None = None) -> dict[str, float]:
         """t*, eps (exact at t*), L_y, lam and delta for this problem at noise variance eps (default cfg.eps)."""
+        return self._parameters(prior, self._likelihood_lipschitz(op, image_shape), eps)
+
+    @staticmethod
+    def _likelihood_lipschitz(op, image_shape) -> float:
+        """L_y = ||A||^2 / sigma^2 (power iteration; 1 / sigma^2 for nonlinear operators)."""
+        return (op.norm_squared(tuple(image_shape)) if op.is_linear else 1.0) / op.noise.sigma**2
+
+    def _parameters(self, prior, l_y: float, eps: float | None = None) -> dict[str, float]:
         cfg = self.config
         t_star = denoiser_timestep(prior.alphas_cumprod, cfg.eps if eps is None else eps)
         a = float(prior.alphas_cumprod[t_star])
         eps = (1 - a) / a
-        l_y = (op.norm_squared(tuple(image_shape)) if op.is_linear else 1.0) / op.noise.sigma**2
         lam = 0.5 / (2 * l_y + cfg.alpha / eps)
         delta = cfg.step_size or cfg.step_fraction / (l_y + 1 / lam + cfg.alpha / eps)
         return {"t_star": t_star, "alpha_bar": a, "eps": eps, "L_y": l_y, "lam": lam, "delta": delta}
 
     def _schedule(self, prior, op, image_shape) -> list[dict[str, float]]:
-        """Per-iteration parameters: the annealing phase (eps geometric from anneal_eps down), then the chain."""
+        """Per-iteration parameters: the annealing phase (eps geometric from anneal_eps down), then the chain.
+        ||A||^2 is computed once for all of them."""
         cfg = self.config
-        target = self.step_sizes(prior, op, image_shape)
+        l_y = self._likelihood_lipschitz(op, image_shape)
+        target = self._parameters(prior, l_y)
         ramp = torch.logspace(math.log10(cfg.anneal_eps), math.log10(target["eps"]), cfg.anneal_iterations).tolist()
-        return [self.step_sizes(prior, op, image_shape, e) for e in ramp] + [target] * cfg.iterations
+        return [self._parameters(prior, l_y, e) for e in ramp] + [target] * cfg.iterations
 
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
         cfg = self.config
