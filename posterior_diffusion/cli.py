@@ -214,7 +214,7 @@ def cmd_train(args) -> None:
     from posterior_diffusion.train import TrainConfig, default_threads, train
 
     default_threads()
-    folder = train(_config_from_args(TrainConfig, args), progress=not args.quiet)
+    folder = train(_config_from_args(TrainConfig, args), progress=not args.quiet, time_limit=_seconds(args))
     print(f"prior saved in {folder}/ (use it with --prior {folder})")
 
 
@@ -223,11 +223,16 @@ def cmd_train_autoencoder(args) -> None:
     from posterior_diffusion.train_autoencoder import AutoencoderConfig, train_autoencoder
 
     default_threads()
-    folder = train_autoencoder(_config_from_args(AutoencoderConfig, args), progress=not args.quiet)
+    cfg = _config_from_args(AutoencoderConfig, args)
+    folder = train_autoencoder(cfg, progress=not args.quiet, time_limit=_seconds(args))
     print(f"autoencoder saved in {folder}/autoencoder (train a latent prior with --autoencoder {folder}/autoencoder)")
 
 
 _SKIP = ("data", "output")
+
+
+def _seconds(args) -> float | None:
+    return None if args.time_limit is None else 60.0 * args.time_limit
 
 
 def _config_from_args(config_class, args):
@@ -250,6 +255,12 @@ def _add_config_options(p: argparse.ArgumentParser, config_class) -> None:
         else:
             kind = str if f.default is None else type(f.default)
             p.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="MINUTES",
+        help="end this sitting after MINUTES with a checkpoint, loss.png and samples (run again to go on)",
+    )
     p.add_argument("--quiet", action="store_true")
 
 

@@ -88,8 +88,9 @@ class CropDataset:
             raise ValueError(f"{len(small)} training images are smaller than crop_size={crop_size}")
         self.crop_size = crop_size
 
-    def batch(self, generator: torch.Generator, n: int) -> torch.Tensor:
-        """(n, C, crop, crop) float32 in [-1, 1]."""
+    def batch(self, generator: torch.Generator, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(n, C, crop, crop) float32 in [-1, 1] on `device` (cropped on the host with the CPU `generator`, sent
+        as uint8 without waiting for the transfer)."""
         s = self.crop_size
         idx = torch.randint(len(self.images), (n,), generator=generator).tolist()
         u = torch.rand(n, 4, generator=generator)
@@ -104,7 +105,10 @@ class CropDataset:
             if flip_v < 0.5:
                 crop = crop.flip(-2)
             crops.append(crop)
-        return uint8_to_float(torch.stack(crops))
+        batch = torch.stack(crops)
+        if torch.device(device).type == "cuda":
+            batch = batch.pin_memory()
+        return uint8_to_float(batch.to(device, non_blocking=True))
 
 
 def save_prior(folder: str | Path, unet, scheduler, autoencoder=None, scaling_factor: float | None = None) -> None:
@@ -144,8 +148,11 @@ def export_prior(source: str | Path, dest: str | Path, dtype: torch.dtype = torc
     return dest
 
 
-def train(cfg: TrainConfig, max_steps_this_run: int | None = None, progress: bool = True) -> Path:
-    """Train (or resume) a prior; returns the output folder. `max_steps_this_run` stops early (tests)."""
+def train(
+    cfg: TrainConfig, max_steps_this_run: int | None = None, progress: bool = True, time_limit: float | None = None
+) -> Path:
+    """Train (or resume) a prior; returns the output folder. `max_steps_this_run` stops early (tests);
+    `time_limit` (seconds) ends this sitting with a checkpoint and figures (see `training_loop.fit`)."""
     out = Path(cfg.output)
 
     def build(accelerator) -> TrainingJob:
@@ -159,12 +166,13 @@ def train(cfg: TrainConfig, max_steps_this_run: int | None = None, progress: boo
         else:
             unet = build_unet(cfg, encoder.channels, cfg.crop_size // encoder.factor)
 
-        def loss(model, g, accelerator):
-            x0 = data.batch(g, cfg.batch_size).to(device)
+        def loss(model, randomness, accelerator):
+            x0 = data.batch(randomness.host, cfg.batch_size, device)
             if encoder is not None:
                 x0 = encoder(x0)
-            t = torch.randint(cfg.num_train_timesteps, (cfg.batch_size,), generator=g).to(device)
-            noise = torch.randn(x0.shape, generator=g).to(device)
+            g = randomness.device
+            t = torch.randint(cfg.num_train_timesteps, (cfg.batch_size,), generator=g, device=device)
+            noise = torch.randn(x0.shape, generator=g, device=device)
             alpha_bar = alphas_cumprod[t].view(-1, 1, 1, 1)
             x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
             with accelerator.autocast():
@@ -182,7 +190,7 @@ def train(cfg: TrainConfig, max_steps_this_run: int | None = None, progress: boo
 
         return TrainingJob(unet, loss, export, finish)
 
-    return fit(cfg, build, max_steps_this_run, progress)
+    return fit(cfg, build, max_steps_this_run, progress, time_limit)
 
 
 class LatentEncoder:
@@ -206,7 +214,7 @@ class LatentEncoder:
         self.channels = self.autoencoder.config.latent_channels
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            z = torch.cat([self._encode(data.batch(g, 16).to(device)) for _ in range(4)])
+            z = torch.cat([self._encode(data.batch(g, 16, device)) for _ in range(4)])
         self.scaling_factor = float(1.0 / z.std())
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -73,8 +73,14 @@ class _WithKL(torch.nn.Module):
         return recon, posterior.kl()
 
 
-def train_autoencoder(cfg: AutoencoderConfig, max_steps_this_run: int | None = None, progress: bool = True) -> Path:
-    """Train (or resume) an autoencoder; returns the output folder (the model is in its autoencoder/)."""
+def train_autoencoder(
+    cfg: AutoencoderConfig,
+    max_steps_this_run: int | None = None,
+    progress: bool = True,
+    time_limit: float | None = None,
+) -> Path:
+    """Train (or resume) an autoencoder; returns the output folder (the model is in its autoencoder/).
+    `max_steps_this_run` and `time_limit` (seconds) end this sitting early (see `training_loop.fit`)."""
     out = Path(cfg.output)
     factor = 2 ** (len(cfg.block_out_channels) - 1)
     latent_size = cfg.crop_size // factor
@@ -82,11 +88,12 @@ def train_autoencoder(cfg: AutoencoderConfig, max_steps_this_run: int | None = N
     def build(accelerator) -> TrainingJob:
         data = CropDataset(cfg.data, cfg.channels, cfg.crop_size)
 
-        def loss(model, g, accelerator):
-            x = data.batch(g, cfg.batch_size).to(accelerator.device)
-            eps = torch.randn((cfg.batch_size, cfg.latent_channels, latent_size, latent_size), generator=g)
+        def loss(model, randomness, accelerator):
+            x = data.batch(randomness.host, cfg.batch_size, accelerator.device)
+            shape = (cfg.batch_size, cfg.latent_channels, latent_size, latent_size)
+            eps = torch.randn(shape, generator=randomness.device, device=x.device)
             with accelerator.autocast():
-                recon, kl = model(x, eps.to(x.device))
+                recon, kl = model(x, eps)
             return F.l1_loss(recon.float(), x) + cfg.kl_weight * kl.float().mean() / x[0].numel()
 
         def export(model) -> None:
@@ -97,7 +104,7 @@ def train_autoencoder(cfg: AutoencoderConfig, max_steps_this_run: int | None = N
 
             from posterior_diffusion.figures import save_grid
 
-            x = data.batch(torch.Generator().manual_seed(cfg.seed), 8).to(accelerator.device)
+            x = data.batch(torch.Generator().manual_seed(cfg.seed), 8, accelerator.device)
             autoencoder = AutoencoderKL.from_pretrained(out / "autoencoder").to(accelerator.device)
             with torch.no_grad():
                 recon = autoencoder.decode(autoencoder.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
@@ -105,4 +112,4 @@ def train_autoencoder(cfg: AutoencoderConfig, max_steps_this_run: int | None = N
 
         return TrainingJob(_WithKL(build_autoencoder(cfg)), loss, export, finish)
 
-    return fit(cfg, build, max_steps_this_run, progress)
+    return fit(cfg, build, max_steps_this_run, progress, time_limit)

@@ -1,8 +1,11 @@
 """The loop every trainer shares: accelerate (device, mixed precision, processes), AdamW with linear warm-up,
 an EMA copy of the weights (the weights that get exported), atomic checkpoints, exact resume and a log.
 
-Exact resume: everything random in step k comes from a generator seeded by (seed, k, process index), and the
-initial weights depend on the seed only, so a resumed run repeats exactly what an uninterrupted one does.
+Exact resume: everything random in step k comes from generators seeded by (seed, k, process index), and the
+initial weights depend on the seed only, so a resumed run repeats exactly what an uninterrupted one does (on
+the same kind of device).
+Speed: the loss stays on the device and is read back every `LOG_EVERY` steps, so the host never waits for the
+accelerator inside a step; the EMA update uses torch's foreach kernels.
 A trainer supplies a `TrainingJob`: the model, the loss of one step, and how to write its output.
 """
 
@@ -19,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+LOG_EVERY = 25  # steps between reads of the loss (progress bar, train_log.jsonl)
 
 
 @dataclass
@@ -58,9 +63,10 @@ class LoopConfig:
 
 @dataclass
 class TrainingJob:
-    """model: the trained module; loss(model, generator, accelerator) -> scalar loss of one step (the model is
-    the accelerate-prepared one; randomness only from `generator`); export(model): write the usable output
-    (called with the EMA weights loaded); finish(losses): end-of-training figures (main process only)."""
+    """model: the trained module; loss(model, randomness, accelerator) -> scalar loss of one step (the model is
+    the accelerate-prepared one; randomness only from the `StepRandomness` generators); export(model): write the
+    usable output (called with the EMA weights loaded); finish(losses): figures at the end of a run (main process
+    only; also when a run stops at its time limit)."""
 
     model: torch.nn.Module
     loss: Callable
@@ -68,15 +74,34 @@ class TrainingJob:
     finish: Callable[[list[float]], None]
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """The generator of training step `step` on process `rank`."""
-    state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+@dataclass
+class StepRandomness:
+    """The generators of one training step: `host` (CPU) for data indices and crop positions, `device` (on the
+    accelerator) for noise and timesteps, so that drawing them costs no transfer."""
+
+    host: torch.Generator
+    device: torch.Generator
 
 
-def fit(cfg: LoopConfig, build: Callable, max_steps_this_run: int | None = None, progress: bool = True) -> Path:
+def step_generators(seed: int, step: int, rank: int, device: torch.device | str = "cpu") -> StepRandomness:
+    """The generators of training step `step` on process `rank`."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(4, dtype=np.uint32)
+    host = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    on_device = torch.Generator(device=device).manual_seed(int(state[2]) << 32 | int(state[3]))
+    return StepRandomness(host, on_device)
+
+
+def fit(
+    cfg: LoopConfig,
+    build: Callable,
+    max_steps_this_run: int | None = None,
+    progress: bool = True,
+    time_limit: float | None = None,
+) -> Path:
     """Train (or resume) until cfg.steps; returns cfg.output. `build(accelerator)` returns the TrainingJob.
-    A folder that holds a run with other settings is refused."""
+    `max_steps_this_run` stops after that many steps (no figures); `time_limit` (seconds) stops at the first
+    step boundary after that much time, with a checkpoint and the end-of-run figures, as a planned stop
+    before cfg.steps (run again to go on). A folder that holds a run with other settings is refused."""
     from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
@@ -96,7 +121,7 @@ def fit(cfg: LoopConfig, build: Callable, max_steps_this_run: int | None = None,
         torch.manual_seed(cfg.seed)
         job = build(accelerator)
     model = job.model
-    ema = EMAModel(model.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, power=cfg.ema_power)
+    ema = EMAModel(model.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, power=cfg.ema_power, foreach=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     start, losses = _load_checkpoint(out, model, ema, optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -104,18 +129,30 @@ def fit(cfg: LoopConfig, build: Callable, max_steps_this_run: int | None = None,
 
     end = cfg.steps if max_steps_this_run is None else min(cfg.steps, start + max_steps_this_run)
     show = progress and accelerator.is_main_process
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not show, desc="train")
+    bar = tqdm(total=cfg.steps, initial=start, disable=not show, desc="train")
     tic = time.time()
+    pending: list[torch.Tensor] = []  # losses not yet read back from the device
+    done = start
     with open(out / "train_log.jsonl", "a") if accelerator.is_main_process else contextlib.nullcontext() as log:
-        for step in bar:
-            loss_value = one_step(cfg, job, model, optimizer, ema, step, accelerator)
-            losses.append(loss_value)
-            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
-            done = step + 1
-            if log is not None:
-                log.write(json.dumps({"step": done, "loss": loss_value, "seconds": round(time.time() - tic, 3)}) + "\n")
-                log.flush()
-            if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == end):
+        while done < end:
+            pending.append(one_step(cfg, job, model, optimizer, ema, done, accelerator))
+            done += 1
+            out_of_time = time_limit is not None and time.time() - tic >= time_limit
+            checkpoint = done % cfg.checkpoint_every == 0 or done == end or out_of_time
+            if checkpoint or done % LOG_EVERY == 0:
+                new = torch.stack(pending).tolist()  # the one host-device sync, every LOG_EVERY steps
+                pending.clear()
+                losses.extend(new)
+                bar.update(len(new))
+                bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+                if log is not None:
+                    seconds = round(time.time() - tic, 3)
+                    log.writelines(
+                        json.dumps({"step": done - len(new) + i + 1, "loss": v, "seconds": seconds}) + "\n"
+                        for i, v in enumerate(new)
+                    )
+                    log.flush()
+            if accelerator.is_main_process and checkpoint:
                 raw = accelerator.unwrap_model(model)
                 _save_checkpoint(out, raw, ema, optimizer, done, losses)
                 ema.store(raw.parameters())
@@ -123,22 +160,26 @@ def fit(cfg: LoopConfig, build: Callable, max_steps_this_run: int | None = None,
                 job.export(raw)
                 ema.restore(raw.parameters())
             accelerator.wait_for_everyone()
-    if accelerator.is_main_process and end == cfg.steps:
+            if out_of_time:
+                break
+    bar.close()
+    if accelerator.is_main_process and (done == cfg.steps or done < end):
         save_loss_curve(out / "loss.png", losses)
         job.finish(losses)
     return out
 
 
-def one_step(cfg, job: TrainingJob, model, optimizer, ema, step: int, accelerator) -> float:
-    """One optimisation step; returns the loss averaged over processes."""
-    loss = job.loss(model, step_generator(cfg.seed, step, accelerator.process_index), accelerator)
+def one_step(cfg, job: TrainingJob, model, optimizer, ema, step: int, accelerator) -> torch.Tensor:
+    """One optimisation step; returns the loss averaged over processes (a 0-d tensor left on the device)."""
+    randomness = step_generators(cfg.seed, step, accelerator.process_index, accelerator.device)
+    loss = job.loss(model, randomness, accelerator)
     accelerator.backward(loss)
     for group in optimizer.param_groups:  # linear warm-up, then constant
         group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     ema.step(accelerator.unwrap_model(model).parameters())
-    return accelerator.gather(loss.detach()[None]).mean().item()
+    return accelerator.gather(loss.detach()[None]).mean()
 
 
 def _save_checkpoint(folder: Path, model, ema, optimizer, step: int, losses: list[float]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -69,6 +71,24 @@ def test_interrupted_run_resumes_exactly(tmp_path, image_folder, monkeypatch):
 
     prior = load_prior(tmp_path / "resumed")
     assert torch.isfinite(prior.denoise(torch.randn(1, 3, 16, 16), 100)).all()
+
+
+def test_time_limit_ends_a_sitting_that_the_next_one_continues(tmp_path, image_folder):
+    """time_limit=0 stops after one step with a checkpoint and the figures; a second sitting finishes the run
+    with the weights and the log of an uninterrupted one."""
+    train(_config(image_folder, tmp_path / "straight"), progress=False)
+    run = tmp_path / "sittings"
+    train(_config(image_folder, run), progress=False, time_limit=0.0)
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 1
+    assert (run / "loss.png").exists() and (run / "samples.png").exists()
+    train(_config(image_folder, run), progress=False)
+    a = load_file(tmp_path / "straight" / "checkpoint" / "ema.safetensors")
+    b = load_file(run / "checkpoint" / "ema.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    straight = [json.loads(line) for line in (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 7))
+    assert [r["loss"] for r in log] == [r["loss"] for r in straight]
 
 
 def test_other_settings_in_the_same_folder_are_refused(tmp_path, image_folder):
