@@ -33,6 +33,8 @@ class TrainConfig(LoopConfig):
     EMA: max decay 0.9999 with warm-up power 3/4, as in diffusers' train_unconditional example.
     autoencoder: a trained autoencoder folder (AutoencoderKL or VQModel): the UNet then learns its latents,
     scaled to unit variance (latent diffusion, Rombach et al. 2022, Sec. 4.3.2).
+    init_from: a prior (`load_prior` spec: folder, hub id or builtin:NAME) whose UNet weights start the run, to
+    fine-tune it on other images or continue it with other settings; its UNet must match this run's network.
     """
 
     block_out_channels: tuple[int, ...] = (48, 96, 128, 192)
@@ -42,6 +44,7 @@ class TrainConfig(LoopConfig):
     beta_start: float = 1e-4
     beta_end: float = 0.02
     autoencoder: str | None = None
+    init_from: str | None = None
 
 
 def build_unet(cfg: TrainConfig, channels: int | None = None, sample_size: int | None = None):
@@ -165,6 +168,8 @@ def train(
             unet = build_unet(cfg)
         else:
             unet = build_unet(cfg, encoder.channels, cfg.crop_size // encoder.factor)
+        if cfg.init_from:
+            _load_initial_weights(unet, cfg.init_from)
 
         def loss(model, randomness, accelerator):
             x0 = data.batch(randomness.host, cfg.batch_size, device)
@@ -191,6 +196,19 @@ def train(
         return TrainingJob(unet, loss, export, finish)
 
     return fit(cfg, build, max_steps_this_run, progress, time_limit)
+
+
+def _load_initial_weights(unet, spec: str) -> None:
+    """Copy the UNet weights of prior `spec` into `unet` (float32); a clear error when the networks differ."""
+    from posterior_diffusion.priors import load_prior
+
+    prior = load_prior(spec, device="cpu", dtype=torch.float32)
+    source = getattr(prior, "latent", prior).net
+    try:
+        unet.load_state_dict(source.state_dict())
+    except RuntimeError as err:
+        detail = str(err).splitlines()[0]
+        raise ValueError(f"init_from '{spec}': its UNet does not match this run's network ({detail})") from None
 
 
 class LatentEncoder:

@@ -91,6 +91,22 @@ def test_time_limit_ends_a_sitting_that_the_next_one_continues(tmp_path, image_f
     assert [r["loss"] for r in log] == [r["loss"] for r in straight]
 
 
+def test_init_from_starts_from_a_priors_weights(tmp_path, image_folder):
+    """Fine-tuning: the new run starts from the source prior's weights (lr 0 keeps them); another network is
+    refused."""
+    train(_config(image_folder, tmp_path / "source"), progress=False)
+    cfg = _config(image_folder, tmp_path / "tuned")
+    cfg.init_from, cfg.lr = str(tmp_path / "source"), 0.0
+    train(cfg, max_steps_this_run=1, progress=False)
+    a = load_prior(tmp_path / "source").net.state_dict()
+    b = load_prior(tmp_path / "tuned").net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = _config(image_folder, tmp_path / "other")
+    other.init_from, other.block_out_channels = str(tmp_path / "source"), (8, 8)
+    with pytest.raises(ValueError, match="does not match this run's network"):
+        train(other, max_steps_this_run=1, progress=False)
+
+
 def test_other_settings_in_the_same_folder_are_refused(tmp_path, image_folder):
     cfg = _config(image_folder, tmp_path / "run")
     train(cfg, max_steps_this_run=1, progress=False)
