@@ -210,6 +210,23 @@ def cmd_restore(args) -> None:
     print(summary + (f"; PSNR of the mean {run['psnr_mean']:.2f} dB" if truth is not None else ""))
 
 
+def cmd_sample(args) -> None:
+    from posterior_diffusion.api import default_device
+    from posterior_diffusion.figures import save_grid
+    from posterior_diffusion.priors import default_prior_name, load_prior
+    from posterior_diffusion.samplers.unconditional import sample_images
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"'{out}' exists; pass --overwrite to replace it")
+    spec = args.prior or f"builtin:{default_prior_name(args.channels)}"
+    prior = load_prior(spec, device=args.device or default_device())
+    channels = prior.default_image_shape()[0]
+    images = sample_images(prior, args.num, (channels, args.size, args.size), args.steps, args.seed)
+    save_grid(images.cpu(), out, nrow=args.nrow)
+    print(f"wrote {args.num} samples of {spec} ({args.size}x{args.size}, {args.steps} steps) to {out}")
+
+
 def cmd_train(args) -> None:
     from posterior_diffusion.train import TrainConfig, default_threads, train
 
@@ -301,6 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="network precision (default float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("sample", help="a grid of unconditional samples of a prior (what it has learned)")
+    p.add_argument("--out", required=True, help="PNG file")
+    p.add_argument("--prior", help="prior spec (default: the built-in prior for --channels)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="for the default prior (default 3)")
+    p.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
+    p.add_argument("--nrow", type=int, default=4, help="samples per row (default 4)")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--steps", type=int, default=250, help="DDPM steps (default 250)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, ... (default cuda if available)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("train", help="train a diffusion prior (pixel, or latent with --autoencoder)")
     from posterior_diffusion.train import TrainConfig

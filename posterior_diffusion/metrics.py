@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -25,6 +27,22 @@ def ssim(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     x01 = ((x.float() + 1) / 2).clamp(0, 1)
     ref01 = ((ref.float() + 1) / 2).clamp(0, 1)
     return structural_similarity_index_measure(x01, ref01, data_range=1.0, reduction="none")
+
+
+def lpips(x: torch.Tensor, ref: torch.Tensor, net: str = "alex") -> torch.Tensor:
+    """LPIPS v0.1 per image (AlexNet or VGG16 backbone): (B, C, H, W) x (B, C, H, W) in [-1, 1] -> (B,).
+    Weights from local files only (see `posterior_diffusion.perceptual`); raises `LPIPSUnavailable`, whose
+    message names the file to provide, when none is found."""
+    model = _lpips_model(net, str(x.device))
+    with torch.inference_mode():
+        return model(x.clamp(-1, 1), ref.clamp(-1, 1))
+
+
+@functools.lru_cache(maxsize=4)
+def _lpips_model(net: str, device: str):
+    from posterior_diffusion.perceptual import LPIPS
+
+    return LPIPS(net).to(device)
 
 
 def sliced_wasserstein(

@@ -248,16 +248,11 @@ def _sample_grid(out: Path, cfg: TrainConfig, device) -> None:
     """samples.png: 16 unconditional DDPM samples (250 strided steps) of the exported prior at twice the crop size."""
     from posterior_diffusion.figures import save_grid
     from posterior_diffusion.priors import load_prior
-    from posterior_diffusion.samplers.unconditional import sample_unconditional
+    from posterior_diffusion.samplers.unconditional import sample_images
 
     prior = load_prior(str(out), device=device)
     size = cfg.crop_size * 2
-    if prior.space == "latent":
-        latents = sample_unconditional(prior, (16, *prior.latent_shape((cfg.channels, size, size))), 250, clip=False)
-        samples = prior.decode(latents).clamp(-1, 1)
-    else:
-        samples = sample_unconditional(prior, (16, cfg.channels, size, size), steps=250, seed=0)
-    save_grid(samples, out / "samples.png", nrow=4)
+    save_grid(sample_images(prior, 16, (cfg.channels, size, size)), out / "samples.png", nrow=4)
 
 
 def default_threads() -> None:

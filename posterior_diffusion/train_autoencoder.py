@@ -27,6 +27,7 @@ class AutoencoderConfig(LoopConfig):
     latent_channels 3: LDM's kl-f4 / vq-f4 models use 3 latent channels (Rombach et al. Table 8).
     kl_weight 1e-6: LDM `autoencoder_kl_*` configs.
     lr 1e-4 with AdamW, batch 16, 5000 steps; EMA max decay 0.999 (the EMA weights are exported).
+    init_from: an AutoencoderKL folder whose weights start the run (fine-tune or continue with other settings).
     """
 
     batch_size: int = 16
@@ -39,6 +40,7 @@ class AutoencoderConfig(LoopConfig):
     layers_per_block: int = 1
     norm_num_groups: int = 32
     kl_weight: float = 1e-6
+    init_from: str | None = None
 
 
 def build_autoencoder(cfg: AutoencoderConfig):
@@ -71,6 +73,20 @@ class _WithKL(torch.nn.Module):
         posterior = self.autoencoder.encode(x).latent_dist
         recon = self.autoencoder.decode(posterior.mean + posterior.std * eps).sample
         return recon, posterior.kl()
+
+
+def _load_initial_weights(autoencoder, folder: str) -> None:
+    """Copy the weights of the AutoencoderKL in `folder` into `autoencoder`; a clear error when they differ."""
+    from diffusers import AutoencoderKL
+
+    source = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32)
+    try:
+        autoencoder.load_state_dict(source.state_dict())
+    except RuntimeError as err:
+        detail = str(err).splitlines()[0]
+        raise ValueError(
+            f"init_from '{folder}': its autoencoder does not match this run's network ({detail})"
+        ) from None
 
 
 def train_autoencoder(
@@ -110,6 +126,9 @@ def train_autoencoder(
                 recon = autoencoder.decode(autoencoder.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
             save_grid(torch.cat([x, recon]), out / "reconstructions.png", nrow=8)
 
-        return TrainingJob(_WithKL(build_autoencoder(cfg)), loss, export, finish)
+        autoencoder = build_autoencoder(cfg)
+        if cfg.init_from:
+            _load_initial_weights(autoencoder, cfg.init_from)
+        return TrainingJob(_WithKL(autoencoder), loss, export, finish)
 
     return fit(cfg, build, max_steps_this_run, progress, time_limit)

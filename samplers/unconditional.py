@@ -31,3 +31,12 @@ def sample_unconditional(
             pred.variance_values,
         )
     return x_t.clamp(-1, 1) if clip else x_t
+
+
+def sample_images(prior, num: int, image_shape: tuple[int, ...], steps: int = 250, seed: int = 0) -> torch.Tensor:
+    """`num` unconditional images of `image_shape` (C, H, W) from a pixel or latent prior: (num, C, H, W) in
+    [-1, 1]. A latent prior samples latents (unclipped) and decodes them."""
+    if prior.space == "latent":
+        latents = sample_unconditional(prior, (num, *prior.latent_shape(tuple(image_shape))), steps, seed, clip=False)
+        return prior.decode(latents).clamp(-1, 1)
+    return sample_unconditional(prior, (num, *image_shape), steps, seed)

@@ -212,3 +212,13 @@ def test_cli_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "gaussian_blur" in out and "dps" in out and "built-in priors:" in out
+
+
+def test_cli_sample_writes_a_grid_and_keeps_existing_files(tmp_path, tiny_unet_folder, capsys):
+    out = tmp_path / "grid.png"
+    argv = ["sample", "--prior", str(tiny_unet_folder), "--num", "6", "--nrow", "3", "--size", "16", "--steps", "3"]
+    assert main([*argv, "--out", str(out), "--device", "cpu"]) == 0
+    grid = np.asarray(Image.open(out))
+    assert grid.shape[0] < grid.shape[1] and grid.std() > 0  # 2 rows of 3 distinct samples
+    assert main([*argv, "--out", str(out)]) == 1
+    assert "exists" in capsys.readouterr().err

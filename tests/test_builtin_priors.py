@@ -19,7 +19,14 @@ def test_the_package_ships_a_default_rgb_prior():
     assert "natural-rgb" in builtin_priors()
 
 
-@pytest.mark.parametrize("name", sorted(builtin_priors()))
+PIXEL_PRIORS = sorted(name for name in builtin_priors() if not name.endswith("-latent"))
+
+
+def test_the_package_ships_every_builtin_prior():
+    assert set(builtin_priors()) == {"natural-rgb", "natural-gray", "natural-rgb-latent"}
+
+
+@pytest.mark.parametrize("name", PIXEL_PRIORS)
 def test_builtin_prior_denoises_a_natural_image(name):
     prior = load_prior(f"builtin:{name}")
     channels = prior.net.config.in_channels
@@ -32,6 +39,22 @@ def test_builtin_prior_denoises_a_natural_image(name):
         x0_hat = prior.denoise(prior.alphas_cumprod[t].sqrt() * noisy, t)
     gain = float(psnr(x0_hat, x) - psnr(noisy, x))
     assert gain > 6.0, f"Tweedie denoising gains only {gain:.1f} dB"
+
+
+def test_builtin_latent_prior_reconstructs_and_denoises_latents():
+    prior = load_prior("builtin:natural-rgb-latent")
+    x = load_image(IMAGE)[None, :, :64, :64]
+    with torch.inference_mode():
+        z = prior.encode(x)
+        assert z.shape == (1, 3, 16, 16) and 0.3 < float(z.std()) < 3  # latents scaled to about unit variance
+        recon = psnr(prior.decode(z), x)
+        t = 200
+        a = prior.alphas_cumprod[t]
+        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
+        z0_hat = prior.denoise(a.sqrt() * z + (1 - a).sqrt() * noise, t)
+    assert float(recon) > 20.0, f"autoencoder reconstruction only {float(recon):.1f} dB"
+    noisy_error = float(((1 - a).sqrt() / a.sqrt() * noise).square().mean())
+    assert float((z0_hat - z).square().mean()) < 0.5 * noisy_error
 
 
 def test_prior_none_uses_the_builtin_prior_for_the_channel_count():

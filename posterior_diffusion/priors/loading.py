@@ -32,6 +32,10 @@ ASSETS = Path(str(files("posterior_diffusion.assets")))
 BUILTIN_PRIORS = {  # name -> (folder under assets/priors, one-line description)
     "natural-rgb": ("natural-rgb", "fully convolutional pixel prior for RGB natural images (any size divisible by 8)"),
     "natural-gray": ("natural-gray", "fully convolutional pixel prior for grayscale natural images"),
+    "natural-rgb-latent": (
+        "natural-rgb-latent",
+        "latent prior for RGB natural images: AutoencoderKL (factor 4, 3 latent channels) + latent UNet",
+    ),
 }
 
 

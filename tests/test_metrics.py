@@ -1,0 +1,65 @@
+"""Metrics against hand-computed values and LPIPS against the reference distances of the LPIPS authors' examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from posterior_diffusion.images import load_image
+from posterior_diffusion.metrics import lpips, psnr, ssim
+from posterior_diffusion.perceptual import LPIPS, LPIPSUnavailable, find_weights
+
+SHARED_LPIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "lpips"
+needs_lpips_data = pytest.mark.skipif(not SHARED_LPIPS.is_dir(), reason="needs ../shared/data/lpips (CI data)")
+
+
+def test_psnr_is_per_image_on_the_unit_scale():
+    ref = torch.zeros(2, 1, 4, 4)  # 0.5 on [0, 1]
+    x = ref.clone()
+    x[0] += 0.2  # error 0.1 on [0, 1] everywhere -> MSE 0.01 -> 20 dB
+    x[1, :, :2] += 0.2  # half the pixels -> MSE 0.005 -> 23.01 dB
+    assert torch.allclose(psnr(x, ref), torch.tensor([20.0, 10 * torch.log10(torch.tensor(200.0))]), atol=1e-4)
+
+
+def test_ssim_is_one_for_equal_images_and_per_image():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(3, 3, 32, 32, generator=g) * 2 - 1
+    x = ref.clone()
+    x[1] = x[1] + 0.3 * torch.randn(3, 32, 32, generator=g)
+    scores = ssim(x, ref)
+    assert scores.shape == (3,) and torch.allclose(scores[[0, 2]], torch.ones(2), atol=1e-5) and scores[1] < 0.9
+
+
+@needs_lpips_data
+@pytest.mark.parametrize(("net", "expected"), [("alex", (0.721881, 0.137566)), ("vgg", (0.568613, 0.421664))])
+def test_lpips_matches_the_reference_distances(net, expected):
+    """shared/data/lpips/README.md: distances of ex_p0 and ex_p1 to ex_ref (the lpips package's v0.1 heads)."""
+    ref, p0, p1 = (load_image(SHARED_LPIPS / "examples" / f"ex_{n}.png")[None] for n in ("ref", "p0", "p1"))
+    d = lpips(torch.cat([p0, p1, ref]), torch.cat([ref, ref, ref]), net=net)
+    assert torch.allclose(d, torch.tensor([*expected, 0.0]), atol=1e-5), d
+
+
+def test_lpips_without_weights_names_the_file_to_provide(monkeypatch, tmp_path):
+    monkeypatch.setenv("POSTERIOR_DIFFUSION_LPIPS_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr("posterior_diffusion.perceptual._shared_folders", lambda: [tmp_path])
+    with pytest.raises(LPIPSUnavailable, match=r"alexnet_lpips_v0\.1\.safetensors"):
+        find_weights("alex")
+    with pytest.raises(ValueError, match="unknown LPIPS network"):
+        find_weights("resnet")
+
+
+@needs_lpips_data
+def test_lpips_weights_from_the_environment_folder_come_first(monkeypatch, tmp_path):
+    """A weights file in $POSTERIOR_DIFFUSION_LPIPS_DIR is used before the shared data (zeroed heads -> 0)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(SHARED_LPIPS / "alexnet_lpips_v0.1.safetensors")
+    save_file(
+        {k: v * 0 if k.startswith("lin") else v for k, v in state.items()}, tmp_path / "alexnet_lpips_v0.1.safetensors"
+    )
+    monkeypatch.setenv("POSTERIOR_DIFFUSION_LPIPS_DIR", str(tmp_path))
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    assert float(LPIPS("alex")(x, -x)) == 0.0
