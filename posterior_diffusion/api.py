@@ -56,6 +56,7 @@ def sample_posterior(
     progress: bool = True,
     image_shape: tuple[int, ...] | None = None,
     callback=None,
+    measurement_ids=None,
     **sampler_options,
 ) -> PosteriorResult:
     """Draw `num_samples` samples of p(x | y) for each measurement in y.
@@ -68,6 +69,8 @@ def sample_posterior(
         num_samples: samples per measurement (S).
         batch_size: chains per network call (default: all B * S at once).
         seed: chain (b, s) is seeded from (seed, b, s): results do not depend on batch_size.
+        measurement_ids: integers replacing b in that seed (e.g. image indices of a data set), so that a
+            measurement's samples do not depend on which other measurements share the call.
         device: default cuda when available, else cpu. dtype: the network's dtype (float32, float16, bfloat16).
         image_shape: (C, H, W) of x; default op.image_shape(measurement shape).
         callback: called after each sampler step with a dict {"i", "t", "x", "x0_hat", ...}.
@@ -110,6 +113,7 @@ def sample_posterior(
         image_shape=shape,
         callback=callback,
         progress=progress,
+        measurement_ids=measurement_ids,
     )
     if device.type == "cuda":
         torch.cuda.synchronize(device)

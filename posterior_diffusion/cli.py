@@ -210,6 +210,46 @@ def cmd_restore(args) -> None:
     print(summary + (f"; PSNR of the mean {run['psnr_mean']:.2f} dB" if truth is not None else ""))
 
 
+def cmd_bench(args) -> None:
+    from posterior_diffusion.bench import BenchConfig, run_bench, write_summary
+
+    out = Path(args.out)
+    if args.exact:
+        from posterior_diffusion.exact import report
+
+        out.mkdir(parents=True, exist_ok=True)
+        table = report(num_samples=args.num_samples if args.num_samples > 1 else 64)
+        (out / "exact.md").write_text(table + "\n")
+        print(table)
+        return
+    if not args.images:
+        raise ValueError("bench needs --images DIR (or --exact)")
+    cfg = BenchConfig(
+        images=args.images,
+        out=args.out,
+        tasks=tuple(args.tasks),
+        methods=tuple(args.methods),
+        prior=args.prior,
+        size=args.size,
+        num_images=args.num_images,
+        num_samples=args.num_samples,
+        seeds=tuple(args.seeds),
+        steps=args.steps,
+        images_per_call=args.images_per_call,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        lpips_net=args.lpips,
+        tasks_file=args.tasks_file,
+        sampler_options=_parse_params(args.sampler_param, "sampler"),
+    )
+    from accelerate import PartialState
+
+    rows = run_bench(cfg, progress=not args.quiet)
+    if PartialState().is_main_process:
+        print(write_summary(out, rows))
+
+
 def cmd_sample(args) -> None:
     from posterior_diffusion.api import default_device
     from posterior_diffusion.figures import save_grid
@@ -318,6 +358,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="network precision (default float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("bench", help="tasks x methods x images: per-image rows, summary table, figures")
+    from posterior_diffusion.bench import BenchConfig
+
+    defaults = BenchConfig(images="", out="")
+    p.add_argument("--images", help="folder of held-out images (centre-cropped to --size)")
+    p.add_argument("--out", required=True, help="output folder (a rerun resumes it)")
+    p.add_argument("--tasks", nargs="+", default=list(defaults.tasks), help=f"default {' '.join(defaults.tasks)}")
+    p.add_argument("--methods", nargs="+", default=list(defaults.methods), help="samplers and baselines")
+    p.add_argument("--prior", help="prior spec (default: the built-in RGB prior)")
+    p.add_argument("--size", type=int, default=defaults.size, help=f"crop side (default {defaults.size})")
+    p.add_argument("--num-images", type=int, help="first N images of the folder (default all)")
+    p.add_argument("--num-samples", type=int, default=1, help="posterior samples per image (default 1)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise and chain seeds (default 0)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: each sampler's)")
+    p.add_argument("--images-per-call", type=int, default=defaults.images_per_call, help="images per sampler call")
+    p.add_argument("--batch-size", type=int, help="chains per network call (default all)")
+    p.add_argument("--device", help="cpu, cuda, ... (default cuda if available)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="network precision")
+    p.add_argument("--lpips", choices=("alex", "vgg", "none"), default="alex", help="LPIPS backbone (default alex)")
+    p.add_argument("--tasks-file", help="TOML file of extra tasks ([tasks.NAME] operator, params, noise_sigma)")
+    p.add_argument(
+        "--sampler-param", action="append", metavar="[METHOD.]K=V", help="sampler option, for all or one sampler"
+    )
+    p.add_argument("--exact", action="store_true", help="the exact-posterior benchmark on Gaussian mixtures instead")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("sample", help="a grid of unconditional samples of a prior (what it has learned)")
     p.add_argument("--out", required=True, help="PNG file")

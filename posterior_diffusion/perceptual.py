@@ -69,6 +69,7 @@ BACKBONES = {
         lpips_heads_file="vgg.pth",
     ),
 }
+MIN_SIZE = {"alex": 32, "vgg": 16}  # smallest image side the backbone's pooling accepts
 FILE_NAMES = {"alex": "alexnet_lpips_v0.1.safetensors", "vgg": "vgg16_lpips_v0.1.safetensors"}
 SHIFT = (-0.030, -0.088, -0.188)  # the lpips package's ScalingLayer
 SCALE = (0.458, 0.448, 0.450)
@@ -139,6 +140,7 @@ class LPIPS(torch.nn.Module):
         super().__init__()
         state = find_weights(net, weights)
         self.backbone = BACKBONES[net]
+        self.min_size = MIN_SIZE[net]
         self.convs = torch.nn.ModuleDict()
         index = 0
         for layer in self.backbone.layers:
@@ -175,6 +177,8 @@ class LPIPS(torch.nn.Module):
     def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         if x.shape != ref.shape or x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"LPIPS needs two (B, 1 or 3, H, W) batches of one shape, got {x.shape}, {ref.shape}")
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(f"LPIPS with this backbone needs images of at least {self.min_size}x{self.min_size}")
         if x.shape[1] == 1:
             x, ref = x.expand(-1, 3, -1, -1), ref.expand(-1, 3, -1, -1)
         total = 0.0

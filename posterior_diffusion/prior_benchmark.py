@@ -26,22 +26,10 @@ from posterior_diffusion.api import sample_posterior
 from posterior_diffusion.baselines import baseline
 from posterior_diffusion.images import list_images, load_image
 from posterior_diffusion.metrics import psnr, ssim
-from posterior_diffusion.operators import get_operator
 from posterior_diffusion.priors import load_prior
+from posterior_diffusion.tasks import get_task
 
-
-def _odd(v: float) -> int:
-    return int(v) // 2 * 2 + 1
-
-
-TASKS = {  # task -> (operator for a crop of side `size`, its classical baseline)
-    "gaussian_deblur": (
-        lambda size: get_operator("gaussian_blur", kernel_size=_odd(61 * size / 256), sigma=3.0 * size / 256),
-        "tikhonov",
-    ),
-    "sr4": (lambda size: get_operator("super_resolution", factor=4), "bicubic"),
-    "random_inpaint": (lambda size: get_operator("inpaint_random", image_size=size, missing=0.7), "harmonic"),
-}
+CLASSICAL = {"gaussian_deblur": "tikhonov", "sr4": "bicubic", "random_inpaint": "harmonic"}  # task -> baseline
 TASK_PRESETS = {  # sampler preset names of each task (the DPS paper's FFHQ step sizes)
     "gaussian_deblur": "gaussian_deblur",
     "sr4": "super_resolution",
@@ -94,9 +82,9 @@ def restore_benchmark(
     x = random_crops(folders, crops, size, channels, seed)
     tune = random_crops(tune_folders, 8, size, channels, seed + 5000)
     rows = []
-    for task in tasks or list(TASKS):
-        make_op, classical = TASKS[task]
-        op = make_op(size)  # measured on the host with per-crop generators, restored on `device`
+    for task in tasks or list(CLASSICAL):
+        classical = CLASSICAL[task]
+        op = get_task(task).build(size)  # measured on the host with per-crop generators, restored on `device`
         y = torch.cat([op.measure(x[k : k + 1], torch.Generator().manual_seed(seed + k)) for k in range(crops)])
         y_tune = op.measure(tune, torch.Generator().manual_seed(seed + 10_000))
         op = op.to(device)
@@ -139,7 +127,7 @@ def _rows(task: str, method: str, estimate: torch.Tensor, x: torch.Tensor, secon
 def summary_table(rows: list[dict]) -> str:
     """Markdown: mean +- std of PSNR and SSIM per task and method."""
     lines = ["| task | method | PSNR (dB) | SSIM | s / image | crops |", "|---|---|---|---|---|---|"]
-    keys = sorted({(r["task"], r["method"]) for r in rows}, key=lambda k: (list(TASKS).index(k[0]), k[1]))
+    keys = sorted({(r["task"], r["method"]) for r in rows}, key=lambda k: (list(CLASSICAL).index(k[0]), k[1]))
     for task, method in keys:
         sel = [r for r in rows if r["task"] == task and r["method"] == method]
         p = torch.tensor([r["psnr"] for r in sel])
@@ -234,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sampler", default="dps")
     p.add_argument("--steps", type=int, help="sampler steps (default: the sampler's)")
     p.add_argument("--sampler-param", action="append", metavar="K=V", help="numeric sampler option (repeatable)")
-    p.add_argument("--tasks", nargs="+", choices=list(TASKS), help="default: all")
+    p.add_argument("--tasks", nargs="+", choices=list(CLASSICAL), help="default: all")
     p.add_argument("--batch-size", type=int, help="chains per network call (default: all crops at once)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="JSON file for the per-crop rows (rewritten after each task)")

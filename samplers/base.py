@@ -11,7 +11,7 @@ Each of the B measurements gets S chains; chain (b, s) draws all its noise from 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -129,12 +129,16 @@ class Sampler:
         image_shape: tuple[int, ...] | None = None,
         callback: Callable[[dict], None] | None = None,
         progress: bool = False,
+        measurement_ids: Sequence[int] | None = None,
     ) -> SamplerOutput:
         """Sample `num_samples` posterior draws per measurement.
 
         Args:
             y: (B, *measurement_shape), already validated (`sample_posterior` validates and batches).
-            seed: global seed; chain (b, s) uses seed_for(seed, b, s). A `generator` instead draws the seed.
+            seed: global seed; chain (b, s) uses seed_for(seed, measurement_ids[b], s). A `generator` instead
+                draws the seed.
+            measurement_ids: one integer per measurement (default 0..B-1), e.g. the index of the image in a data
+                set, so that a measurement's samples do not depend on which others share the call.
             batch_size: chains per network call (default: all).
             image_shape: (C, H, W) of x; default op.image_shape(measurement shape).
             callback: called after every step with {"i", "t", "x", "x0_hat", ...} of the current chunk ("nfe": the
@@ -150,7 +154,10 @@ class Sampler:
         y = y.to(prior.device)
         image_shape = tuple(image_shape or op.image_shape(tuple(y.shape[1:])))
         b, s = y.shape[0], num_samples
-        seeds = [seed_for(seed, i, j) for i in range(b) for j in range(s)]
+        ids = list(range(b)) if measurement_ids is None else [int(i) for i in measurement_ids]
+        if len(ids) != b:
+            raise ValueError(f"measurement_ids has {len(ids)} entries for {b} measurements")
+        seeds = [seed_for(seed, i, j) for i in ids for j in range(s)]
         y_chains = y.repeat_interleave(s, dim=0)
         chunks = list(chunk_slices(b * s, batch_size))
         nfe = self.nfe(prior)

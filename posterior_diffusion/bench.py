@@ -1,0 +1,334 @@
+"""`posterior-diffusion bench`: tasks x methods x images -> per-image rows, a summary table and figures.
+
+Methods are samplers (`samplers.SAMPLERS`) and the classical baselines (`baselines.BASELINES`: pinv, tikhonov,
+bicubic, harmonic), so every table shows what the diffusion prior buys. A method that does not apply to a task
+(e.g. bicubic for deblurring) is skipped.
+
+Reproducible and resumable:
+- image i is centre-cropped to `size`; its measurement noise is seeded by (seed, i) and its chains by
+  (seed, i, sample), so a row does not depend on the batching or on the number of processes;
+- each process (accelerate / torchrun: images i with i % num_processes == rank) appends its rows to
+  rows-<rank>.jsonl as soon as a group of images is done; a rerun skips every (task, method, image, seed) that
+  any rows file already holds, so an interrupted run loses at most the group in progress.
+
+Outputs in `out/`: rows-*.jsonl, summary.md and summary.csv (mean +- std over images and seeds), and figures/
+(per task and method: truth | measurement | mean | std | samples of the first image; per task: PSNR vs NFE).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from posterior_diffusion.api import sample_posterior
+from posterior_diffusion.baselines import BASELINES, baseline
+from posterior_diffusion.images import list_images, load_image
+from posterior_diffusion.metrics import lpips, psnr, ssim
+from posterior_diffusion.perceptual import LPIPSUnavailable
+from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
+from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
+from posterior_diffusion.tensor_utils import seed_for
+
+KEY = ("task", "method", "image", "seed")
+
+
+@dataclass
+class BenchConfig:
+    """images: a folder; out: the output folder (resumed when it holds rows). size: centre-crop side;
+    images_per_call: images sent through a sampler together (each with num_samples chains; batch_size chains
+    per network call); steps: sampler steps (default: each sampler's own); lpips_net: "alex", "vgg" or "none";
+    sampler_options: {"K": v} for every sampler, {"method.K": v} for one (e.g. "pnp_ula.iterations": 500)."""
+
+    images: str
+    out: str
+    tasks: tuple[str, ...] = ("sr4", "random_inpaint", "gaussian_deblur")
+    methods: tuple[str, ...] = ("dps", "ddrm", "tikhonov", "bicubic", "harmonic")
+    prior: str | None = None
+    size: int = 128
+    num_images: int | None = None
+    num_samples: int = 1
+    seeds: tuple[int, ...] = (0,)
+    steps: int | None = None
+    images_per_call: int = 8
+    batch_size: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    lpips_net: str = "alex"
+    tasks_file: str | None = None
+    sampler_options: dict = field(default_factory=dict)
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True) -> list[dict]:
+    """Run (or resume) the benchmark; returns all rows (of every process) once this process is done."""
+    from accelerate import PartialState
+
+    on_cpu = cfg.device == "cpu" or (cfg.device is None and not torch.cuda.is_available())
+    state = PartialState(cpu=on_cpu)  # torchrun / accelerate launch: one process per device (gloo on CPUs)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = load_tasks_file(cfg.tasks_file) if cfg.tasks_file else TASKS
+    for name in cfg.tasks:
+        get_task(name, tasks)
+    for method in cfg.methods:
+        if method not in BASELINES and method not in list_samplers():
+            valid = sorted([*BASELINES, *list_samplers()])
+            raise ValueError(f"unknown method {method!r}; valid: {', '.join(valid)}")
+    device = torch.device(cfg.device) if cfg.device else state.device
+    prior = _load_prior(cfg, device)
+    channels = prior.default_image_shape()[0] if prior is not None else 3
+    paths = list_images(cfg.images)[: cfg.num_images]
+    x = torch.stack([_center_crop(load_image(p, channels), cfg.size, p) for p in paths])
+    done = {tuple(r[k] for k in KEY) for r in read_rows(out)}
+    run = _Run(cfg, out, prior, device, x, paths, done, state.process_index, state.num_processes, progress)
+    for task_name in cfg.tasks:
+        for seed in cfg.seeds:
+            run.task(task_name, get_task(task_name, tasks), seed)
+    state.wait_for_everyone()
+    rows = read_rows(out)
+    if state.is_main_process:
+        write_summary(out, rows)
+        _cost_figures(out, rows)
+    return rows
+
+
+@dataclass
+class _Run:
+    """What one process needs to run its share: its images are those with index % num_processes == rank."""
+
+    cfg: BenchConfig
+    out: Path
+    prior: object
+    device: torch.device
+    x: torch.Tensor
+    paths: list[Path]
+    done: set
+    rank: int
+    num_processes: int
+    progress: bool
+
+    def task(self, name: str, task, seed: int) -> None:
+        """Every applicable method on this process's images of task `name` with noise and chain seed `seed`."""
+        mine = list(range(self.rank, len(self.paths), self.num_processes))
+        if not mine:
+            return
+        op = task.build(self.cfg.size)
+        y = torch.cat([op.measure(self.x[i : i + 1], _generator(seed, i)) for i in mine])
+        given = _given_operator(op) if task.blind else op
+        for method in self.cfg.methods:
+            if not _applies(method, self.prior, given):
+                continue
+            todo = [k for k, i in enumerate(mine) if (name, method, self.paths[i].name, seed) not in self.done]
+            for group in _groups(todo, self.cfg.images_per_call):
+                ids = [mine[k] for k in group]
+                result = _run_method(self.cfg, method, task, given, y[group], ids, seed, self.prior, self.device)
+                rows = _score(result, self.x[ids], self.paths, ids, name, method, seed, self.cfg.lpips_net)
+                with open(self.out / f"rows-{self.rank}.jsonl", "a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in rows)
+                if 0 in ids:
+                    k = ids.index(0)
+                    _example_figure(self.out, name, method, self.x[0], y[group[k]], result, k)
+                if self.progress:
+                    print(f"[rank {self.rank}] {name} {method} seed {seed}: images {ids} done", flush=True)
+
+
+def _load_prior(cfg: BenchConfig, device):
+    if not any(m in list_samplers() for m in cfg.methods):
+        return None
+    from posterior_diffusion.priors import default_prior_name, load_prior
+
+    return load_prior(cfg.prior or f"builtin:{default_prior_name(3)}", device=device, dtype=cfg.dtype)
+
+
+def _center_crop(image: torch.Tensor, size: int, path: Path) -> torch.Tensor:
+    h, w = image.shape[1:]
+    if min(h, w) < size:
+        raise ValueError(f"image '{path}' ({h}x{w}) is smaller than the benchmark size {size}")
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[:, top : top + size, left : left + size]
+
+
+def _generator(seed: int, image_index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed_for(seed, image_index, 1))
+
+
+def _given_operator(op):
+    """Blind tasks: the sampler gets the blur family with a Gaussian guess (std kernel_size / 8), not the truth."""
+    from posterior_diffusion.operators.kernels import gaussian_kernel
+
+    size = op.kernel.shape[-1]
+    return op.with_kernel(gaussian_kernel(size, size / 8).to(op.kernel))
+
+
+def _applies(method: str, prior, op) -> bool:
+    if method in BASELINES:
+        return BASELINES[method][1](op)
+    try:
+        get_sampler(method).check(prior, op)
+    except ValueError:
+        return False
+    return True
+
+
+def _groups(items: list[int], n: int) -> list[list[int]]:
+    return [items[k : k + n] for k in range(0, len(items), max(1, n))]
+
+
+def _run_method(cfg, method, task, op, y, ids, seed, prior, device) -> dict:
+    """{"mean": (n, C, H, W), "samples": (n, S, C, H, W), "std", "nfe", "seconds", "peak_mb"} for images `ids`."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if method in BASELINES:
+        start = time.perf_counter()
+        estimate = baseline(method, op.to(device), y.to(device)).cpu()
+        seconds = time.perf_counter() - start
+        op.to("cpu")
+        result = {"mean": estimate, "samples": estimate[:, None], "std": torch.zeros_like(estimate), "nfe": 0}
+    else:
+        sampler_cls = sampler_class(method)
+        options = {k: v for k, v in cfg.sampler_options.items() if "." not in k}  # "K" for all, "method.K" for one
+        options |= {k.split(".", 1)[1]: v for k, v in cfg.sampler_options.items() if k.startswith(method + ".")}
+        if task.preset in sampler_cls.PRESETS and "preset" not in options:
+            options["preset"] = task.preset
+        if cfg.steps and "steps" in {f.name for f in dataclasses.fields(sampler_cls.Config)}:
+            options["steps"] = cfg.steps  # samplers with a step count (PnP-ULA counts iterations instead)
+        res = sample_posterior(
+            y,
+            op,
+            prior=prior,
+            sampler=method,
+            num_samples=cfg.num_samples,
+            batch_size=cfg.batch_size,
+            seed=seed,
+            device=device,
+            dtype=cfg.dtype,
+            progress=False,
+            measurement_ids=ids,
+            **options,
+        )
+        op.to("cpu")
+        seconds = res.seconds
+        result = {"mean": res.mean, "samples": res.samples, "std": res.std, "nfe": res.nfe}
+    peak = (
+        torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return result | {"seconds": seconds / len(ids), "peak_mb": round(peak, 1)}
+
+
+def _score(result, x, paths, ids, task, method, seed, lpips_net: str) -> list[dict]:
+    estimate = result["mean"].float()
+    scores = {"psnr": psnr(estimate, x).tolist(), "ssim": ssim(estimate, x).tolist()}
+    if lpips_net != "none":
+        try:
+            scores["lpips"] = lpips(estimate, x, net=lpips_net).tolist()
+        except (LPIPSUnavailable, ValueError) as err:  # no weights file, or images too small for the backbone
+            print(f"note: {err}; rows have no LPIPS", flush=True)
+    return [
+        {
+            "task": task,
+            "method": method,
+            "image": paths[i].name,
+            "index": i,
+            "seed": seed,
+            **{k: round(v[n], 5) for k, v in scores.items()},
+            "nfe": result["nfe"],
+            "seconds": round(result["seconds"], 4),
+            "peak_mb": result["peak_mb"],
+        }
+        for n, i in enumerate(ids)
+    ]
+
+
+def read_rows(out: Path) -> list[dict]:
+    """All rows of every process in `out`, deduplicated by (task, method, image, seed), sorted."""
+    rows = {}
+    for path in sorted(Path(out).glob("rows-*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows[tuple(r[k] for k in KEY)] = r
+    return sorted(rows.values(), key=lambda r: (r["task"], r["method"], r["index"], r["seed"]))
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """One entry per (task, method): mean and std over images and seeds of each metric, NFE, seconds, peak MB."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["method"]), []).append(r)
+    table = []
+    for (task, method), sel in groups.items():
+        entry = {"task": task, "method": method, "images": len({r["image"] for r in sel}), "runs": len(sel)}
+        for metric in ("psnr", "ssim", "lpips"):
+            if all(metric in r for r in sel):
+                v = torch.tensor([r[metric] for r in sel], dtype=torch.float64)
+                entry[metric] = float(v.mean())
+                entry[metric + "_std"] = float(v.std()) if len(v) > 1 else 0.0
+        entry["nfe"] = sel[0]["nfe"]
+        entry["seconds"] = sum(r["seconds"] for r in sel) / len(sel)
+        entry["peak_mb"] = max(r["peak_mb"] for r in sel)
+        table.append(entry)
+    return table
+
+
+def write_summary(out: Path, rows: list[dict]) -> str:
+    """summary.md and summary.csv in `out`; returns the Markdown table."""
+    table = summary(rows)
+    metrics = [m for m in ("psnr", "ssim", "lpips") if all(m in e for e in table)] if table else []
+    header = ["task", "method", *[m.upper() for m in metrics], "NFE", "s / image", "peak MB", "images", "runs"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for e in table:
+        cells = [e["task"], e["method"], *[f"{e[m]:.3f} +- {e[m + '_std']:.3f}" for m in metrics]]
+        cells += [str(e["nfe"]), f"{e['seconds']:.2f}", f"{e['peak_mb']:.0f}", str(e["images"]), str(e["runs"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    markdown = "\n".join(lines)
+    (out / "summary.md").write_text(markdown + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=sorted({k for e in table for k in e}, key=lambda k: (k != "task", k)))
+    writer.writeheader()
+    writer.writerows(table)
+    (out / "summary.csv").write_text(buffer.getvalue())
+    return markdown
+
+
+def _example_figure(out: Path, task: str, method: str, truth, y, result, k: int) -> None:
+    from posterior_diffusion.figures import restoration_figure
+
+    folder = out / "figures"
+    folder.mkdir(exist_ok=True)
+    measurement = y if y.ndim == 3 else None  # image-like measurements (any size) are shown
+    restoration_figure(
+        folder / f"{task}_{method}.png", measurement, result["mean"][k], result["std"][k], result["samples"][k], truth
+    )
+
+
+def _cost_figures(out: Path, rows: list[dict]) -> None:
+    """Per task: mean PSNR against NFE (log scale; baselines at NFE 0 are drawn at 1) for every method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = out / "figures"
+    folder.mkdir(exist_ok=True)
+    table = summary(rows)
+    for task in sorted({e["task"] for e in table}):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for e in (e for e in table if e["task"] == task):
+            ax.errorbar(max(e["nfe"], 1), e["psnr"], yerr=e["psnr_std"], fmt="o", capsize=3, label=e["method"])
+        ax.set_xscale("log")
+        ax.set_xlabel("network evaluations per image (baselines at 1)")
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_title(task)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / f"psnr_vs_nfe_{task}.png", dpi=100)
+        plt.close(fig)

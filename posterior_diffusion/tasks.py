@@ -1,0 +1,134 @@
+"""The standard restoration tasks of the papers, as name -> operator settings, scaled to the image size.
+
+Settings are the DPS paper's (Chung et al., ICLR 2023, Sec. 4 "Experimental setup", on 256x256 images, Gaussian
+noise sigma_y = 0.05 on [-1, 1]): lengths in pixels (kernel sizes, blur widths, box sides) scale with the image
+side (kernel sizes rounded to the nearest odd integer). Users add tasks in a TOML file (`load_tasks_file`):
+
+    [tasks.light_blur]
+    operator = "gaussian_blur"
+    params = { kernel_size = 21, sigma = 1.0 }   # used as given (not scaled)
+    noise_sigma = 0.01
+    # sized = true: the operator takes the image side as image_size (inpainting masks)
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from posterior_diffusion.operators import get_operator
+from posterior_diffusion.operators.base import Operator
+
+REFERENCE_SIZE = 256  # the image side the papers' settings are given for
+
+
+@dataclass(frozen=True)
+class Task:
+    """An operator with its settings at REFERENCE_SIZE. `scaled`: parameters that are lengths in pixels (scaled
+    with the image side; kernel_size rounded to an odd integer, other integers rounded); `sized`: the operator takes image_size;
+    `blind`: the benchmark gives samplers a Gaussian guess instead of the true kernel; `preset`: the samplers'
+    preset of the task (used where a sampler has one, e.g. DPS's step size)."""
+
+    operator: str
+    params: dict = field(default_factory=dict)
+    noise_sigma: float = 0.05
+    scaled: tuple[str, ...] = ()
+    sized: bool = False
+    blind: bool = False
+    preset: str = ""
+    description: str = ""
+
+    def build(self, image_size: int) -> Operator:
+        """The task's operator for square images of side `image_size`."""
+        ratio = image_size / REFERENCE_SIZE
+        params = dict(self.params)
+        for name in self.scaled:
+            value = params[name] * ratio
+            if name == "kernel_size":
+                value = _odd(value)
+            elif isinstance(params[name], int):
+                value = round(value)
+            params[name] = value
+        if self.sized:
+            params["image_size"] = image_size
+        return get_operator(self.operator, noise_sigma=self.noise_sigma, **params)
+
+
+def _odd(value: float) -> int:
+    return max(1, round((value - 1) / 2) * 2 + 1)
+
+
+TASKS: dict[str, Task] = {
+    "sr4": Task(
+        "super_resolution", {"factor": 4}, preset="super_resolution", description="x4 bicubic downsampling (DPS Sec. 4)"
+    ),
+    "box_inpaint": Task(
+        "inpaint_box",
+        {"box_size": 128},
+        scaled=("box_size",),
+        sized=True,
+        preset="inpainting",
+        description="128x128 box at 256 px",
+    ),
+    "random_inpaint": Task(
+        "inpaint_random",
+        {"missing": 0.7},
+        sized=True,
+        preset="inpainting",
+        description="70 % of the pixels missing (DPS Sec. 4)",
+    ),
+    "gaussian_deblur": Task(
+        "gaussian_blur",
+        {"kernel_size": 61, "sigma": 3.0},
+        scaled=("kernel_size", "sigma"),
+        preset="gaussian_deblur",
+        description="61 px Gaussian kernel, std 3.0 at 256 px",
+    ),
+    "motion_deblur": Task(
+        "motion_blur",
+        {"kernel_size": 61, "intensity": 0.5},
+        scaled=("kernel_size",),
+        preset="motion_deblur",
+        description="61 px motion kernel, intensity 0.5 at 256 px",
+    ),
+    "blind_motion_deblur": Task(
+        "motion_blur",
+        {"kernel_size": 61, "intensity": 0.5, "boundary": "circular"},
+        scaled=("kernel_size",),
+        blind=True,
+        description="the same blur, kernel unknown to the sampler (BlindDPS / GibbsDDRM)",
+    ),
+    "denoise": Task("denoise", noise_sigma=2 * 25 / 255, description="Gaussian noise, sigma 25/255 on [0, 1]"),
+}
+
+
+def get_task(name: str, tasks: dict[str, Task] | None = None) -> Task:
+    tasks = TASKS if tasks is None else tasks
+    if name not in tasks:
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join(sorted(tasks))}")
+    return tasks[name]
+
+
+def load_tasks_file(path: str | Path) -> dict[str, Task]:
+    """The built-in tasks plus those of a TOML file ([tasks.NAME] with operator, params, noise_sigma)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"cannot read tasks file '{path}': {err}") from None
+    tasks = dict(TASKS)
+    for name, entry in data.get("tasks", {}).items():
+        unknown = sorted(set(entry) - {"operator", "params", "noise_sigma", "sized", "description"})
+        if "operator" not in entry or unknown:
+            raise ValueError(f"task {name!r} in '{path}': needs 'operator'; unknown keys: {unknown or 'none'}")
+        task = Task(
+            entry["operator"],
+            dict(entry.get("params", {})),
+            noise_sigma=float(entry.get("noise_sigma", 0.05)),
+            sized=bool(entry.get("sized", False)),
+            description=entry.get("description", ""),
+        )
+        task.build(REFERENCE_SIZE)  # an unknown operator or parameter fails here, naming the valid ones
+        tasks[name] = task
+    return tasks

@@ -1,0 +1,126 @@
+"""The benchmark: task settings, per-image rows, resume after an interruption, 1 vs 2 processes, the summary."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import posterior_diffusion.bench as bench
+from posterior_diffusion.bench import BenchConfig, read_rows, run_bench, summary
+from posterior_diffusion.tasks import TASKS, load_tasks_file
+
+TIMING = ("seconds", "peak_mb")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench_images")
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _config(images, out, prior, **changes) -> BenchConfig:
+    settings = {
+        "images": str(images),
+        "out": str(out),
+        "prior": str(prior),
+        "tasks": ("random_inpaint", "gaussian_deblur"),
+        "methods": ("dps", "tikhonov", "harmonic", "bicubic"),
+        "size": 16,
+        "steps": 2,
+        "images_per_call": 2,
+        "device": "cpu",
+        "lpips_net": "none",
+    }
+    return BenchConfig(**(settings | changes))
+
+
+def _without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_tasks_use_the_papers_settings_scaled_to_the_image_size():
+    blur = TASKS["gaussian_deblur"].build(128)
+    assert (blur.kernel_size, blur.sigma, blur.noise.sigma) == (31, 1.5, 0.05)
+    assert TASKS["gaussian_deblur"].build(256).kernel_size == 61
+    box = TASKS["box_inpaint"].build(64)
+    assert box.mask.shape[-1] == 64 and float((box.mask == 0).sum()) == 32 * 32
+
+
+def test_tasks_file_adds_tasks_and_refuses_bad_ones(tmp_path):
+    good = tmp_path / "tasks.toml"
+    good.write_text('[tasks.light]\noperator = "gaussian_blur"\nparams = { kernel_size = 5, sigma = 1.0 }\n')
+    tasks = load_tasks_file(good)
+    assert set(TASKS) < set(tasks) and tasks["light"].build(32).kernel_size == 5
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[tasks.x]\noperator = "gaussian_blur"\nparams = { width = 5 }\n')
+    with pytest.raises(ValueError, match="unknown parameter"):
+        load_tasks_file(bad)
+
+
+def test_rows_summary_and_figures(tmp_path, images, tiny_unet_folder):
+    rows = run_bench(_config(images, tmp_path / "out", tiny_unet_folder), progress=False)
+    methods = {(r["task"], r["method"]) for r in rows}
+    # each task gets the samplers and only the baselines that apply to it
+    assert methods == {
+        ("random_inpaint", "dps"),
+        ("random_inpaint", "tikhonov"),
+        ("random_inpaint", "harmonic"),
+        ("gaussian_deblur", "dps"),
+        ("gaussian_deblur", "tikhonov"),
+    }
+    assert len(rows) == 5 * len(methods) and all(np.isfinite(r["psnr"]) for r in rows)
+    entry = next(e for e in summary(rows) if e["task"] == "gaussian_deblur" and e["method"] == "tikhonov")
+    values = [r["psnr"] for r in rows if r["task"] == "gaussian_deblur" and r["method"] == "tikhonov"]
+    assert entry["psnr"] == pytest.approx(np.mean(values)) and entry["psnr_std"] == pytest.approx(
+        np.std(values, ddof=1)
+    )
+    out = tmp_path / "out"
+    assert (out / "summary.md").read_text().count("\n") == 2 + len(methods)
+    assert (out / "figures" / "random_inpaint_dps.png").exists()
+    assert (out / "figures" / "psnr_vs_nfe_gaussian_deblur.png").exists()
+
+
+def test_an_interrupted_run_resumes_without_recomputing(tmp_path, images, tiny_unet_folder, monkeypatch):
+    straight = run_bench(_config(images, tmp_path / "straight", tiny_unet_folder), progress=False)
+    real = bench._run_method
+    calls, armed = [], [True]
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[1])
+        if armed[0] and len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "_run_method", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(_config(images, tmp_path / "resumed", tiny_unet_folder), progress=False)
+    kept = len(read_rows(tmp_path / "resumed"))
+    assert kept == 5  # the first three groups (2 + 2 + 1 images) were written before the interruption
+    calls.clear()
+    armed[0] = False
+    resumed = run_bench(_config(images, tmp_path / "resumed", tiny_unet_folder), progress=False)
+    assert _without_timing(resumed) == _without_timing(straight)
+    assert len(calls) == 12  # 5 (task, method) pairs x 3 groups, 3 already done
+
+
+def test_two_processes_give_the_rows_of_one(tmp_path, images, tiny_unet_folder):
+    one = run_bench(_config(images, tmp_path / "one", tiny_unet_folder, methods=("dps", "tikhonov")), progress=False)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "posterior_diffusion.cli"]
+    argv += ["bench", "--images", str(images), "--out", str(tmp_path / "two"), "--prior", str(tiny_unet_folder)]
+    argv += ["--tasks", "random_inpaint", "gaussian_deblur", "--methods", "dps", "tikhonov", "--size", "16"]
+    argv += ["--steps", "2", "--images-per-call", "2", "--device", "cpu", "--lpips", "none", "--quiet"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "two").glob("rows-*.jsonl")) == ["rows-0.jsonl", "rows-1.jsonl"]
+    assert _without_timing(read_rows(tmp_path / "two")) == _without_timing(one)
+    assert torch.tensor([r["psnr"] for r in one]).isfinite().all()
