@@ -222,13 +222,16 @@ def cmd_bench(args) -> None:
         (out / "exact.md").write_text(table + "\n")
         print(table)
         return
+    if args.speed:
+        _speed(args, out)
+        return
     if not args.images:
         raise ValueError("bench needs --images DIR (or --exact)")
     cfg = BenchConfig(
         images=args.images,
         out=args.out,
         tasks=tuple(args.tasks),
-        methods=tuple(args.methods),
+        methods=tuple(args.methods or defaults_methods()),
         prior=args.prior,
         size=args.size,
         num_images=args.num_images,
@@ -248,6 +251,31 @@ def cmd_bench(args) -> None:
     rows = run_bench(cfg, progress=not args.quiet)
     if PartialState().is_main_process:
         print(write_summary(out, rows))
+
+
+def defaults_methods() -> tuple[str, ...]:
+    from posterior_diffusion.bench import BenchConfig
+
+    return BenchConfig(images="", out="").methods
+
+
+def _speed(args, out: Path) -> None:
+    from posterior_diffusion.api import default_device
+    from posterior_diffusion.priors import default_prior_name, load_prior
+    from posterior_diffusion.samplers import list_samplers
+    from posterior_diffusion.speed import speed_rows, speed_table
+
+    samplers = [m for m in args.methods if m in list_samplers()] if args.methods else list_samplers()
+    device = args.device or default_device()
+    rows = []
+    for dtype in args.speed_dtypes:
+        prior = load_prior(args.prior or f"builtin:{default_prior_name(3)}", device=device, dtype=dtype)
+        rows += speed_rows(prior, samplers, args.batch_sizes, args.size, args.steps or 20, dtype)
+    out.mkdir(parents=True, exist_ok=True)
+    table = speed_table(rows)
+    (out / "speed.md").write_text(table + "\n")
+    (out / "speed.json").write_text(json.dumps(rows, indent=1))
+    print(table)
 
 
 def cmd_sample(args) -> None:
@@ -366,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="folder of held-out images (centre-cropped to --size)")
     p.add_argument("--out", required=True, help="output folder (a rerun resumes it)")
     p.add_argument("--tasks", nargs="+", default=list(defaults.tasks), help=f"default {' '.join(defaults.tasks)}")
-    p.add_argument("--methods", nargs="+", default=list(defaults.methods), help="samplers and baselines")
+    p.add_argument("--methods", nargs="+", help=f"samplers and baselines (default {' '.join(defaults.methods)})")
     p.add_argument("--prior", help="prior spec (default: the built-in RGB prior)")
     p.add_argument("--size", type=int, default=defaults.size, help=f"crop side (default {defaults.size})")
     p.add_argument("--num-images", type=int, help="first N images of the folder (default all)")
@@ -383,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--sampler-param", action="append", metavar="[METHOD.]K=V", help="sampler option, for all or one sampler"
     )
     p.add_argument("--exact", action="store_true", help="the exact-posterior benchmark on Gaussian mixtures instead")
+    p.add_argument("--speed", action="store_true", help="sampler time vs bare network time instead (see speed.py)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="--speed: batch sizes (default 1 4)")
+    p.add_argument("--speed-dtypes", nargs="+", default=["float32"], help="--speed: network dtypes (default float32)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench)
 

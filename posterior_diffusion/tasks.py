@@ -26,7 +26,8 @@ REFERENCE_SIZE = 256  # the image side the papers' settings are given for
 @dataclass(frozen=True)
 class Task:
     """An operator with its settings at REFERENCE_SIZE. `scaled`: parameters that are lengths in pixels (scaled
-    with the image side; kernel_size rounded to an odd integer, other integers rounded); `sized`: the operator takes image_size;
+    with the image side; kernel_size rounded to an odd integer, other integers rounded); `sized`: the operator
+    takes image_size;
     `blind`: the benchmark gives samplers a Gaussian guess instead of the true kernel; `preset`: the samplers'
     preset of the task (used where a sampler has one, e.g. DPS's step size)."""
 

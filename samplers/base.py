@@ -80,6 +80,7 @@ class Sampler:
     samples_posterior: ClassVar[bool] = True  # False: a mode-seeking (variational) estimate, not posterior draws
     blind: ClassVar[bool] = False  # True: estimates operator parameters too (returned in extras)
     weighs_noise_level: ClassVar[bool] = True  # False: the data term ignores sigma_y (DPS, RED-Diff)
+    network_gradient: ClassVar[bool] = False  # True: each step backpropagates through the network (DPS)
 
     def __init__(self, preset: str | None = None, **options):
         if preset is not None and preset not in self.PRESETS:

@@ -61,6 +61,7 @@ class DPS(Sampler):
         "phase_retrieval": {"step_size": 0.4},
     }
     needs_operator = "differentiable"
+    network_gradient = True  # the gradient of ||y - A(x0_hat(x_t))|| with respect to x_t
     weighs_noise_level = False  # the step uses ||y - A(x0_hat)||, not its sigma_y-weighted square
 
     def nfe(self, prior) -> int:

@@ -124,3 +124,25 @@ def test_two_processes_give_the_rows_of_one(tmp_path, images, tiny_unet_folder):
     assert sorted(p.name for p in (tmp_path / "two").glob("rows-*.jsonl")) == ["rows-0.jsonl", "rows-1.jsonl"]
     assert _without_timing(read_rows(tmp_path / "two")) == _without_timing(one)
     assert torch.tensor([r["psnr"] for r in one]).isfinite().all()
+
+
+def test_speed_rows_time_the_sampler_against_the_bare_network(tiny_unet_folder):
+    from posterior_diffusion.priors import load_prior
+    from posterior_diffusion.speed import speed_rows, speed_table
+
+    prior = load_prior(tiny_unet_folder, device="cpu")
+    rows = speed_rows(prior, ["dps", "ddrm"], [1, 2], size=16, steps=3)
+    assert [(r["sampler"], r["batch"]) for r in rows] == [("dps", 1), ("dps", 2), ("ddrm", 1), ("ddrm", 2)]
+    assert all(r["nfe"] == 3 and r["bare_seconds"] > 0 and r["overhead"] > 0 for r in rows)
+    assert rows[0]["network"] == "forward+backward" and rows[2]["network"] == "forward"
+    assert speed_table(rows).count("\n") == 5
+
+
+def test_exact_benchmark_command_writes_the_table(tmp_path, monkeypatch):
+    import posterior_diffusion.exact as exact
+    from posterior_diffusion.cli import main
+
+    monkeypatch.setattr(exact, "REPORT_SETTINGS", {"ddrm": {"steps": 20}})
+    assert main(["bench", "--exact", "--out", str(tmp_path), "--num-samples", "16"]) == 0
+    table = (tmp_path / "exact.md").read_text()
+    assert table.startswith("| sampler |") and "| ddrm |" in table

@@ -1,0 +1,104 @@
+"""`posterior-diffusion bench --speed`: what each sampler costs beyond its network evaluations.
+
+For each sampler, dtype and batch size: the wall time of `sample_posterior` for `steps` steps, its network
+evaluations (NFE), and the time of the same number of bare network evaluations on the same batch: forward only
+(`prior.predict` under inference_mode), or forward + backward for samplers that differentiate through the network
+(DPS). overhead = sampler time / bare time: everything the engine does around the network (operators, updates,
+bookkeeping); 1.00 means none. Also images per second and peak memory (CUDA allocator peak; on CPUs the process's
+peak resident memory, which only grows).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import torch
+
+from posterior_diffusion.api import sample_posterior
+from posterior_diffusion.samplers import sampler_class
+from posterior_diffusion.tasks import TASKS
+
+SAMPLER_TASKS = {"gibbs_ddrm": "blind_motion_deblur"}  # samplers that need another task than random_inpaint
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_network_seconds(prior, x: torch.Tensor, evaluations: int, gradient: bool) -> float:
+    """Seconds for `evaluations` network calls on batch x (B, C, H, W): forward, or forward + backward."""
+    t = torch.full((x.shape[0],), prior.num_timesteps // 2, device=x.device, dtype=torch.long)
+    prior.predict(x, t)  # warm-up
+    _sync(x.device)
+    start = time.perf_counter()
+    for _ in range(evaluations):
+        if gradient:
+            x_in = x.detach().requires_grad_(True)
+            torch.autograd.grad(prior.predict(x_in, t).x0_hat.float().square().sum(), x_in)
+        else:
+            with torch.inference_mode():
+                prior.predict(x, t)
+    _sync(x.device)
+    return time.perf_counter() - start
+
+
+def budget(name: str, steps: int) -> dict:
+    """Options that give sampler `name` `steps` steps (PnP-ULA: iterations)."""
+    fields = sampler_class(name).Config.__dataclass_fields__
+    return {"steps": steps} if "steps" in fields else {"iterations": steps}
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def speed_rows(prior, samplers, batch_sizes, size: int, steps: int, dtype: str | None = None) -> list[dict]:
+    """One row per (sampler, batch size) on `prior` (already on its device) with images of side `size`."""
+    device = prior.device
+    channels = prior.default_image_shape()[0]
+    rows = []
+    for name in samplers:
+        task = TASKS[SAMPLER_TASKS.get(name, "random_inpaint")]
+        op = task.build(size)
+        gradient = sampler_class(name).network_gradient
+        for batch in batch_sizes:
+            x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+            y = op.measure(x, torch.Generator().manual_seed(1))
+            sample_posterior(y, op, prior=prior, sampler=name, progress=False, **budget(name, 2))  # warm-up
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            res = sample_posterior(y, op, prior=prior, sampler=name, progress=False, **budget(name, steps))
+            peak = _peak_mb(device)
+            bare = bare_network_seconds(prior, x.to(device), res.nfe, gradient)
+            rows.append(
+                {
+                    "sampler": name,
+                    "dtype": dtype or "float32",
+                    "batch": batch,
+                    "nfe": res.nfe,
+                    "seconds": res.seconds,
+                    "bare_seconds": bare,
+                    "overhead": res.seconds / bare,
+                    "network": "forward+backward" if gradient else "forward",
+                    "images_per_s": batch / res.seconds,
+                    "peak_mb": peak,
+                }
+            )
+    return rows
+
+
+def speed_table(rows: list[dict]) -> str:
+    lines = [
+        "| sampler | dtype | batch | NFE | network | s | bare network s | overhead | images / s | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['sampler']} | {r['dtype']} | {r['batch']} | {r['nfe']} | {r['network']} | {r['seconds']:.2f} | "
+            f"{r['bare_seconds']:.2f} | {r['overhead']:.2f} | {r['images_per_s']:.2f} | {r['peak_mb']:.0f} |"
+        )
+    return "\n".join(lines)
