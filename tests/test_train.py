@@ -137,3 +137,27 @@ def test_latent_prior_training_pipeline(tmp_path, image_folder):
     z = prior.encode(torch.rand(1, 3, 16, 16) * 2 - 1)
     assert z.shape == (1, 3, 4, 4) and prior.decode(z).shape == (1, 3, 16, 16)
     assert (tmp_path / "latent" / "samples.png").exists()
+
+
+def test_autoencoder_init_from_copies_the_weights(tmp_path, image_folder):
+    settings = {
+        "data": str(image_folder),
+        "crop_size": 16,
+        "batch_size": 2,
+        "steps": 1,
+        "block_out_channels": (8, 8, 16),
+        "norm_num_groups": 4,
+    }
+    train_autoencoder(AutoencoderConfig(output=str(tmp_path / "a"), **settings), progress=False)
+    source = str(tmp_path / "a" / "autoencoder")
+    train_autoencoder(
+        AutoencoderConfig(output=str(tmp_path / "b"), init_from=source, lr=0.0, **settings), progress=False
+    )
+    a = load_file(tmp_path / "a" / "autoencoder" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "b" / "autoencoder" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = AutoencoderConfig(
+        output=str(tmp_path / "c"), init_from=source, **(settings | {"block_out_channels": (8, 16)})
+    )
+    with pytest.raises(ValueError, match="does not match this run's network"):
+        train_autoencoder(other, progress=False)
