@@ -4,7 +4,7 @@ op = get_operator("gaussian_blur", kernel_size=61, sigma=3.0, noise_sigma=0.05)
 y = op.measure(x, generator=g)   # A(x) + noise;  op(x) is A(x), noiseless and differentiable
 """
 
-from . import blur, denoise, inpaint, super_resolution  # noqa: F401  (registers the operators)
+from . import blur, denoise, inpaint, interferometry, super_resolution  # noqa: F401  (registers the operators)
 from .base import DiagonalOperator, LinearOperator, Operator, SVDOperator
 from .blur import Blur, GaussianBlur, MotionBlur, UniformBlur
 from .denoise import Denoise

@@ -28,6 +28,8 @@ def get_operator(name: str, **params) -> Operator:
     """
     cls = operator_class(name)
     noise_kwargs = {k: params.pop(k) for k in NOISE_PARAMS if k in params}
+    if getattr(cls, "own_noise", False) and noise_kwargs:
+        raise ValueError(f"operator {name!r} models its own noise; {', '.join(noise_kwargs)} do not apply")
     valid = operator_params(name)
     unknown = sorted(set(params) - set(valid))
     if unknown:
@@ -36,7 +38,8 @@ def get_operator(name: str, **params) -> Operator:
             f"{', '.join(list(valid) + list(NOISE_PARAMS))}"
         )
     op = cls(**params)
-    op.noise = make_noise(**noise_kwargs)
+    if not getattr(cls, "own_noise", False):
+        op.noise = make_noise(**noise_kwargs)
     return op
 
 

@@ -18,6 +18,7 @@ from posterior_diffusion.operators import (
     get_operator,
     list_operators,
     motion_kernel,
+    operator_class,
     operator_params,
 )
 
@@ -35,6 +36,8 @@ SPECTRAL = {"boundary": "circular", "method": "average"}
 def _cases():
     cases = []
     for name in list_operators():
+        if operator_class(name).measurement_ndim != 3:
+            continue  # interferometry: vector data of its own image size (tests/test_interferometry.py)
         params = {k: v for k, v in SMALL.items() if k in operator_params(name)}
         cases.append(pytest.param(name, params, id=name))
         spectral = {k: v for k, v in SPECTRAL.items() if k in operator_params(name)}
