@@ -203,3 +203,22 @@ def test_dps_runs_on_closure_data():
     y = op.measure(_ring(32), torch.Generator().manual_seed(0))
     res = sample_posterior(y, op, prior=prior, sampler="dps", steps=3, step_size=1e-3, progress=False)
     assert res.samples.shape == (1, 1, 1, 32, 32) and torch.isfinite(res.samples).all()  # (B, S, C, H, W)
+
+
+def test_procedural_black_holes_are_rings_around_a_shadow(tmp_path):
+    from posterior_diffusion.black_holes import black_hole_images, write_black_hole_folder
+
+    x = black_hole_images(32, size=64, seed=0)
+    assert x.shape == (32, 1, 64, 64) and float(x.min()) >= 0 and torch.allclose(x.amax((1, 2, 3)), torch.ones(32))
+    assert torch.equal(x, black_hole_images(32, size=64, seed=0))  # seeded
+    from posterior_diffusion.black_holes import BlackHoleModel
+
+    centred = black_hole_images(32, size=64, seed=1, model=BlackHoleModel(offset_uas=0.0))[:, 0]
+    i, j = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    r = torch.hypot(i - 31.5, j - 31.5).round()
+    profile = torch.stack([centred[:, r == k].mean(-1) for k in range(1, 20)], dim=1)  # radial profile, r = 1..19
+    peak_radius = (profile.argmax(1) + 1) * 160 / 64  # microarcseconds
+    assert ((peak_radius > 12) & (peak_radius < 31)).all()  # the ring radius range, 15-28 uas, within a pixel
+    assert (profile[:, 0] < 0.6 * profile.max(1).values).all()  # a shadow inside the ring
+    folder = write_black_hole_folder(tmp_path / "bh", 3, size=32)
+    assert sorted(p.name for p in folder.iterdir()) == ["bh_00000.png", "bh_00001.png", "bh_00002.png"]
