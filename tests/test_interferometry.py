@@ -222,3 +222,26 @@ def test_procedural_black_holes_are_rings_around_a_shadow(tmp_path):
     assert (profile[:, 0] < 0.6 * profile.max(1).values).all()  # a shadow inside the ring
     folder = write_black_hole_folder(tmp_path / "bh", 3, size=32)
     assert sorted(p.name for p in folder.iterdir()) == ["bh_00000.png", "bh_00001.png", "bh_00002.png"]
+
+
+def test_black_hole_metrics():
+    from posterior_diffusion.black_hole_metrics import aligned_psnr, blurred_psnr, closure_chi_squares
+    from posterior_diffusion.metrics import psnr
+    from posterior_diffusion.operators import get_operator
+
+    truth = _ring(32)
+    shifted = torch.roll(truth, (2, -1), dims=(-2, -1))  # the ring stays inside the image
+    assert float(psnr(shifted, truth)) < 20 and float(aligned_psnr(shifted, truth)) > 60  # the shift is undone
+    noisy = truth + 0.2 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
+    assert float(blurred_psnr(noisy, truth, 20.0, 160.0)) > float(aligned_psnr(noisy, truth))  # blur hides noise
+    op = get_operator("interferometry", image_size=32, peak_jy=1.0, gain_std=0.1)  # high SNR: Gaussian closures
+    y = op.measure(truth.expand(4, -1, -1, -1), torch.Generator().manual_seed(2))
+    dimmer = (truth + 1) / 2 * 0.5 * 2 - 1  # half the flux: closures and the flux matching make it as good
+    for image in (truth, dimmer):
+        chi2 = closure_chi_squares(op, y, image.expand(4, -1, -1, -1))
+        assert all(float(v.mean()) < 1.3 and (v >= 1).all() for v in chi2.values())
+    moved = closure_chi_squares(op, y, torch.roll(_ring(32), (2, -1), dims=(-2, -1)).expand(4, -1, -1, -1))
+    assert float(moved["cphase"].mean()) < 1.3  # a shifted ring has the same closure phases...
+    blob = -torch.ones(4, 1, 32, 32)
+    blob[..., 12:20, 12:16] = 1
+    assert float(closure_chi_squares(op, y, blob)["cphase"].mean()) > 3  # ...but another shape does not
