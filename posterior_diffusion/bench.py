@@ -38,6 +38,8 @@ from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
 from posterior_diffusion.tensor_utils import seed_for
 
 KEY = ("task", "method", "image", "seed")
+METRIC_COLUMNS = ("psnr", "ssim", "lpips", "psnr_aligned", "psnr_blur10", "psnr_blur15", "psnr_blur20")
+METRIC_COLUMNS += ("chi2_cphase", "chi2_logcamp")
 
 
 @dataclass
@@ -130,6 +132,10 @@ class _Run:
                 ids = [mine[k] for k in group]
                 result = _run_method(self.cfg, method, task, given, y[group], ids, seed, self.prior, self.device)
                 rows = _score(result, self.x[ids], self.paths, ids, name, method, seed, self.cfg.lpips_net)
+                if task.metrics:
+                    extra = TASK_METRICS[task.metrics](given, y[group], result["mean"], self.x[ids])
+                    for n, row in enumerate(rows):
+                        row.update({k: round(float(v[n]), 5) for k, v in extra.items()})
                 with open(self.out / f"rows-{self.rank}.jsonl", "a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in rows)
                 if 0 in ids:
@@ -248,6 +254,20 @@ def _score(result, x, paths, ids, task, method, seed, lpips_net: str) -> list[di
     ]
 
 
+def _black_hole_metrics(op, y, estimate, truth) -> dict[str, torch.Tensor]:
+    from posterior_diffusion.black_hole_metrics import aligned_psnr, blurred_psnr, closure_chi_squares
+
+    chi2 = closure_chi_squares(op, y, estimate)
+    scores = {"psnr_aligned": aligned_psnr(estimate, truth), "chi2_cphase": chi2["cphase"]}
+    scores["chi2_logcamp"] = chi2["logcamp"]
+    for fwhm in (10, 15, 20):
+        scores[f"psnr_blur{fwhm}"] = blurred_psnr(estimate, truth, fwhm, op.fov_uas)
+    return scores
+
+
+TASK_METRICS = {"black_hole": _black_hole_metrics}  # Task.metrics -> extra per-image metrics
+
+
 def read_rows(out: Path) -> list[dict]:
     """All rows of every process in `out`, deduplicated by (task, method, image, seed), sorted."""
     rows = {}
@@ -267,7 +287,7 @@ def summary(rows: list[dict]) -> list[dict]:
     table = []
     for (task, method), sel in groups.items():
         entry = {"task": task, "method": method, "images": len({r["image"] for r in sel}), "runs": len(sel)}
-        for metric in ("psnr", "ssim", "lpips"):
+        for metric in METRIC_COLUMNS:
             if all(metric in r for r in sel):
                 v = torch.tensor([r[metric] for r in sel], dtype=torch.float64)
                 entry[metric] = float(v.mean())
@@ -282,11 +302,12 @@ def summary(rows: list[dict]) -> list[dict]:
 def write_summary(out: Path, rows: list[dict]) -> str:
     """summary.md and summary.csv in `out`; returns the Markdown table."""
     table = summary(rows)
-    metrics = [m for m in ("psnr", "ssim", "lpips") if all(m in e for e in table)] if table else []
+    metrics = [m for m in METRIC_COLUMNS if any(m in e for e in table)]
     header = ["task", "method", *[m.upper() for m in metrics], "NFE", "s / image", "peak MB", "images", "runs"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in table:
-        cells = [e["task"], e["method"], *[f"{e[m]:.3f} +- {e[m + '_std']:.3f}" for m in metrics]]
+        cells = [e["task"], e["method"]]
+        cells += [f"{e[m]:.3f} +- {e[m + '_std']:.3f}" if m in e else "-" for m in metrics]
         cells += [str(e["nfe"]), f"{e['seconds']:.2f}", f"{e['peak_mb']:.0f}", str(e["images"]), str(e["runs"])]
         lines.append("| " + " | ".join(cells) + " |")
     markdown = "\n".join(lines)

@@ -33,12 +33,13 @@ class Task:
 
     operator: str
     params: dict = field(default_factory=dict)
-    noise_sigma: float = 0.05
+    noise_sigma: float | None = 0.05  # None: the operator models its own noise (interferometry)
     scaled: tuple[str, ...] = ()
     sized: bool = False
     blind: bool = False
     preset: str = ""
     description: str = ""
+    metrics: str = ""  # extra per-image metrics: "black_hole" (aligned / blurred PSNR, closure chi-squares)
 
     def build(self, image_size: int) -> Operator:
         """The task's operator for square images of side `image_size`."""
@@ -53,7 +54,8 @@ class Task:
             params[name] = value
         if self.sized:
             params["image_size"] = image_size
-        return get_operator(self.operator, noise_sigma=self.noise_sigma, **params)
+        noise = {} if self.noise_sigma is None else {"noise_sigma": self.noise_sigma}
+        return get_operator(self.operator, **noise, **params)
 
 
 def _odd(value: float) -> int:
@@ -101,6 +103,14 @@ TASKS: dict[str, Task] = {
         description="the same blur, kernel unknown to the sampler (BlindDPS / GibbsDDRM)",
     ),
     "denoise": Task("denoise", noise_sigma=2 * 25 / 255, description="Gaussian noise, sigma 25/255 on [0, 1]"),
+    "black_hole": Task(
+        "interferometry",
+        {"gain_std": 0.1},
+        noise_sigma=None,
+        sized=True,
+        metrics="black_hole",
+        description="EHT 2017 on Sgr A* over 160 uas: closure phases, log closure amplitudes, flux (InverseBench)",
+    ),
 }
 
 

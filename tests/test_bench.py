@@ -146,3 +146,21 @@ def test_exact_benchmark_command_writes_the_table(tmp_path, monkeypatch):
     assert main(["bench", "--exact", "--out", str(tmp_path), "--num-samples", "16"]) == 0
     table = (tmp_path / "exact.md").read_text()
     assert table.startswith("| sampler |") and "| ddrm |" in table
+
+
+def test_black_hole_task_reports_the_interferometry_metrics(tmp_path):
+    from posterior_diffusion.black_holes import write_black_hole_folder
+    from posterior_diffusion.train import TrainConfig, build_scheduler, build_unet, save_prior
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(data=".", output=".", channels=1, block_out_channels=(8, 16), norm_num_groups=4, crop_size=32)
+    save_prior(tmp_path / "prior", build_unet(cfg), build_scheduler(cfg))
+    images = write_black_hole_folder(tmp_path / "bh", 2, size=32)
+    config = _config(images, tmp_path / "out", tmp_path / "prior", tasks=("black_hole",), methods=("dps",), size=32)
+    config.sampler_options = {"dps.step_size": 1e-4}
+    rows = run_bench(config, progress=False)
+    assert len(rows) == 2
+    for key in ("psnr_aligned", "psnr_blur10", "psnr_blur20", "chi2_cphase", "chi2_logcamp"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert all(r["psnr_aligned"] >= r["psnr"] - 1e-6 and r["chi2_cphase"] >= 1 for r in rows)
+    assert "PSNR_ALIGNED" in (tmp_path / "out" / "summary.md").read_text()
