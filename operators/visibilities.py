@@ -37,11 +37,16 @@ def pulse(u: torch.Tensor, v: torch.Tensor, pixel_rad: float, kind: str = "trian
 
 
 def dft_matrix(
-    u: torch.Tensor, v: torch.Tensor, image_size: int, fov_uas: float, pulse_kind: str = "triangle"
+    u: torch.Tensor,
+    v: torch.Tensor,
+    image_size: int,
+    fov_uas: float,
+    pulse_kind: str = "triangle",
+    dtype: torch.dtype = torch.complex64,
 ) -> torch.Tensor:
-    """A (M, N*N) complex64 with V = A @ x.flatten() for images x (N, N) in Jy per pixel (row-major)."""
+    """A (M, N*N) with V = A @ x.flatten() for images x (N, N) in Jy per pixel (row-major), in `dtype`."""
     east, north = pixel_offsets(image_size, fov_uas)
     u, v = u.double(), v.double()
     phase = 2 * math.pi * (u[:, None, None] * east[None, None, :] + v[:, None, None] * north[None, :, None])
     weight = pulse(u, v, fov_uas * RAD_PER_UAS / image_size, pulse_kind)[:, None, None]
-    return (weight * torch.polar(torch.ones_like(phase), phase)).reshape(len(u), -1).to(torch.complex64)
+    return (weight * torch.polar(torch.ones_like(phase), phase)).reshape(len(u), -1).to(dtype)
