@@ -5,6 +5,7 @@
     posterior-diffusion restore photo.png --simulate --operator super_resolution --op-param factor=4 \
         --sampler dps --num-samples 4 --out results/
     posterior-diffusion train --data my_images/ --out my_prior/ --steps 10000
+    posterior-diffusion convert ffhq_10m.pt --arch adm-ffhq-256 --out ffhq_prior/
 
 Errors are one line on stderr and a non-zero exit code.
 """
@@ -157,16 +158,23 @@ def cmd_restore(args) -> None:
     options = _parse_params(args.sampler_param, "--sampler-param")
     if args.steps is not None:
         options["steps"] = args.steps
+    prior, dtype = args.prior, args.dtype
+    if args.prior_arch:  # a guided-diffusion checkpoint, loaded here in its dtype (group norms stay float32)
+        from posterior_diffusion.priors import load_prior
+
+        if not args.prior:
+            raise ValueError("--prior-arch needs --prior CHECKPOINT (a guided-diffusion .pt file)")
+        prior, dtype = load_prior(args.prior, dtype=args.dtype, arch=args.prior_arch), None
     res = sample_posterior(
         y,
         op,
-        prior=args.prior,
+        prior=prior,
         sampler=args.sampler,
         num_samples=args.num_samples,
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
-        dtype=args.dtype,
+        dtype=dtype,
         progress=not args.quiet,
         preset=args.preset,
         **options,
@@ -197,6 +205,7 @@ def cmd_restore(args) -> None:
     )
     run = {
         **res.config,
+        **({"prior": args.prior, "prior_arch": args.prior_arch} if args.prior_arch else {}),
         "input": str(args.input),
         "simulate": args.simulate,
         "nfe": res.nfe,
@@ -276,6 +285,16 @@ def _speed(args, out: Path) -> None:
     (out / "speed.md").write_text(table + "\n")
     (out / "speed.json").write_text(json.dumps(rows, indent=1))
     print(table)
+
+
+def cmd_convert(args) -> None:
+    from posterior_diffusion.priors.adm import convert_checkpoint
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"output folder '{out}' is not empty; pass --overwrite to replace its files")
+    convert_checkpoint(args.checkpoint, args.arch, out, args.dtype)
+    print(f"wrote {out}/ (a diffusers DDPMPipeline: model_index.json, unet/, scheduler/); use it with --prior {out}")
 
 
 def cmd_sample(args) -> None:
@@ -380,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler-param", action="append", metavar="K=V", help="sampler option (repeatable)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the sampler's)")
     p.add_argument("--prior", help="prior: builtin:NAME, a diffusers folder or hub id (default: built-in)")
+    p.add_argument("--prior-arch", metavar="PRESET", help="--prior is a guided-diffusion .pt of this ADM preset")
     p.add_argument("--num-samples", type=int, default=4, help="posterior samples (default 4)")
     p.add_argument("--batch-size", type=int, help="samples per network call (default all)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda if available)")
@@ -416,6 +436,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-dtypes", nargs="+", default=["float32"], help="--speed: network dtypes (default float32)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    from posterior_diffusion.priors.adm import ADM_PRESETS
+
+    p = sub.add_parser("convert", help="a guided-diffusion (ADM) checkpoint -> a diffusers DDPMPipeline folder")
+    p.add_argument("checkpoint", help="ADM state dict (.pt, .pth or .safetensors), e.g. ffhq_10m.pt")
+    p.add_argument("--arch", required=True, metavar="PRESET", help=f"architecture: {', '.join(ADM_PRESETS)}")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="stored precision (float32)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("sample", help="a grid of unconditional samples of a prior (what it has learned)")
     p.add_argument("--out", required=True, help="PNG file")

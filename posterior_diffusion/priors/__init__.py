@@ -1,5 +1,6 @@
 """Diffusion priors: `load_prior`, the denoiser contract, diffusers UNets and exact Gaussian mixtures."""
 
+from .adm import ADM_PRESETS, ADMConfig, load_adm_checkpoint
 from .base import PREDICTION_TYPES, DiffusionPrior, Prediction, linear_alphas_cumprod
 from .gaussian_mixture import GaussianMixturePosterior, GaussianMixturePrior
 from .latent import LatentPrior
@@ -7,7 +8,9 @@ from .loading import builtin_priors, default_prior_name, load_prior, resolve_dty
 from .unet import UNetPrior
 
 __all__ = [
+    "ADM_PRESETS",
     "PREDICTION_TYPES",
+    "ADMConfig",
     "DiffusionPrior",
     "GaussianMixturePosterior",
     "GaussianMixturePrior",
@@ -17,6 +20,7 @@ __all__ = [
     "builtin_priors",
     "default_prior_name",
     "linear_alphas_cumprod",
+    "load_adm_checkpoint",
     "load_prior",
     "resolve_dtype",
 ]

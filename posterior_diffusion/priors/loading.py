@@ -4,6 +4,8 @@
 "<folder>"         a diffusers DDPMPipeline folder (model_index.json + unet/ + scheduler/) or a bare
                    UNet2DModel folder (config.json + weights; DDPM linear schedule assumed)
 "<hub id>"         the same from the Hugging Face hub cache (offline use works once cached)
+"<file.pt>"        a guided-diffusion (ADM) state dict (.pt/.pth/.safetensors) with arch="adm-ffhq-256",
+                   "adm-imagenet-256-uncond" or an ADMConfig, converted to a UNet2DModel (see priors/adm.py)
 a DiffusionPrior   returned as is (moved to device/dtype)
 """
 
@@ -61,7 +63,7 @@ def default_prior_name(channels: int) -> str:
     return names[channels]
 
 
-def load_prior(spec, device=None, dtype=None, scaling_factor: float | None = None) -> DiffusionPrior:
+def load_prior(spec, device=None, dtype=None, scaling_factor: float | None = None, arch=None) -> DiffusionPrior:
     """Load a diffusion prior; see the module docstring for the accepted `spec`s.
 
     Args:
@@ -69,6 +71,7 @@ def load_prior(spec, device=None, dtype=None, scaling_factor: float | None = Non
         dtype: the network's dtype: torch.float32 (default, whatever the stored weights are), float16 or
             bfloat16 (names accepted). The schedule and all outputs stay float32.
         scaling_factor: latent priors only: the latent scaling (default: see `_latent_prior`).
+        arch: guided-diffusion checkpoint files only: a name in `adm.ADM_PRESETS` or an `adm.ADMConfig`.
     """
     requested = resolve_dtype(dtype)
     dtype = requested or torch.float32
@@ -80,10 +83,12 @@ def load_prior(spec, device=None, dtype=None, scaling_factor: float | None = Non
         raise TypeError(f"prior must be a DiffusionPrior or a string, got {type(spec).__name__}")
     elif str(spec).startswith("builtin:"):
         prior = _load_builtin(str(spec)[len("builtin:") :], dtype)
+    elif arch is not None or Path(spec).is_file():  # a guided-diffusion checkpoint (a folder with arch: an error)
+        from .adm import load_adm_checkpoint
+
+        prior = load_adm_checkpoint(spec, arch, dtype)
     elif Path(spec).is_dir():
         prior = _load_folder(Path(spec), dtype, scaling_factor)
-    elif Path(spec).exists():
-        raise ValueError(f"'{spec}' is a file; priors load from a diffusers folder, a hub id or 'builtin:<name>'")
     else:
         prior = _load_hub(str(spec), dtype, scaling_factor)
     return prior.to(device or prior.device)
