@@ -107,11 +107,13 @@ class LinearOperator(Operator):
     is_linear: ClassVar[bool] = True
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """A^T y: (B, *measurement_shape) -> (B, C, H, W). Exact for any linear `forward` (a VJP)."""
+        """A^T y: (B, *measurement_shape) -> (B, C, H, W). Exact for any linear `forward` (a VJP); differentiable
+        in y when y requires grad (PSLD's gluing term differentiates A^T A D(z0_hat))."""
         shape = (y.shape[0], *self.image_shape(tuple(y.shape[1:])))
+        differentiable = torch.is_grad_enabled() and y.requires_grad
         with torch.inference_mode(False), torch.enable_grad():
             x = torch.zeros(shape, device=y.device, dtype=y.real.dtype, requires_grad=True)
-            (grad,) = torch.autograd.grad(self.forward(x), x, grad_outputs=y.clone())
+            (grad,) = torch.autograd.grad(self.forward(x), x, grad_outputs=y.clone(), create_graph=differentiable)
         return grad
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:

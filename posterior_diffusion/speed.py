@@ -64,6 +64,10 @@ def speed_rows(prior, samplers, batch_sizes, size: int, steps: int, dtype: str |
     for name in samplers:
         task = TASKS[SAMPLER_TASKS.get(name, "random_inpaint")]
         op = task.build(size)
+        try:
+            sampler_class(name)().check(prior, op)
+        except ValueError:
+            continue  # e.g. a sampler that needs a latent prior, on a pixel prior
         gradient = sampler_class(name).network_gradient
         for batch in batch_sizes:
             x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -73,7 +77,9 @@ def speed_rows(prior, samplers, batch_sizes, size: int, steps: int, dtype: str |
                 torch.cuda.reset_peak_memory_stats(device)
             res = sample_posterior(y, op, prior=prior, sampler=name, progress=False, **budget(name, steps))
             peak = _peak_mb(device)
-            bare = bare_network_seconds(prior, x.to(device), res.nfe, gradient)
+            with torch.no_grad():
+                state = prior.from_image(x.to(device))  # the network's input: x, or its latents
+            bare = bare_network_seconds(prior, state, res.nfe, gradient)
             rows.append(
                 {
                     "sampler": name,

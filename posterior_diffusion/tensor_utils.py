@@ -18,6 +18,11 @@ def per_sample_norm(r: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(r.reshape(r.shape[0], -1).to(_float32_like(r)), dim=1)
 
 
+def per_sample_mean_square(r: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean of |r|^2: r (B, ...) -> (B,) (the per-image MSE; complex entries count by modulus)."""
+    return r.abs().square().reshape(r.shape[0], -1).mean(1)
+
+
 def batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample real inner product <a, b>: (B, ...) x (B, ...) -> (B,) (real part for complex)."""
     prod = a.reshape(a.shape[0], -1) * b.reshape(b.shape[0], -1).conj()

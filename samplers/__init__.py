@@ -4,7 +4,7 @@ sampler = get_sampler("dps", steps=1000, step_size=0.5)
 out = sampler(prior, op, y, num_samples=4, seed=0)   # out.samples: (B, S, C, H, W)
 """
 
-from . import ddrm, dps, gibbs_ddrm, pnp_ula, red_diff  # noqa: F401  (registers the samplers)
+from . import ddrm, dps, gibbs_ddrm, pnp_ula, red_diff, resample  # noqa: F401  (registers the samplers)
 from .base import NonFiniteError, Sampler, SamplerOutput, get_sampler, list_samplers, register_sampler, sampler_class
 from .dps import DPS, DPSConfig
 from .unconditional import sample_unconditional

@@ -75,7 +75,7 @@ class Sampler:
     name: ClassVar[str] = ""
     Config: ClassVar[type]
     PRESETS: ClassVar[dict[str, dict]] = {}
-    needs_space: ClassVar[str] = "pixel"  # "pixel" or "any"
+    needs_space: ClassVar[str] = "pixel"  # "pixel", "latent" or "any"
     needs_operator: ClassVar[str] = "differentiable"  # "differentiable", "linear" or "svd"
     samples_posterior: ClassVar[bool] = True  # False: a mode-seeking (variational) estimate, not posterior draws
     blind: ClassVar[bool] = False  # True: estimates operator parameters too (returned in extras)
@@ -105,8 +105,12 @@ class Sampler:
 
     def check(self, prior: DiffusionPrior, op: Operator) -> None:
         """Refuse an incompatible prior/operator before any work, saying what works."""
-        if self.needs_space == "pixel" and prior.space != "pixel":
-            raise ValueError(f"{self.name} needs a pixel-space prior; this prior is {prior.space}")
+        if not _works_in(self.needs_space, prior.space):
+            works = [name for name in list_samplers() if _works_in(sampler_class(name).needs_space, prior.space)]
+            raise ValueError(
+                f"{self.name} needs a {self.needs_space}-space prior; this prior is {prior.space}. "
+                f"Samplers that work with a {prior.space} prior: {', '.join(works) or 'none'}"
+            )
         needs = self.needs_operator
         ok = {"differentiable": True, "linear": op.is_linear, "svd": op.has_svd}[needs]
         if not ok:
@@ -186,6 +190,11 @@ class Sampler:
         """Run the algorithm on n chains. y: (n, *meas), one generator per chain. Returns x (n, C, H, W) and
         extras {name: (n, ...) tensor}."""
         raise NotImplementedError
+
+
+def _works_in(needs_space: str, space: str) -> bool:
+    """Whether a sampler declaring `needs_space` ("pixel", "latent" or "any") runs on a prior of `space`."""
+    return needs_space in ("any", space)
 
 
 def validate_measurement(y: torch.Tensor, op: Operator, image_shape) -> None:

@@ -11,6 +11,15 @@ network, as in the reference code (DPS2022/diffusion-posterior-sampling, conditi
 Because grad ||r|| = grad ||r||^2 / (2 ||r||), zeta here equals twice the paper's zeta' (zeta_t = zeta'/||r||).
 The norm is per sample, so a result does not depend on the other samples in its batch.
 `steps` < T uses a strided (respaced) schedule, as guided-diffusion's `SpacedDiffusion`.
+
+Latent priors (latent DPS, the baseline of PSLD and ReSample): the chain runs on latents z_t, the data term is
+||y - A(D(z0_hat))|| with the gradient through the UNet and the decoder D, z0_hat is not clipped, and the result
+is D(z_0). `gluing_weight` gamma > 0 adds PSLD's "gluing" term (Rout, Raoof, Daras, Caramanis, Dimakis,
+Shakkottai; NeurIPS 2023; arXiv:2307.00619; code LituRout/PSLD, `ddim.py`, with un-squared norms as there):
+
+    z_prev = z'_prev - grad_{z_t} [ zeta ||y - A(D(z0_hat))|| + gamma ||z0_hat - E(A^T y + (I - A^T A) D(z0_hat))|| ]
+
+for linear operators (A^T is the exact adjoint).
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from typing import ClassVar
 
 import torch
 
-from posterior_diffusion.tensor_utils import randn_stacked
+from posterior_diffusion.tensor_utils import per_sample_norm, randn_stacked
 
 from .base import NonFiniteGuard, Sampler, register_sampler
 from .schedule import ddpm_coefficients, ddpm_step, strided_timesteps
@@ -32,23 +41,29 @@ class DPSConfig:
 
     steps: DDPM steps; 1000 = no respacing (DPS App. C; configs/diffusion_config.yaml `timestep_respacing: 1000`).
     step_size: zeta, the reference code's `scale` (configs/*_config.yaml: 0.3 SR/deblur, 0.5 inpainting).
-    clip_x0: clip x0_hat to [-1, 1] before the step and the residual (diffusion_config.yaml `clip_denoised: true`).
+    clip_x0: clip x0_hat to [-1, 1] before the step and the residual (diffusion_config.yaml `clip_denoised: true`);
+        pixel priors only (latents have no fixed range).
+    gluing_weight: gamma of PSLD's gluing term; 0 = off (latent DPS). Latent priors and linear operators only;
+        PSLD's Stable Diffusion runs use about 0.1 (reference spec, unverified).
     """
 
     steps: int = 1000
     step_size: float = 0.5
     clip_x0: bool = True
+    gluing_weight: float = 0.0
 
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not self.step_size >= 0:
             raise ValueError(f"step_size must be >= 0, got {self.step_size}")
+        if not self.gluing_weight >= 0:
+            raise ValueError(f"gluing_weight must be >= 0, got {self.gluing_weight}")
 
 
 @register_sampler("dps")
 class DPS(Sampler):
-    """DPS for any differentiable operator and pixel prior; one network VJP per step."""
+    """DPS for any differentiable operator, pixel or latent prior (+ PSLD gluing); one network VJP per step."""
 
     Config = DPSConfig
     PRESETS: ClassVar[
@@ -60,6 +75,7 @@ class DPS(Sampler):
         "motion_deblur": {"step_size": 0.3},
         "phase_retrieval": {"step_size": 0.4},
     }
+    needs_space = "any"
     needs_operator = "differentiable"
     network_gradient = True  # the gradient of ||y - A(x0_hat(x_t))|| with respect to x_t
     weighs_noise_level = False  # the step uses ||y - A(x0_hat)||, not its sigma_y-weighted square
@@ -67,23 +83,33 @@ class DPS(Sampler):
     def nfe(self, prior) -> int:
         return self.config.steps
 
+    def check(self, prior, op) -> None:
+        super().check(prior, op)
+        if self.config.gluing_weight > 0 and not (prior.space == "latent" and op.is_linear):
+            raise ValueError(
+                f"gluing_weight > 0 (PSLD) needs a latent prior and a linear operator; got a {prior.space} prior "
+                f"and '{op.name}' ({'linear' if op.is_linear else 'nonlinear'}). Use gluing_weight=0 (latent DPS)"
+            )
+
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
         cfg = self.config
         device = prior.device
+        shape = prior.state_shape(image_shape)  # latents for a latent prior
+        clip = cfg.clip_x0 and prior.space == "pixel"
         coef = ddpm_coefficients(prior.alphas_cumprod, strided_timesteps(prior.num_timesteps, cfg.steps))
         guard = NonFiniteGuard(device)
-        x_t = randn_stacked(generators, image_shape, device)
+        x_t = randn_stacked(generators, shape, device)
         for i, t in enumerate(coef.timesteps):  # 0-d device tensors: no host-device copy per step
             x_t.requires_grad_(True)
             with torch.enable_grad():
                 pred = prior.predict(x_t, t)
-                x0_hat = pred.x0_hat.clamp(-1, 1) if cfg.clip_x0 else pred.x0_hat
-                norm = op.residual_norm(y, x0_hat)  # (n,) per-sample ||y - A(x0_hat)||
-                (grad,) = torch.autograd.grad(norm.sum(), x_t)
-            noise = randn_stacked(generators, image_shape, device)
+                x0_hat = pred.x0_hat.clamp(-1, 1) if clip else pred.x0_hat
+                norm, guidance = self._guidance(prior, op, y, x0_hat)
+                (grad,) = torch.autograd.grad(guidance.sum(), x_t)
+            noise = randn_stacked(generators, shape, device)
             with torch.no_grad():
                 x_prev = ddpm_step(coef, i, x_t, x0_hat, noise, prior.variance_type, pred.variance_values)
-                x_t = (x_prev - cfg.step_size * grad).detach()
+                x_t = (x_prev - grad).detach()
             guard.update(i, x_t)
             step_hook(
                 {
@@ -95,4 +121,17 @@ class DPS(Sampler):
                 }
             )
         guard.check()
-        return x_t, {}
+        with torch.no_grad():
+            return prior.to_image(x_t), {}
+
+    def _guidance(self, prior, op, y, x0_hat) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample ||y - A(x0)|| (n,) and the objective whose gradient in x_t is the step (n,):
+        zeta ||y - A(x0)|| (+ gamma * PSLD's gluing norm), with x0 = x0_hat or D(z0_hat)."""
+        cfg = self.config
+        x0 = prior.to_image(x0_hat)
+        norm = op.residual_norm(y, x0)  # (n,) per-sample ||y - A(x0_hat)||
+        guidance = cfg.step_size * norm
+        if cfg.gluing_weight > 0:  # PSLD gluing: z0_hat against E(A^T y + (I - A^T A) D(z0_hat))
+            glued = op.adjoint(y) + x0 - op.adjoint(op(x0))
+            guidance = guidance + cfg.gluing_weight * per_sample_norm(x0_hat - prior.encode(glued))
+        return norm, guidance

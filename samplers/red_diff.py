@@ -10,6 +10,11 @@ backpropagation through the network (reference code NVlabs/RED-diff `algos/reddi
 SNR weighting sqrt(1 - alpha_bar_t) / sqrt(alpha_bar_t) ("linear", the default) or one of its variants.
 mu starts at A^+ y for linear operators (the reference's `H_pinv`), otherwise at 0.
 The means are per sample (summed over samples), so Adam sees the same gradients whatever the batch.
+
+Latent priors (not in the paper; its variational argument carries over to q(z0 | y) = N(mu, sigma^2 I) on the
+latents): mu is a latent, the data term is v * mean((y - A(D(mu)))^2) / 2 with the gradient through the decoder
+D, the regulariser is the same score-distillation term on latents, mu starts at E(A^+ y) (E(0) for nonlinear
+operators) and the result is D(mu).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import ClassVar
 
 import torch
 
-from posterior_diffusion.tensor_utils import randn_stacked
+from posterior_diffusion.tensor_utils import per_sample_mean_square, randn_stacked
 
 from .base import NonFiniteGuard, Sampler, register_sampler
 
@@ -73,7 +78,7 @@ def red_diff_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
 
 @register_sampler("red_diff")
 class REDDiff(Sampler):
-    """RED-Diff for any differentiable operator and pixel prior; one network forward per step, no VJP."""
+    """RED-Diff for any differentiable operator, pixel or latent prior; one network forward per step, no VJP."""
 
     Config = REDDiffConfig
     PRESETS: ClassVar[dict[str, dict]] = {  # README / sample_test.sh of the reference repository
@@ -82,6 +87,7 @@ class REDDiff(Sampler):
         "deblur": {"lam": 0.25, "lr": 0.25},
         "nonlinear": {"lam": 0.25, "lr": 0.5},
     }
+    needs_space = "any"
     needs_operator = "differentiable"
     weighs_noise_level = False  # the data term is mean((y - A mu)^2) / 2, not divided by sigma_y^2
     samples_posterior = False  # q(x0 | y) with sigma -> 0: samples differ only through the noise draws
@@ -93,8 +99,10 @@ class REDDiff(Sampler):
         cfg = self.config
         device = prior.device
         n = y.shape[0]
+        shape = prior.state_shape(image_shape)  # latents for a latent prior
         with torch.no_grad():
             init = op.pinv(y, rcond=cfg.init_rcond) if op.is_linear else torch.zeros((n, *image_shape), device=device)
+            init = prior.from_image(init)
         mu = init.float().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([mu], lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
         alpha_bar = prior.alphas_cumprod
@@ -102,14 +110,14 @@ class REDDiff(Sampler):
         guard = NonFiniteGuard(device)
         for i, t in enumerate(red_diff_timesteps(prior.num_timesteps, cfg.steps)):
             a = alpha_bar[t]
-            eps = randn_stacked(generators, image_shape, device)
-            x0_pred = mu + cfg.sigma_x0 * randn_stacked(generators, image_shape, device) if cfg.sigma_x0 else mu
+            eps = randn_stacked(generators, shape, device)
+            x0_pred = mu + cfg.sigma_x0 * randn_stacked(generators, shape, device) if cfg.sigma_x0 else mu
             with torch.no_grad():
                 x_t = a.sqrt() * x0_pred + (1 - a).sqrt() * eps
                 pred = prior.predict(x_t, t)
                 residual = pred.eps - eps  # sg(eps_hat - eps)
             w_t = cfg.lam * weight((1 - a).sqrt() / a.sqrt())
-            data = (y - op(x0_pred)).abs().square().flatten(1).mean(1) / 2  # per-sample mean, as the reference
+            data = per_sample_mean_square(y - op(prior.to_image(x0_pred))) / 2  # per-sample mean, as the reference
             reg = (residual * x0_pred).flatten(1).mean(1)
             loss = (cfg.obs_weight * data + w_t * reg).sum()
             optimizer.zero_grad(set_to_none=True)
@@ -118,4 +126,5 @@ class REDDiff(Sampler):
             guard.update(i, mu)
             step_hook({"i": i, "t": t, "x": mu.detach(), "x0_hat": pred.x0_hat})
         guard.check()
-        return mu.detach(), {}
+        with torch.no_grad():
+            return prior.to_image(mu.detach()), {}

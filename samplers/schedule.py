@@ -1,4 +1,4 @@
-"""Schedule helpers shared by the samplers: strided timesteps and DDPM ancestral-step coefficients.
+"""Schedule helpers shared by the samplers: strided timesteps, DDPM ancestral-step coefficients and DDIM steps.
 
 Notation (Ho et al. 2020; Nichol & Dhariwal 2021): alpha_bar_t = prod(1 - beta); on a strided subsequence
 t_0 > t_1 > ... the step t_i -> t_{i+1} has beta_i = 1 - alpha_bar_{t_i} / alpha_bar_{t_{i+1}} (the respacing
@@ -92,3 +92,10 @@ def ddpm_step(
     log_var = coef.log_variance(i, variance_type, variance_values)
     std = torch.exp(0.5 * log_var)
     return mean + (append_dims(std, x_t.ndim) if std.ndim == 1 else std) * noise
+
+
+def ddim_step(coef: DDPMCoefficients, i: int, x0_hat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM step (Song, Meng, Ermon 2021, Eq. 12 with eta = 0) from t_i to t_{i+1}:
+    sqrt(alpha_bar_{i+1}) x0_hat + sqrt(1 - alpha_bar_{i+1}) eps (x0_hat on the last step)."""
+    alpha_bar_prev = coef.alpha_bar_prev[i]
+    return alpha_bar_prev.sqrt() * x0_hat + (1 - alpha_bar_prev).sqrt() * eps

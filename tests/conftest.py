@@ -1,6 +1,9 @@
-"""Shared fixtures: small Gaussian-mixture priors with exact posteriors and a tiny diffusers UNet prior."""
+"""Shared fixtures: small Gaussian-mixture priors with exact posteriors, a tiny diffusers UNet prior and tiny
+LDM-style latent priors (autoencoder + latent UNet)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -23,3 +26,50 @@ def tiny_unet_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_prior")
     save_prior(folder, build_unet(cfg), build_scheduler(cfg))
     return folder
+
+
+def _autoencoder(kind: str):
+    """A tiny random VQModel ("vqvae") or AutoencoderKL ("vae"): 3 channels, 4-channel latents, downsampling 4."""
+    from diffusers import AutoencoderKL, VQModel
+
+    common = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
+    torch.manual_seed(0)
+    return VQModel(**common, num_vq_embeddings=32, vq_embed_dim=4) if kind == "vqvae" else AutoencoderKL(**common)
+
+
+def build_ldm_folder(folder, kind: str = "vqvae", class_name: str = "LDMPipeline", extra: dict | None = None):
+    """Write an LDM-style folder (autoencoder `kind` + random latent UNet2DModel, downsampling 2) to `folder`."""
+    from diffusers import UNet2DModel
+
+    from posterior_diffusion.train import TrainConfig, build_scheduler, build_unet
+
+    cfg = TrainConfig(data=".", output=".", channels=3, block_out_channels=(8, 16), norm_num_groups=4, crop_size=16)
+    unet = UNet2DModel.from_config({**build_unet(cfg).config, "in_channels": 4, "out_channels": 4})
+    unet.save_pretrained(folder / "unet")
+    build_scheduler(cfg).save_pretrained(folder / "scheduler")
+    _autoencoder(kind).save_pretrained(folder / kind)
+    ae_class = "VQModel" if kind == "vqvae" else "AutoencoderKL"
+    index = {
+        "_class_name": class_name,
+        "unet": ["diffusers", "UNet2DModel"],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        kind: ["diffusers", ae_class],
+        **(extra or {}),
+    }
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_ldm_folder(tmp_path_factory):
+    """A tiny latent prior folder (AutoencoderKL, as the built-in latent prior; images: multiples of 8 px)."""
+    return build_ldm_folder(tmp_path_factory.mktemp("tiny_ldm") / "ldm_vae", "vae")

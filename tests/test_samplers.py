@@ -18,14 +18,18 @@ SMOKE = {  # the cheapest settings that exercise every branch of each sampler
     "red_diff": {"steps": 4},
     "pnp_ula": {"iterations": 4, "anneal_iterations": 2},
     "gibbs_ddrm": {"steps": 4, "kernel_update_start": 1.0, "kernel_updates": 1, "langevin_iters": 2},
+    "resample": {"steps": 6, "skip": 1, "pixel_max_iters": 2, "latent_max_iters": 2, "patience": 1},
 }
 CASES = {case.name: case for case in standard_cases(num_measurements=2)}
+# the exact posteriors are of pixel-space Gaussian mixtures: samplers that need a latent prior are checked in
+# test_latent_samplers.py
 NON_BLIND = [name for name in list_samplers() if not sampler_class(name).blind]
+EXACT = [name for name in NON_BLIND if sampler_class(name).needs_space != "latent"]
 
 
 def test_every_sampler_has_a_smoke_row_and_report_settings():
     assert set(SMOKE) == set(list_samplers())
-    assert set(REPORT_SETTINGS) == set(NON_BLIND)
+    assert set(REPORT_SETTINGS) == set(EXACT)
 
 
 def _supported(name, case_names):
@@ -41,7 +45,7 @@ def _supported(name, case_names):
 
 
 @pytest.mark.parametrize(
-    "name,case_name", [p for n in NON_BLIND for p in _supported(n, ["blur", "inpaint", "sr2", "denoise_rgb"])]
+    "name,case_name", [p for n in EXACT for p in _supported(n, ["blur", "inpaint", "sr2", "denoise_rgb"])]
 )
 def test_samples_match_the_exact_posterior(name, case_name):
     sampler = get_sampler(name, **REPORT_SETTINGS[name])
@@ -60,7 +64,7 @@ def test_samples_match_the_exact_posterior(name, case_name):
         assert r["coverage90"] > 0.45, r
 
 
-@pytest.mark.parametrize("name", [n for n in NON_BLIND if sampler_class(n).samples_posterior])
+@pytest.mark.parametrize("name", [n for n in EXACT if sampler_class(n).samples_posterior])
 def test_bimodal_posterior_mode_weights(name):
     """Two modes that the measurement cannot tell apart: each sampler must visit both in about the exact
     proportions (0.3 / 0.7), not collapse on one."""
@@ -88,10 +92,16 @@ def _operator_for(name: str):
     return get_operator("gaussian_blur", kernel_size=3, sigma=0.8, boundary=boundary, noise_sigma=0.05)
 
 
+def _prior_folder(name: str, request):
+    """A tiny pixel UNet folder, or a tiny LDM folder for samplers that need a latent prior (both take 8x8 images)."""
+    latent = sampler_class(name).needs_space == "latent"
+    return request.getfixturevalue("tiny_ldm_folder" if latent else "tiny_unet_folder")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", sorted(SMOKE))
-def test_end_to_end_on_a_diffusers_unet_batch_invariant(name, dtype, tiny_unet_folder):
-    prior = load_prior(tiny_unet_folder, dtype=dtype)
+def test_end_to_end_on_a_diffusers_unet_batch_invariant(name, dtype, request):
+    prior = load_prior(_prior_folder(name, request), dtype=dtype)
     op = _operator_for(name)
     y = op.measure(torch.rand(2, 3, 8, 8) * 2 - 1, torch.Generator().manual_seed(0))
     kwargs = {"prior": prior, "sampler": name, "num_samples": 2, "seed": 3, "progress": False, **SMOKE[name]}
@@ -146,7 +156,7 @@ def test_incompatible_combinations_are_refused_before_work(name, op, message, gm
 
 
 @pytest.mark.parametrize("name", sorted(SMOKE))
-def test_restore_command_runs_every_sampler(name, tiny_unet_folder, tmp_path):
+def test_restore_command_runs_every_sampler(name, request, tmp_path):
     import numpy as np
     from PIL import Image
 
@@ -170,7 +180,7 @@ def test_restore_command_runs_every_sampler(name, tiny_unet_folder, tmp_path):
         name,
         *params,
         "--prior",
-        str(tiny_unet_folder),
+        str(_prior_folder(name, request)),
         "--num-samples",
         "2",
         "--out",

@@ -87,6 +87,19 @@ class DiffusionPrior(nn.Module):
         """The image shape the prior was trained on, if it has one."""
         return None
 
+    def state_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the diffusion state x_t for images of `image_shape` (C, H, W): the image shape for a pixel
+        prior, the latent shape for a latent prior."""
+        return tuple(image_shape)
+
+    def to_image(self, x: torch.Tensor) -> torch.Tensor:
+        """Diffusion states (B, *state_shape) -> images (B, C, H, W): the identity here; a latent prior decodes."""
+        return x
+
+    def from_image(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> diffusion states: the identity here; a latent prior encodes."""
+        return x
+
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

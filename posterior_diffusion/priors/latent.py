@@ -55,6 +55,15 @@ class LatentPrior(DiffusionPrior):
         _, h, w = image_shape
         return (self.net.config.in_channels, h // self.factor, w // self.factor)
 
+    def state_shape(self, image_shape):
+        return self.latent_shape(image_shape)
+
+    def to_image(self, x):
+        return self.decode(x)
+
+    def from_image(self, x):
+        return self.encode(x)
+
     def check_image_shape(self, image_shape):
         c, h, w = image_shape
         if c != self.autoencoder.config.in_channels:
