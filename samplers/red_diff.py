@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import torch
 
-from posterior_diffusion.tensor_utils import per_sample_mean_square, randn_stacked
+from posterior_diffusion.tensor_utils import randn_stacked
 
 from .base import NonFiniteGuard, Sampler, register_sampler
 
@@ -89,7 +89,7 @@ class REDDiff(Sampler):
     }
     needs_space = "any"
     needs_operator = "differentiable"
-    weighs_noise_level = False  # the data term is mean((y - A mu)^2) / 2, not divided by sigma_y^2
+    weighs_noise_level = False  # Gaussian noise: the data term is mean((y - A mu)^2) / 2, not divided by sigma_y^2
     samples_posterior = False  # q(x0 | y) with sigma -> 0: samples differ only through the noise draws
 
     def nfe(self, prior) -> int:
@@ -117,7 +117,9 @@ class REDDiff(Sampler):
                 pred = prior.predict(x_t, t)
                 residual = pred.eps - eps  # sg(eps_hat - eps)
             w_t = cfg.lam * weight((1 - a).sqrt() / a.sqrt())
-            data = per_sample_mean_square(y - op(prior.to_image(x0_pred))) / 2  # per-sample mean, as the reference
+            # per-sample mean square as the reference; through the noise model's residual norm, so that data
+            # with their own weights (Poisson, interferometric closures) are compared in their own units
+            data = op.residual_norm(y, prior.to_image(x0_pred)).square() / (2 * y[0].numel())
             reg = (residual * x0_pred).flatten(1).mean(1)
             loss = (cfg.obs_weight * data + w_t * reg).sum()
             optimizer.zero_grad(set_to_none=True)
