@@ -7,8 +7,10 @@ import shutil
 import pytest
 import torch
 
+from posterior_diffusion.images import load_image
 from posterior_diffusion.operators import get_operator
 from posterior_diffusion.priors import LatentPrior, load_prior
+from posterior_diffusion.priors.loading import ASSETS
 from posterior_diffusion.samplers import get_sampler
 from tests.conftest import build_ldm_folder
 
@@ -26,11 +28,22 @@ def test_ldm_folder_loads_as_a_latent_prior(tmp_path, kind):
 
 
 def test_scaling_factor_order(tmp_path):
-    folder = build_ldm_folder(tmp_path / "ldm", "vae", class_name="LatentDiffusionPrior", extra={"scaling_factor": 0.5})
-    assert load_prior(folder).scaling_factor == 0.5
-    assert load_prior(folder, scaling_factor=0.25).scaling_factor == 0.25
+    folder = build_ldm_folder(tmp_path / "ldm", "vae", class_name="LatentDiffusionPrior", extra={"scaling_factor": 4.0})
+    assert load_prior(folder).scaling_factor == 4.0
+    assert load_prior(folder, scaling_factor=2.0).scaling_factor == 2.0
     x = torch.rand(1, 3, 32, 32) * 2 - 1
-    assert torch.allclose(load_prior(folder, scaling_factor=0.25).encode(x), 0.5 * load_prior(folder).encode(x))
+    assert torch.allclose(load_prior(folder, scaling_factor=2.0).encode(x), 0.5 * load_prior(folder).encode(x))
+
+
+def test_implausible_scaling_factor_is_refused(tmp_path):
+    """A factor that leaves a natural image's latents far from unit variance (e.g. SD's 0.18215 applied twice, or
+    forgotten) is an error that names the measured std and suggests the factor."""
+    folder = build_ldm_folder(tmp_path / "ldm", "vae")
+    std = float(load_prior(folder).encode(load_image(ASSETS / "images" / "kodim23_crop128.png", 3)[None]).std())
+    with pytest.raises(ValueError, match=r"latents have std .* far from 1; .* about"):
+        load_prior(folder, scaling_factor=20 / std)
+    with pytest.raises(ValueError, match="latents have std"):
+        load_prior(folder, scaling_factor=0.05 / std)
 
 
 def test_missing_component_and_pixel_samplers_are_clear_errors(tmp_path, tiny_unet_folder):

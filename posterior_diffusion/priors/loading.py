@@ -20,6 +20,7 @@ import torch
 
 from .base import DiffusionPrior, linear_alphas_cumprod
 from .latent import LatentPrior
+from .stable_diffusion import load_conditional_unet
 from .unet import UNetPrior
 
 DTYPES = {
@@ -106,25 +107,41 @@ def _load_builtin(name: str, dtype: torch.dtype) -> DiffusionPrior:
 AUTOENCODER_KEYS = ("vqvae", "vae")  # the component names of LDM and Stable Diffusion pipelines
 
 
+def _load_unet(folder: Path, dtype: torch.dtype):
+    from diffusers import UNet2DModel
+
+    return UNet2DModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
+
+
+UNET_LOADERS = {  # model_index.json class of the "unet" component -> loader(folder, dtype)
+    "UNet2DModel": _load_unet,
+    "UNet2DConditionModel": load_conditional_unet,  # Stable Diffusion, bound to the empty prompt
+}
+LATENT_STD_RANGE = (0.25, 4.0)  # scaled latents of a natural test image must have a std in this range
+
+
 def _load_folder(folder: Path, dtype: torch.dtype, scaling_factor: float | None = None) -> DiffusionPrior:
     """A diffusers folder; the UNet is loaded in `dtype` whatever the stored weights' precision.
 
     A pipeline with an autoencoder component ("vqvae" or "vae") is a latent prior (see `_latent_prior`).
     """
-    from diffusers import UNet2DModel
-
     if (folder / "model_index.json").exists():
         index = json.loads((folder / "model_index.json").read_text())
         unet_entry = index.get("unet")
-        if not unet_entry or unet_entry[1] != "UNet2DModel":
+        if not unet_entry or unet_entry[1] not in UNET_LOADERS:
             raise ValueError(
-                f"'{folder}' is a {index.get('_class_name', 'diffusers')} pipeline without a UNet2DModel 'unet'; "
-                "priors need a DDPMPipeline or LDMPipeline-style folder (unet/ + scheduler/ [+ vqvae/ or vae/])"
+                f"'{folder}' is a {index.get('_class_name', 'diffusers')} pipeline without a UNet2DModel or "
+                "UNet2DConditionModel 'unet'; priors need a DDPMPipeline, LDMPipeline or StableDiffusionPipeline-"
+                "style folder (unet/ + scheduler/ [+ vqvae/ or vae/])"
             )
-        unet = UNet2DModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
+        if not (folder / "unet").is_dir():
+            raise ValueError(f"'{folder}' lists a 'unet' component but has no unet/ folder")
+        unet = UNET_LOADERS[unet_entry[1]](folder, dtype)
         scheduler = _scheduler_config(folder / "scheduler")
     elif (folder / "config.json").exists():
         index = {}
+        from diffusers import UNet2DModel
+
         config = json.loads((folder / "config.json").read_text())
         if config.get("_class_name") != "UNet2DModel":
             raise ValueError(f"'{folder}' holds a {config.get('_class_name', 'unknown')} model, not a UNet2DModel")
@@ -172,7 +189,26 @@ def _latent_prior(folder: Path, index: dict, latent: UNetPrior, scaling_factor: 
             f"'{folder}': the autoencoder makes {autoencoder.config.latent_channels}-channel latents but the UNet "
             f"takes {latent.net.config.in_channels} channels"
         )
-    return LatentPrior(latent, autoencoder, scaling_factor)
+    prior = LatentPrior(latent, autoencoder, scaling_factor)
+    _check_latent_scale(prior, folder)
+    return prior
+
+
+def _check_latent_scale(prior: LatentPrior, folder: Path) -> None:
+    """Refuse a scaling factor that does not bring a natural image's latents near unit variance (a wrong factor
+    makes every sampler fail silently: LDM VQ-f4 models want 1.0, Stable Diffusion 0.18215)."""
+    from posterior_diffusion.images import load_image
+
+    image = load_image(ASSETS / "images" / "kodim23_crop128.png", prior.autoencoder.config.in_channels)
+    with torch.inference_mode():
+        std = float(prior.encode(image[None].to(prior.autoencoder.device)).std())
+    low, high = LATENT_STD_RANGE
+    if not low <= std <= high:
+        raise ValueError(
+            f"'{folder}': with scaling_factor {prior.scaling_factor:g} a test image's latents have std {std:.3g}, "
+            f"far from 1; the diffusion was probably trained with about {prior.scaling_factor / std:.3g} "
+            "(pass scaling_factor=...)"
+        )
 
 
 def _scheduler_config(folder: Path) -> dict:
