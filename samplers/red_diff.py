@@ -39,6 +39,18 @@ WEIGHTINGS = {  # functions of the inverse SNR r = sqrt(1 - alpha_bar) / sqrt(al
 }
 
 
+def _pinv_init(op, y, shape, rcond):
+    """A^+ y for linear operators (the reference), zeros otherwise."""
+    return op.pinv(y, rcond=rcond) if op.is_linear else torch.zeros(shape, device=y.device)
+
+
+INITS = {  # RED-Diff's initial mu (images in [-1, 1], shape (n, C, H, W))
+    "pinv": _pinv_init,
+    "zeros": lambda op, y, shape, rcond: torch.zeros(shape, device=y.device),
+    "dark": lambda op, y, shape, rcond: torch.full(shape, -1.0, device=y.device),
+}
+
+
 @dataclass(frozen=True)
 class REDDiffConfig:
     """RED-Diff settings (reference repository `_configs/algo/reddiff.yaml`, `sample_test.sh`).
@@ -51,6 +63,11 @@ class REDDiffConfig:
     sigma_x0: 0 (q's std; > 0 adds sigma_x0 * noise to mu inside each step).
     init_rcond: 3e-2, the initial A^+ y discards singular values below this fraction of the largest, as the
         reference's SVD operators do (`utils/degredations.py`: singular values < ZERO = 3e-2 are set to 0).
+    box: None (the paper); (low, high) projects mu onto the box after every Adam step, a projected-gradient
+        variant for pixel priors whose data leave directions unconstrained (closure-only interferometry, where
+        unprojected mu grows fringes far outside the image range that the weak regulariser cannot undo).
+    init: "pinv" (A^+ y for linear operators, zeros otherwise: the reference) or "zeros" or "dark" (-1, an
+        empty sky for non-negative images such as black holes).
     """
 
     steps: int = 1000
@@ -60,10 +77,14 @@ class REDDiffConfig:
     weighting: str = "linear"
     sigma_x0: float = 0.0
     init_rcond: float = 3e-2
+    box: tuple[float, float] | None = None
+    init: str = "pinv"
 
     def __post_init__(self):
         if self.steps < 1 or self.lr <= 0 or self.lam < 0:
             raise ValueError(f"need steps >= 1, lr > 0, lam >= 0; got {self.steps}, {self.lr}, {self.lam}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
 
@@ -95,14 +116,18 @@ class REDDiff(Sampler):
     def nfe(self, prior) -> int:
         return self.config.steps
 
+    def check(self, prior, op) -> None:
+        super().check(prior, op)
+        if self.config.box is not None and prior.space == "latent":
+            raise ValueError("box projects images in [-1, 1]; it does not apply to a latent prior (use box=None)")
+
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
         cfg = self.config
         device = prior.device
         n = y.shape[0]
         shape = prior.state_shape(image_shape)  # latents for a latent prior
         with torch.no_grad():
-            init = op.pinv(y, rcond=cfg.init_rcond) if op.is_linear else torch.zeros((n, *image_shape), device=device)
-            init = prior.from_image(init)
+            init = prior.from_image(INITS[cfg.init](op, y, (n, *image_shape), cfg.init_rcond))
         mu = init.float().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([mu], lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
         alpha_bar = prior.alphas_cumprod
@@ -125,6 +150,9 @@ class REDDiff(Sampler):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if cfg.box is not None:
+                with torch.no_grad():
+                    mu.clamp_(*cfg.box)
             guard.update(i, mu)
             step_hook({"i": i, "t": t, "x": mu.detach(), "x0_hat": pred.x0_hat})
         guard.check()

@@ -211,3 +211,27 @@ def test_kernel_langevin_moves_towards_the_true_kernel_given_the_image(likelihoo
     assert abs(float(k.sum()) - 1) < 1e-4
     guess_err = float((guess.kernel - truth.kernel).norm())
     assert float((k[0] - truth.kernel).norm()) < bound * guess_err
+
+
+def test_red_diff_box_and_dark_init(gmm):
+    """box projects mu after every step (results inside it); "dark" starts from the empty image -1; both are
+    refused where they do not apply."""
+    case = CASES["inpaint"]
+    free = get_sampler("red_diff", steps=20, lr=0.5)(case.prior, case.op, case.y, seed=0).samples
+    boxed = get_sampler("red_diff", steps=20, lr=0.5, box=(-0.2, 0.2))(case.prior, case.op, case.y, seed=0).samples
+    assert free.abs().max() > 0.2 and boxed.abs().max() <= 0.2 + 1e-6
+    one_step = get_sampler("red_diff", steps=1, lr=1e-6, init="dark")(case.prior, case.op, case.y, seed=0).samples
+    assert torch.allclose(one_step, torch.full_like(one_step, -1.0), atol=1e-4)
+    with pytest.raises(ValueError, match="unknown init"):
+        get_sampler("red_diff", init="bright")
+
+
+def test_red_diff_data_term_is_the_noise_models_residual(monkeypatch):
+    """The data term is ||r||^2 / (2 D) with the operator's own residual norm (weighted for non-Gaussian data):
+    scaling that norm changes the balance with the regulariser (Adam alone is scale-free), so the result."""
+    case = CASES["inpaint"]
+    run = lambda: get_sampler("red_diff", steps=5)(case.prior, case.op, case.y, seed=0).samples  # noqa: E731
+    plain = run()
+    original = type(case.op).residual_norm
+    monkeypatch.setattr(type(case.op), "residual_norm", lambda self, y, x: 1e-3 * original(self, y, x))
+    assert not torch.allclose(plain, run(), atol=1e-3)
