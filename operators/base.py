@@ -30,6 +30,7 @@ class Operator(nn.Module):
     is_linear: ClassVar[bool] = False
     svd_condition: ClassVar[str | None] = None  # when `has_svd` holds: None never, "always", or the setting
     measurement_ndim: ClassVar[int] = 3  # rank of one measurement (3: image-like (C, h, w))
+    default_prior: ClassVar[str | None] = None  # a built-in prior made for this operator's images (by name)
 
     def __init__(self):
         super().__init__()

@@ -95,7 +95,7 @@ def sample_posterior(
     validate_measurement(y, op, shape)
 
     prior_spec = (
-        prior if isinstance(prior, str) else ("builtin:" + default_prior_name(shape[0]) if prior is None else None)
+        prior if isinstance(prior, str) else ("builtin:" + default_prior_name(shape[0], op) if prior is None else None)
     )
     prior = load_prior(prior_spec if prior_spec is not None else prior, device=device, dtype=dtype)
     prior.check_image_shape(shape)

@@ -176,3 +176,17 @@ def test_cli_restore_with_resample_on_a_latent_prior_folder(tmp_path, tiny_ldm_f
     run = json.loads((out / "run.json").read_text())
     assert run["nfe"] == 29 and run["sampler"]["name"] == "resample" and run["sampler"]["preset"] == "inpainting"
     assert (out / "mean.png").exists() and np.isfinite(run["psnr_mean"])
+
+
+@pytest.mark.parametrize("run", ["dps", "resample"])
+def test_compvis_style_vq_ldm_folder_runs_end_to_end(tmp_path, run):
+    """A CompVis-layout LDMPipeline (VQModel, unscaled latents, quantised in the decoder) works as well."""
+    from tests.conftest import build_ldm_folder
+
+    prior = load_prior(build_ldm_folder(tmp_path / "vq_ldm", "vqvae"))
+    op = OPERATORS["box"]()
+    _, y = _measure(prior, op)
+    sampler, options = RUNS[run]
+    res = sample_posterior(y, op, prior=prior, sampler=sampler, num_samples=2, seed=0, progress=False, **options)
+    assert res.samples.shape == (2, 2, 3, 16, 16) and torch.isfinite(res.samples).all()
+    assert prior.scaling_factor == 1.0

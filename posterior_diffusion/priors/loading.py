@@ -39,6 +39,10 @@ BUILTIN_PRIORS = {  # name -> (folder under assets/priors, one-line description)
         "natural-rgb-latent",
         "latent prior for RGB natural images: AutoencoderKL (factor 4, 3 latent channels) + latent UNet",
     ),
+    "black-hole": (
+        "black-hole",
+        "64x64 single-channel prior of procedural black-hole images (rings, crescents; the interferometry prior)",
+    ),
 }
 
 
@@ -56,8 +60,11 @@ def builtin_priors() -> dict[str, str]:
     return {name: desc for name, (folder, desc) in BUILTIN_PRIORS.items() if (ASSETS / "priors" / folder).is_dir()}
 
 
-def default_prior_name(channels: int) -> str:
-    """The built-in prior for images with `channels` channels (3: natural-rgb, 1: natural-gray)."""
+def default_prior_name(channels: int, op=None) -> str:
+    """The built-in prior for an operator that names one (`op.default_prior`: interferometry -> black-hole),
+    else for images with `channels` channels (3: natural-rgb, 1: natural-gray)."""
+    if getattr(op, "default_prior", None):
+        return op.default_prior
     names = {3: "natural-rgb", 1: "natural-gray"}
     if channels not in names:
         raise ValueError(f"no built-in prior for {channels}-channel images; pass prior=... (a folder or hub id)")
