@@ -41,6 +41,9 @@ class PnPULAConfig:
     box: (low, high) of the convex set C on [-1, 1]; (-3, 3) is the reference's [-1, 2] on [0, 1].
     step_fraction: delta as this fraction of the stability bound (L_y + 1/lam + alpha/eps)^-1; reference 1/3.
     step_size: an explicit delta (overrides step_fraction).
+    lipschitz: the likelihood gradient's Lipschitz constant L_y; None: ||A||^2 / sigma^2 (power iteration) for
+        Gaussian noise, 1 / sigma^2 for nonlinear operators; likelihoods without a sigma (Poisson, interferometric
+        closures) need it given.
     init: "measurement" (the reference: x_0 = y when y is an image of x's shape, else A^+ y), "pinv"
         (A^+ y, singular values below 3e-2 of the largest discarded) or "zeros".
     anneal_iterations: 0 (the reference). An optional warm start of this many iterations whose denoiser
@@ -57,6 +60,7 @@ class PnPULAConfig:
     box: tuple[float, float] = (-3.0, 3.0)
     step_fraction: float = 1 / 3
     step_size: float | None = None
+    lipschitz: float | None = None
     init: str = "measurement"
     anneal_iterations: int = 0
     anneal_eps: float = 1.0
@@ -76,6 +80,8 @@ class PnPULAConfig:
             raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
         if not 0 < self.step_fraction <= 1 or (self.step_size is not None and self.step_size <= 0):
             raise ValueError("step_fraction must be in (0, 1] and step_size > 0")
+        if self.lipschitz is not None and self.lipschitz <= 0:
+            raise ValueError(f"lipschitz must be > 0, got {self.lipschitz}")
 
 
 INITS = ("measurement", "pinv", "zeros")
@@ -118,10 +124,17 @@ class PnPULA(Sampler):
         """t*, eps (exact at t*), L_y, lam and delta for this problem at noise variance eps (default cfg.eps)."""
         return self._parameters(prior, self._likelihood_lipschitz(op, image_shape), eps)
 
-    @staticmethod
-    def _likelihood_lipschitz(op, image_shape) -> float:
-        """L_y = ||A||^2 / sigma^2 (power iteration; 1 / sigma^2 for nonlinear operators)."""
-        return (op.norm_squared(tuple(image_shape)) if op.is_linear else 1.0) / op.noise.sigma**2
+    def _likelihood_lipschitz(self, op, image_shape) -> float:
+        """L_y: the config's, else ||A||^2 / sigma^2 (power iteration; 1 / sigma^2 for nonlinear operators)."""
+        if self.config.lipschitz is not None:
+            return self.config.lipschitz
+        sigma = getattr(op.noise, "sigma", None)
+        if not sigma:
+            raise ValueError(
+                f"pnp_ula needs the Lipschitz constant of the likelihood gradient for '{op.name}' with "
+                f"{op.noise.name} noise (no Gaussian sigma to derive it from): pass lipschitz=..."
+            )
+        return (op.norm_squared(tuple(image_shape)) if op.is_linear else 1.0) / sigma**2
 
     def _parameters(self, prior, l_y: float, eps: float | None = None) -> dict[str, float]:
         cfg = self.config
