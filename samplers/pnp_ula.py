@@ -87,6 +87,11 @@ class PnPULAConfig:
 INITS = ("measurement", "pinv", "zeros")
 
 
+def _gaussian_sigma(op) -> float | None:
+    """The operator's Gaussian noise sigma when it is one and > 0, else None."""
+    return op.noise.sigma if isinstance(op.noise, GaussianNoise) and op.noise.sigma > 0 else None
+
+
 def _initial_state(init: str, op, y: torch.Tensor, image_shape) -> torch.Tensor:
     if init == "measurement" and tuple(y.shape[1:]) == tuple(image_shape):
         return y.float().clone()
@@ -117,8 +122,15 @@ class PnPULA(Sampler):
 
     def check(self, prior, op):
         super().check(prior, op)
-        if not isinstance(op.noise, GaussianNoise) or op.noise.sigma <= 0:
-            raise ValueError(f"{self.name} needs Gaussian measurement noise with noise_sigma > 0")
+        self.check_noise(op)
+
+    def check_noise(self, op) -> None:
+        """The step needs L_y: from a Gaussian sigma, or given as `lipschitz` for any other likelihood."""
+        if self.config.lipschitz is None and _gaussian_sigma(op) is None:
+            raise ValueError(
+                f"{self.name} derives its step from Gaussian measurement noise with noise_sigma > 0; for '{op.name}' "
+                f"with {op.noise.name} noise pass lipschitz=... (the likelihood gradient's Lipschitz constant)"
+            )
 
     def step_sizes(self, prior, op, image_shape, eps: float | None = None) -> dict[str, float]:
         """t*, eps (exact at t*), L_y, lam and delta for this problem at noise variance eps (default cfg.eps)."""
@@ -128,13 +140,8 @@ class PnPULA(Sampler):
         """L_y: the config's, else ||A||^2 / sigma^2 (power iteration; 1 / sigma^2 for nonlinear operators)."""
         if self.config.lipschitz is not None:
             return self.config.lipschitz
-        sigma = getattr(op.noise, "sigma", None)
-        if not sigma:
-            raise ValueError(
-                f"pnp_ula needs the Lipschitz constant of the likelihood gradient for '{op.name}' with "
-                f"{op.noise.name} noise (no Gaussian sigma to derive it from): pass lipschitz=..."
-            )
-        return (op.norm_squared(tuple(image_shape)) if op.is_linear else 1.0) / sigma**2
+        self.check_noise(op)
+        return (op.norm_squared(tuple(image_shape)) if op.is_linear else 1.0) / op.noise.sigma**2
 
     def _parameters(self, prior, l_y: float, eps: float | None = None) -> dict[str, float]:
         cfg = self.config
