@@ -29,7 +29,7 @@ from .closures import (
 )
 from .noise import NoiseModel
 from .radio_array import Schedule, load_array, load_source, uv_coverage
-from .registry import register_operator
+from .registry import from_config, register_operator
 from .visibilities import dft_matrix
 
 DATA_LAYOUTS = ("closures", "vis")
@@ -184,11 +184,31 @@ class Interferometry(Operator):
         """The measurement layout of `data` from visibilities (B, M)."""
         if self.data == "vis":
             return torch.cat([vis.real, vis.imag], dim=-1)
-        amp = vis.abs()
-        flux = amp[:, self.shortest].median(-1, keepdim=True).values
+        flux = self.flux_estimate(vis)[:, None]
         return torch.cat(
-            [amp, closure_phases(vis, self.closures), log_closure_amplitudes(vis, self.closures), flux], dim=-1
+            [vis.abs(), closure_phases(vis, self.closures), log_closure_amplitudes(vis, self.closures), flux], dim=-1
         ).float()
+
+    def flux_estimate(self, vis: torch.Tensor) -> torch.Tensor:
+        """Total flux (B,) in Jy from visibilities (B, M): the median amplitude of the shortest baseline."""
+        return vis[:, self.shortest].abs().median(-1).values
+
+    def measured_flux(self, y: torch.Tensor) -> torch.Tensor:
+        """Total flux (B,) in Jy of measurements y (B, D) of either layout (the same estimate for both)."""
+        return y[:, -1] if self.data == "closures" else self.flux_estimate(self.complex_visibilities(y))
+
+    def complex_visibilities(self, y_vis: torch.Tensor) -> torch.Tensor:
+        """The complex visibilities (B, M) of "vis" measurements (B, 2M) = (Re V, Im V)."""
+        if self.data != "vis":
+            raise ValueError("closure data hold no visibility phases: this needs data='vis' measurements")
+        m = len(self.coverage)
+        return torch.complex(y_vis[:, :m], y_vis[:, m:]).to(self.matrix_t.dtype)
+
+    def with_data(self, data: str, gain_std: float | None = None) -> Interferometry:
+        """The same observation with data layout `data` (and `gain_std` if given), on this operator's device."""
+        config = self.to_config()
+        config["params"] |= {"data": data} | ({} if gain_std is None else {"gain_std": gain_std})
+        return from_config(config).to(self.matrix_t.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.data == "vis":
@@ -217,9 +237,5 @@ class Interferometry(Operator):
 
     def dirty_image(self, y_vis: torch.Tensor) -> torch.Tensor:
         """A^H V / M for "vis" measurements (B, 2M): the dirty image (B, 1, N, N) in Jy per pixel."""
-        if self.data != "vis":
-            raise ValueError("the dirty image needs data='vis' measurements")
-        m = len(self.coverage)
-        vis = torch.complex(y_vis[:, :m], y_vis[:, m:]).to(self.matrix_t.dtype)
-        image = (vis @ self.matrix_t.conj().T).real / m
+        image = (self.complex_visibilities(y_vis) @ self.matrix_t.conj().T).real / len(self.coverage)
         return image.reshape(-1, 1, self.image_size, self.image_size)

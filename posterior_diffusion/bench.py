@@ -1,8 +1,8 @@
 """`posterior-diffusion bench`: tasks x methods x images -> per-image rows, a summary table and figures.
 
 Methods are samplers (`samplers.SAMPLERS`) and the classical baselines (`baselines.BASELINES`: pinv, tikhonov,
-bicubic, harmonic), so every table shows what the diffusion prior buys. A method that does not apply to a task
-(e.g. bicubic for deblurring) is skipped.
+bicubic, harmonic, dirty, rml), so every table shows what the diffusion prior buys. A method that does not apply
+to a task (e.g. bicubic for deblurring) is skipped.
 
 Reproducible and resumable:
 - image i is centre-cropped to `size`; its measurement noise is seeded by (seed, i) and its chains by
@@ -12,7 +12,8 @@ Reproducible and resumable:
   any rows file already holds, so an interrupted run loses at most the group in progress.
 
 Outputs in `out/`: rows-*.jsonl, summary.md and summary.csv (mean +- std over images and seeds), and figures/
-(per task and method: truth | measurement | mean | std | samples of the first image; per task: PSNR vs NFE).
+(per task and method: truth | measurement | mean | std | samples of the first image, for black-hole tasks with the
+uv coverage and a dirty image instead of the measurement; per task: PSNR vs NFE).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class BenchConfig:
     """images: a folder; out: the output folder (resumed when it holds rows). size: centre-crop side;
     images_per_call: images sent through a sampler together (each with num_samples chains; batch_size chains
     per network call); steps: sampler steps (default: each sampler's own); lpips_net: "alex", "vgg" or "none";
-    sampler_options: {"K": v} for every sampler, {"method.K": v} for one (e.g. "pnp_ula.iterations": 500)."""
+    sampler_options: {"K": v} for every sampler, {"method.K": v} for one sampler or baseline (e.g.
+    "pnp_ula.iterations": 500, "rml.max_iter": 50)."""
 
     images: str
     out: str
@@ -87,7 +89,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[dict]:
     prior = _load_prior(cfg, device)
     channels = prior.default_image_shape()[0] if prior is not None else 3
     paths = list_images(cfg.images)[: cfg.num_images]
-    x = torch.stack([_center_crop(load_image(p, channels), cfg.size, p) for p in paths])
+    x = _load_images(paths, channels, cfg.size)
     done = {tuple(r[k] for k in KEY) for r in read_rows(out)}
     run = _Run(cfg, out, prior, device, x, paths, done, state.process_index, state.num_processes, progress)
     for task_name in cfg.tasks:
@@ -122,7 +124,10 @@ class _Run:
         if not mine:
             return
         op = task.build(self.cfg.size)
-        y = torch.cat([op.measure(self.x[i : i + 1], _generator(seed, i)) for i in mine])
+        x = self.x
+        if task.channels not in (None, x.shape[1]):  # e.g. 1-channel black-hole images with no prior to fix it
+            x = _load_images(self.paths, task.channels, self.cfg.size)
+        y = torch.cat([op.measure(x[i : i + 1], _generator(seed, i)) for i in mine])
         given = _given_operator(op) if task.blind else op
         for method in self.cfg.methods:
             if not _applies(method, self.prior, given):
@@ -131,16 +136,16 @@ class _Run:
             for group in _groups(todo, self.cfg.images_per_call):
                 ids = [mine[k] for k in group]
                 result = _run_method(self.cfg, method, task, given, y[group], ids, seed, self.prior, self.device)
-                rows = _score(result, self.x[ids], self.paths, ids, name, method, seed, self.cfg.lpips_net)
+                rows = _score(result, x[ids], self.paths, ids, name, method, seed, self.cfg.lpips_net)
                 if task.metrics:
-                    extra = TASK_METRICS[task.metrics](given, y[group], result["mean"], self.x[ids])
+                    extra = TASK_METRICS[task.metrics](given, y[group], result["mean"], x[ids])
                     for n, row in enumerate(rows):
                         row.update({k: round(float(v[n]), 5) for k, v in extra.items()})
                 with open(self.out / f"rows-{self.rank}.jsonl", "a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in rows)
                 if 0 in ids:
                     k = ids.index(0)
-                    _example_figure(self.out, name, method, self.x[0], y[group[k]], result, k)
+                    _example_figure(self.out, name, method, task, given, x[0], y[group[k]], result, k)
                 if self.progress:
                     print(f"[rank {self.rank}] {name} {method} seed {seed}: images {ids} done", flush=True)
 
@@ -151,6 +156,11 @@ def _load_prior(cfg: BenchConfig, device):
     from posterior_diffusion.priors import default_prior_name, load_prior
 
     return load_prior(cfg.prior or f"builtin:{default_prior_name(3)}", device=device, dtype=cfg.dtype)
+
+
+def _load_images(paths: list[Path], channels: int, size: int) -> torch.Tensor:
+    """The images (N, channels, size, size) in [-1, 1], centre-cropped."""
+    return torch.stack([_center_crop(load_image(p, channels), size, p) for p in paths])
 
 
 def _center_crop(image: torch.Tensor, size: int, path: Path) -> torch.Tensor:
@@ -191,16 +201,16 @@ def _run_method(cfg, method, task, op, y, ids, seed, prior, device) -> dict:
     """{"mean": (n, C, H, W), "samples": (n, S, C, H, W), "std", "nfe", "seconds", "peak_mb"} for images `ids`."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    if method in BASELINES:
+    options = {k.split(".", 1)[1]: v for k, v in cfg.sampler_options.items() if k.startswith(method + ".")}
+    if method in BASELINES:  # "method.K" options only: the shared "K" ones are the samplers'
         start = time.perf_counter()
-        estimate = baseline(method, op.to(device), y.to(device)).cpu()
+        estimate = baseline(method, op.to(device), y.to(device), **options).cpu()
         seconds = time.perf_counter() - start
         op.to("cpu")
         result = {"mean": estimate, "samples": estimate[:, None], "std": torch.zeros_like(estimate), "nfe": 0}
     else:
         sampler_cls = sampler_class(method)
-        options = {k: v for k, v in cfg.sampler_options.items() if "." not in k}  # "K" for all, "method.K" for one
-        options |= {k.split(".", 1)[1]: v for k, v in cfg.sampler_options.items() if k.startswith(method + ".")}
+        options = {k: v for k, v in cfg.sampler_options.items() if "." not in k} | options  # "K" for all samplers
         if task.preset in sampler_cls.PRESETS and "preset" not in options:
             options["preset"] = task.preset
         if cfg.steps and "steps" in {f.name for f in dataclasses.fields(sampler_cls.Config)}:
@@ -320,15 +330,18 @@ def write_summary(out: Path, rows: list[dict]) -> str:
     return markdown
 
 
-def _example_figure(out: Path, task: str, method: str, truth, y, result, k: int) -> None:
-    from posterior_diffusion.figures import restoration_figure
+def _example_figure(out: Path, name: str, method: str, task, op, truth, y, result, k: int) -> None:
+    from posterior_diffusion.figures import black_hole_figure, restoration_figure
 
     folder = out / "figures"
     folder.mkdir(exist_ok=True)
+    path = folder / f"{name}_{method}.png"
+    mean, std, samples = result["mean"][k], result["std"][k], result["samples"][k]
+    if task.metrics == "black_hole":
+        black_hole_figure(op, truth, samples, mean, std, path)
+        return
     measurement = y if y.ndim == 3 else None  # image-like measurements (any size) are shown
-    restoration_figure(
-        folder / f"{task}_{method}.png", measurement, result["mean"][k], result["std"][k], result["samples"][k], truth
-    )
+    restoration_figure(path, measurement, mean, std, samples, truth)
 
 
 def _cost_figures(out: Path, rows: list[dict]) -> None:

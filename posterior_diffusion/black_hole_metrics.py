@@ -5,7 +5,9 @@
   the truth, on [0, 1] images (data range 1);
 - blurred PSNR: both images blurred by a circular Gaussian of FWHM `fwhm_uas` first (ehtim's blur_circ);
 - closure chi-squares: the reconstruction rescaled to the observed total flux, then the reduced chi-squares of
-  closure phases and log closure amplitudes; a value below 1 is replaced by its reciprocal (1 ideal).
+  closure phases and log closure amplitudes; a value below 1 is replaced by its reciprocal (1 ideal). For
+  complex-visibility data (data="vis") the closures are formed from the measured visibilities, so both data
+  layouts are scored alike.
 """
 
 from __future__ import annotations
@@ -44,8 +46,12 @@ def blurred_psnr(x: torch.Tensor, ref: torch.Tensor, fwhm_uas: float, fov_uas: f
 
 
 def closure_chi_squares(op, y: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Normalised closure chi-squares (B,) of images x (B, 1, N, N) in [-1, 1] for measurements y of an
-    `interferometry` operator (data="closures"), after scaling x to the measured total flux."""
+    """Normalised closure chi-squares (B,) of images x (B, 1, N, N) in [-1, 1] for measurements y (B, D) of an
+    `interferometry` operator, after scaling x to the measured total flux; "vis" measurements are turned into
+    the closure data of the same visibilities first (by the operator's closures-layout twin)."""
+    if op.data == "vis":
+        twin = op.with_data("closures")
+        op, y = twin, twin.products(op.complex_visibilities(y))
     brightness = (x + 1) / 2
     model_flux = brightness.flatten(1).sum(-1) * op.peak_jy
     scale = (y[:, -1] / model_flux.clamp(min=1e-12)).view(-1, 1, 1, 1)

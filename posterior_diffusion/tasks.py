@@ -40,6 +40,7 @@ class Task:
     preset: str = ""
     description: str = ""
     metrics: str = ""  # extra per-image metrics: "black_hole" (aligned / blurred PSNR, closure chi-squares)
+    channels: int | None = None  # the image channels the operator takes (None: any, e.g. the prior's)
 
     def build(self, image_size: int) -> Operator:
         """The task's operator for square images of side `image_size`."""
@@ -108,8 +109,18 @@ TASKS: dict[str, Task] = {
         {"gain_std": 0.1},
         noise_sigma=None,
         sized=True,
+        channels=1,
         metrics="black_hole",
         description="EHT 2017 on Sgr A* over 160 uas: closure phases, log closure amplitudes, flux (InverseBench)",
+    ),
+    "black_hole_vis": Task(
+        "interferometry",
+        {"data": "vis", "gain_std": 0.0},
+        noise_sigma=None,
+        sized=True,
+        channels=1,
+        metrics="black_hole",
+        description="the same observation as calibrated complex visibilities (thermal noise only)",
     ),
 }
 

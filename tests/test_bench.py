@@ -164,3 +164,22 @@ def test_black_hole_task_reports_the_interferometry_metrics(tmp_path):
         assert all(np.isfinite(r[key]) for r in rows), key
     assert all(r["psnr_aligned"] >= r["psnr"] - 1e-6 and r["chi2_cphase"] >= 1 for r in rows)
     assert "PSNR_ALIGNED" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_interferometry_baselines_run_on_both_black_hole_tasks(tmp_path):
+    from posterior_diffusion.black_holes import write_black_hole_folder
+
+    images = write_black_hole_folder(tmp_path / "bh", 1, size=32)
+    tasks, methods = ("black_hole", "black_hole_vis"), ("dirty", "rml")  # dirty needs visibilities
+    options = {"rml.rounds": 1, "rml.max_iter": 3}  # no prior: the tasks load their images with 1 channel
+    config = _config(images, tmp_path / "out", tmp_path, tasks=tasks, methods=methods, size=32, sampler_options=options)
+    rows = run_bench(config, progress=False)
+    assert [(r["task"], r["method"]) for r in rows] == [
+        ("black_hole", "rml"),
+        ("black_hole_vis", "dirty"),
+        ("black_hole_vis", "rml"),
+    ]
+    for key in ("psnr_aligned", "chi2_cphase", "chi2_logcamp"):
+        assert all(np.isfinite(r[key]) and r[key] >= (1 if key.startswith("chi2") else 0) for r in rows), key
+    figures = tmp_path / "out" / "figures"
+    assert (figures / "black_hole_rml.png").exists() and (figures / "black_hole_vis_dirty.png").exists()
