@@ -305,3 +305,15 @@ def test_black_hole_figure_writes_a_png(tmp_path):
     samples = truth + 0.1 * torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     black_hole_figure(op, truth, samples, samples.mean(0), samples.std(0), tmp_path / "bh.png")
     assert (tmp_path / "bh.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pnp_ula_asks_for_the_lipschitz_constant_of_a_closure_likelihood(gmm):
+    """Closure likelihoods have no Gaussian sigma to derive PnP-ULA's step from: a clear error, and the option."""
+    from posterior_diffusion.operators import get_operator
+    from posterior_diffusion.samplers import get_sampler
+
+    op = get_operator("interferometry", image_size=16, stop_gmst=2.0)
+    sampler = get_sampler("pnp_ula")
+    with pytest.raises(ValueError, match="pnp_ula derives its step from Gaussian .* pass lipschitz="):
+        sampler.step_sizes(gmm, op, (1, 16, 16))
+    assert get_sampler("pnp_ula", lipschitz=1e4).step_sizes(gmm, op, (1, 16, 16))["L_y"] == 1e4
