@@ -107,6 +107,7 @@ class Interferometry(Operator):
 
     own_noise: ClassVar[bool] = True
     measurement_ndim: ClassVar[int] = 1  # one measurement is a vector of data products
+    default_prior: ClassVar[str] = "black-hole"  # the built-in prior of procedural black-hole images
 
     def __init__(
         self,

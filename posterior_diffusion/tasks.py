@@ -110,6 +110,7 @@ TASKS: dict[str, Task] = {
         noise_sigma=None,
         sized=True,
         channels=1,
+        preset="black_hole",
         metrics="black_hole",
         description="EHT 2017 on Sgr A* over 160 uas: closure phases, log closure amplitudes, flux (InverseBench)",
     ),

@@ -107,6 +107,8 @@ class REDDiff(Sampler):
         "super_resolution": {"lam": 0.25, "lr": 0.25},
         "deblur": {"lam": 0.25, "lr": 0.25},
         "nonlinear": {"lam": 0.25, "lr": 0.5},
+        # ours: the `black_hole` task; unprojected mu grows fringes far outside [-1, 1] (README), lr of 0.1 / 0.01
+        "black_hole": {"lr": 0.01, "box": (-1.0, 1.0), "init": "dark"},
     }
     needs_space = "any"
     needs_operator = "differentiable"

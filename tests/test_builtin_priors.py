@@ -19,26 +19,43 @@ def test_the_package_ships_a_default_rgb_prior():
     assert "natural-rgb" in builtin_priors()
 
 
-PIXEL_PRIORS = sorted(name for name in builtin_priors() if not name.endswith("-latent"))
+NATURAL_PIXEL_PRIORS = ["natural-gray", "natural-rgb"]
 
 
 def test_the_package_ships_every_builtin_prior():
-    assert set(builtin_priors()) == {"natural-rgb", "natural-gray", "natural-rgb-latent"}
+    assert set(builtin_priors()) == {"natural-rgb", "natural-gray", "natural-rgb-latent", "black-hole"}
 
 
-@pytest.mark.parametrize("name", PIXEL_PRIORS)
-def test_builtin_prior_denoises_a_natural_image(name):
-    prior = load_prior(f"builtin:{name}")
-    channels = prior.net.config.in_channels
-    x = load_image(IMAGE, channels)[None, :, :64, :64]
-    sigma = 2 * 25 / 255  # 25/255 on [0, 1]
+def _tweedie_gain(prior, x: torch.Tensor, sigma255: float = 25) -> float:
+    """PSNR gain (dB) of the one-step Tweedie denoiser on x (B, C, H, W) with Gaussian noise sigma255 / 255."""
+    sigma = 2 * sigma255 / 255  # on [-1, 1]
     variance = (1 - prior.alphas_cumprod) / prior.alphas_cumprod
     t = int((variance - sigma**2).abs().argmin())
     noisy = x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         x0_hat = prior.denoise(prior.alphas_cumprod[t].sqrt() * noisy, t)
-    gain = float(psnr(x0_hat, x) - psnr(noisy, x))
+    return float((psnr(x0_hat, x) - psnr(noisy, x)).mean())
+
+
+@pytest.mark.parametrize("name", NATURAL_PIXEL_PRIORS)
+def test_builtin_prior_denoises_a_natural_image(name):
+    prior = load_prior(f"builtin:{name}")
+    x = load_image(IMAGE, prior.net.config.in_channels)[None, :, :64, :64]
+    gain = _tweedie_gain(prior, x)
     assert gain > 6.0, f"Tweedie denoising gains only {gain:.1f} dB"
+
+
+def test_black_hole_prior_denoises_held_out_black_holes_and_is_the_interferometry_default():
+    from posterior_diffusion.black_holes import black_hole_images
+
+    prior = load_prior("builtin:black-hole")
+    x = black_hole_images(4, seed=4242) * 2 - 1  # in [0, 1]; not the training seed 0
+    gain = _tweedie_gain(prior, x)
+    assert gain > 10.0, f"Tweedie denoising gains only {gain:.1f} dB"
+    assert _tweedie_gain(prior, x) > _tweedie_gain(load_prior("builtin:natural-gray"), x)
+    op = get_operator("interferometry", stop_gmst=1.0)
+    res = sample_posterior(op.measure(x[:1]), op, sampler="red_diff", steps=2, progress=False)
+    assert res.config["prior"] == "builtin:black-hole" and res.samples.shape == (1, 1, 1, 64, 64)
 
 
 def test_builtin_latent_prior_reconstructs_and_denoises_latents():

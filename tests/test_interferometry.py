@@ -314,6 +314,6 @@ def test_pnp_ula_asks_for_the_lipschitz_constant_of_a_closure_likelihood(gmm):
 
     op = get_operator("interferometry", image_size=16, stop_gmst=2.0)
     sampler = get_sampler("pnp_ula")
-    with pytest.raises(ValueError, match="pnp_ula derives its step from Gaussian .* pass lipschitz="):
+    with pytest.raises(ValueError, match=r"pnp_ula derives its step from Gaussian .* pass lipschitz="):
         sampler.step_sizes(gmm, op, (1, 16, 16))
     assert get_sampler("pnp_ula", lipschitz=1e4).step_sizes(gmm, op, (1, 16, 16))["L_y"] == 1e4
