@@ -147,6 +147,11 @@ class Interferometry(Operator):
         self.noise = InterferometricLikelihood(self)
 
     @property
+    def shift_invariant(self) -> bool:
+        """Closure data do not change when the image is translated (posterior samples differ by shifts)."""
+        return self.data == "closures"
+
+    @property
     def sizes(self) -> tuple[int, int, int]:
         """(M visibilities, Nt closure phases, Nq log closure amplitudes)."""
         return len(self.coverage), len(self.closures.triangles), len(self.closures.quadrangles)

@@ -136,6 +136,8 @@ class _Run:
             for group in _groups(todo, self.cfg.images_per_call):
                 ids = [mine[k] for k in group]
                 result = _run_method(self.cfg, method, task, given, y[group], ids, seed, self.prior, self.device)
+                if getattr(given, "shift_invariant", False):  # samples differ by shifts: align before averaging
+                    result = _aligned(result)
                 rows = _score(result, x[ids], self.paths, ids, name, method, seed, self.cfg.lpips_net)
                 if task.metrics:
                     extra = TASK_METRICS[task.metrics](given, y[group], result["mean"], x[ids])
@@ -238,6 +240,15 @@ def _run_method(cfg, method, task, op, y, ids, seed, prior, device) -> dict:
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
     return result | {"seconds": seconds / len(ids), "peak_mb": round(peak, 1)}
+
+
+def _aligned(result: dict) -> dict:
+    """The result with its samples aligned to each measurement's first sample, mean and std recomputed."""
+    from posterior_diffusion.black_hole_metrics import align_samples
+
+    samples = align_samples(result["samples"])
+    std = samples.std(1) if samples.shape[1] > 1 else torch.zeros_like(result["mean"])
+    return result | {"samples": samples, "mean": samples.mean(1), "std": std}
 
 
 def _score(result, x, paths, ids, task, method, seed, lpips_net: str) -> list[dict]:

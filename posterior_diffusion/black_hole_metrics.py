@@ -27,6 +27,20 @@ def aligned_psnr(x: torch.Tensor, ref: torch.Tensor, max_shift: int | None = Non
     return scores.max(0).values
 
 
+def align_samples(samples: torch.Tensor) -> torch.Tensor:
+    """Samples (B, S, C, H, W) of each measurement rolled onto its first sample by the integer (circular) shift
+    that maximises their cross-correlation. Closure data do not fix the position, so posterior samples differ by
+    shifts, and their plain mean is a blur of copies (EHT averages images after aligning them)."""
+    b, s, _, h, w = samples.shape
+    spectra = torch.fft.fft2(samples.double())
+    correlation = torch.fft.ifft2(spectra[:, :1].conj() * spectra).real.sum(2)  # (B, S, H, W): lag k at [k]
+    best = correlation.flatten(2).argmax(-1)  # (B, S)
+    rows = (torch.arange(h) + (best // w)[..., None]) % h  # aligned[n] = sample[n + k]
+    cols = (torch.arange(w) + (best % w)[..., None]) % w
+    i, j = torch.arange(b)[:, None, None, None], torch.arange(s)[None, :, None, None]
+    return samples.movedim(2, -1)[i, j, rows[..., :, None], cols[..., None, :]].movedim(-1, 2)
+
+
 def gaussian_blur_fft(images: torch.Tensor, fwhm_px: float) -> torch.Tensor:
     """Circular Gaussian blur of (..., H, W) images, FWHM in pixels (periodic boundary, via the FFT)."""
     if fwhm_px <= 0:

@@ -317,3 +317,20 @@ def test_pnp_ula_asks_for_the_lipschitz_constant_of_a_closure_likelihood(gmm):
     with pytest.raises(ValueError, match=r"pnp_ula derives its step from Gaussian .* pass lipschitz="):
         sampler.step_sizes(gmm, op, (1, 16, 16))
     assert get_sampler("pnp_ula", lipschitz=1e4).step_sizes(gmm, op, (1, 16, 16))["L_y"] == 1e4
+
+
+def test_samples_of_closure_data_are_aligned_before_averaging():
+    """Closure data are shift-invariant: samples that are translated copies align onto the first one exactly,
+    and the bench's mean of such samples is the image, not a blur of copies."""
+    from posterior_diffusion.bench import _aligned
+    from posterior_diffusion.black_hole_metrics import align_samples
+    from posterior_diffusion.operators import get_operator
+
+    x = torch.rand(2, 1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    copies = [torch.roll(x[:, 0], shift, dims=(-2, -1)) for shift in [(3, -5), (-7, 2)]]
+    samples = torch.cat([x, torch.stack(copies, 1)], 1)  # (2, 3, 1, 16, 16)
+    assert torch.equal(align_samples(samples), x.expand_as(samples))
+    result = _aligned({"samples": samples, "mean": samples.mean(1), "std": samples.std(1)})
+    assert torch.allclose(result["mean"], x[:, 0]) and result["std"].abs().max() < 1e-6
+    assert get_operator("interferometry", stop_gmst=1.0).shift_invariant
+    assert not get_operator("interferometry", stop_gmst=1.0, data="vis").shift_invariant

@@ -136,5 +136,6 @@ def test_cached_hub_model_loads_offline(monkeypatch, tmp_path, tiny_unet_folder)
 
 
 def test_unknown_builtin_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown built-in prior 'faces'; valid: black-hole, natural-gray, natural-rgb"):
+    valid = "black-hole, natural-gray, natural-rgb"
+    with pytest.raises(ValueError, match=f"unknown built-in prior 'faces'; valid: {valid}"):
         load_prior("builtin:faces")
