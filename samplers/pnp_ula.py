@@ -108,7 +108,7 @@ def denoiser_timestep(alphas_cumprod: torch.Tensor, eps: float) -> int:
 
 @register_sampler("pnp_ula")
 class PnPULA(Sampler):
-    """PnP-ULA for differentiable operators with Gaussian noise; one network forward per iteration, no VJP."""
+    """PnP-ULA for differentiable operators, Gaussian noise (others with `lipschitz`); one forward per step."""
 
     Config = PnPULAConfig
     PRESETS: ClassVar[dict[str, dict]] = {
