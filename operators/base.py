@@ -66,8 +66,12 @@ class Operator(nn.Module):
         if not torch.isfinite(x).all():
             raise ValueError("the image contains NaN or Inf")
         with torch.no_grad():
-            y = self.noise.sample(self.forward(x), generator)
+            y = self.noisy_forward(x, generator)
         return y[0] if unbatched else y
+
+    def noisy_forward(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A(x) + noise for a checked batch x (B, C, H, W); operators that draw noise inside A override it."""
+        return self.noise.sample(self.forward(x), generator)
 
     def check_measurement_values(self, y: torch.Tensor) -> None:
         """Refuse measurements on the wrong scale: image-like y must be about [-1, 1] (noise allowed)."""

@@ -223,23 +223,16 @@ class Interferometry(Operator):
         out = self.products(vis)
         return torch.cat([out[:, :-1], self.brightness(x).sum(-1, keepdim=True)], dim=-1)  # the model's own flux
 
-    def measure(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def noisy_forward(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Thermal noise (and station corruption when gain_std > 0) on the visibilities, then the data products."""
-        unbatched = x.ndim == 3
-        x = x.unsqueeze(0) if unbatched else x
-        self.check_image_shape(tuple(x.shape[1:]))
-        if not torch.isfinite(x).all():
-            raise ValueError("the image contains NaN or Inf")
-        with torch.no_grad():
-            vis = self.visibilities(x)
-            if self.gain_std > 0:
-                vis = vis * torch.stack(
-                    [station_corruption(self.coverage, self.gain_std, generator) for _ in range(x.shape[0])]
-                ).to(vis)
-            shape = (2, *vis.shape)
-            noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(vis.device) * self.sigma
-            y = self.products(vis + torch.complex(noise[0], noise[1]))
-        return y[0] if unbatched else y
+        vis = self.visibilities(x)
+        if self.gain_std > 0:
+            vis = vis * torch.stack(
+                [station_corruption(self.coverage, self.gain_std, generator) for _ in range(x.shape[0])]
+            ).to(vis)
+        shape = (2, *vis.shape)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(vis.device) * self.sigma
+        return self.products(vis + torch.complex(noise[0], noise[1]))
 
     def dirty_image(self, y_vis: torch.Tensor) -> torch.Tensor:
         """A^H V / M for "vis" measurements (B, 2M): the dirty image (B, 1, N, N) in Jy per pixel."""
