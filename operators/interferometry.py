@@ -217,10 +217,9 @@ class Interferometry(Operator):
         return from_config(config).to(self.matrix_t.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.products(self.visibilities(x))
         if self.data == "vis":
-            return self.products(self.visibilities(x))
-        vis = self.visibilities(x)
-        out = self.products(vis)
+            return out
         return torch.cat([out[:, :-1], self.brightness(x).sum(-1, keepdim=True)], dim=-1)  # the model's own flux
 
     def noisy_forward(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

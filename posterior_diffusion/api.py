@@ -17,7 +17,7 @@ from posterior_diffusion.operators import Operator, get_operator
 from posterior_diffusion.priors import DiffusionPrior, default_prior_name, load_prior, resolve_dtype
 from posterior_diffusion.samplers import Sampler, get_sampler
 from posterior_diffusion.samplers.base import validate_measurement
-from posterior_diffusion.tensor_utils import as_batch
+from posterior_diffusion.tensor_utils import as_batch, sample_moments
 
 
 @dataclass
@@ -120,8 +120,7 @@ def sample_posterior(
     seconds = time.perf_counter() - start
 
     samples = out.samples.cpu()
-    mean = samples.mean(1)
-    std = samples.std(1) if num_samples > 1 else torch.zeros_like(mean)
+    mean, std = sample_moments(samples)
     extras = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in out.extras.items()}
     if unbatched:
         samples, mean, std = samples[0], mean[0], std[0]

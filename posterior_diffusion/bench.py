@@ -36,7 +36,7 @@ from posterior_diffusion.metrics import lpips, psnr, ssim
 from posterior_diffusion.perceptual import LPIPSUnavailable
 from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
 from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
-from posterior_diffusion.tensor_utils import seed_for
+from posterior_diffusion.tensor_utils import sample_moments, seed_for
 
 KEY = ("task", "method", "image", "seed")
 METRIC_COLUMNS = ("psnr", "ssim", "lpips", "psnr_aligned", "psnr_blur10", "psnr_blur15", "psnr_blur20")
@@ -247,8 +247,8 @@ def _aligned(result: dict) -> dict:
     from posterior_diffusion.black_hole_metrics import align_samples
 
     samples = align_samples(result["samples"])
-    std = samples.std(1) if samples.shape[1] > 1 else torch.zeros_like(result["mean"])
-    return result | {"samples": samples, "mean": samples.mean(1), "std": std}
+    mean, std = sample_moments(samples)
+    return result | {"samples": samples, "mean": mean, "std": std}
 
 
 def _score(result, x, paths, ids, task, method, seed, lpips_net: str) -> list[dict]:

@@ -66,10 +66,9 @@ def closure_chi_squares(op, y: torch.Tensor, x: torch.Tensor) -> dict[str, torch
     if op.data == "vis":
         twin = op.with_data("closures")
         op, y = twin, twin.products(op.complex_visibilities(y))
-    brightness = (x + 1) / 2
-    model_flux = brightness.flatten(1).sum(-1) * op.peak_jy
+    model_flux = op.brightness(x).sum(-1)
     scale = (y[:, -1] / model_flux.clamp(min=1e-12)).view(-1, 1, 1, 1)
-    rescaled = brightness * scale * 2 - 1
+    rescaled = (x + 1) * scale - 1  # brightness (x + 1) / 2 scaled, back to [-1, 1]
     with torch.no_grad():
         chi2 = op.noise.chi_squares(y, op.forward(rescaled))
     return {k: torch.where(v < 1, 1 / v, v) for k, v in chi2.items() if k in ("cphase", "logcamp")}

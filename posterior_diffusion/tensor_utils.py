@@ -100,3 +100,9 @@ def conjugate_gradient(
         p = r + append_dims(rr_new / rr.clamp(min=tiny), x.ndim) * p
         rr = rr_new
     return x
+
+
+def sample_moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-measurement mean and std over the sample axis of (B, S, ...) samples; std is 0 for S = 1."""
+    mean = samples.mean(1)
+    return mean, samples.std(1) if samples.shape[1] > 1 else torch.zeros_like(mean)
