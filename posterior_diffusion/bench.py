@@ -32,7 +32,7 @@ import torch
 from posterior_diffusion.api import sample_posterior
 from posterior_diffusion.baselines import BASELINES, baseline
 from posterior_diffusion.images import list_images, load_image
-from posterior_diffusion.metrics import lpips, psnr, ssim
+from posterior_diffusion.metrics import kernel_errors, lpips, psnr, ssim
 from posterior_diffusion.perceptual import LPIPSUnavailable
 from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
 from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
@@ -40,7 +40,7 @@ from posterior_diffusion.tensor_utils import sample_moments, seed_for
 
 KEY = ("task", "method", "image", "seed")
 METRIC_COLUMNS = ("psnr", "ssim", "lpips", "psnr_aligned", "psnr_blur10", "psnr_blur15", "psnr_blur20")
-METRIC_COLUMNS += ("chi2_cphase", "chi2_logcamp")
+METRIC_COLUMNS += ("chi2_cphase", "chi2_logcamp", "kernel_l2", "kernel_ncc")
 
 
 @dataclass
@@ -143,6 +143,11 @@ class _Run:
                     extra = TASK_METRICS[task.metrics](given, y[group], result["mean"], x[ids])
                     for n, row in enumerate(rows):
                         row.update({k: round(float(v[n]), 5) for k, v in extra.items()})
+                if task.blind:  # the method's kernel estimate (mean over samples), or the guess it was given
+                    kernel = result.get("kernel", given.kernel.expand(len(group), 1, *given.kernel.shape[-2:]))
+                    errors = kernel_errors(kernel, op.kernel)
+                    for n, row in enumerate(rows):
+                        row.update({k: round(float(v[n].mean()), 5) for k, v in errors.items()})
                 with open(self.out / f"rows-{self.rank}.jsonl", "a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in rows)
                 if 0 in ids:
@@ -234,6 +239,8 @@ def _run_method(cfg, method, task, op, y, ids, seed, prior, device) -> dict:
         op.to("cpu")
         seconds = res.seconds
         result = {"mean": res.mean, "samples": res.samples, "std": res.std, "nfe": res.nfe}
+        if "kernel" in res.extras:  # blind samplers: (n, S, kh, kw)
+            result["kernel"] = res.extras["kernel"].cpu()
     peak = (
         torch.cuda.max_memory_allocated(device) / 2**20
         if device.type == "cuda"

@@ -39,6 +39,16 @@ def lpips(x: torch.Tensor, ref: torch.Tensor, net: str = "alex") -> torch.Tensor
 
 
 @functools.lru_cache(maxsize=4)
+def kernel_errors(estimate: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Blur-kernel estimates (..., kh, kw) against the true kernel (kh, kw): L2 distance and normalised
+    cross-correlation (1 = the same shape up to scale and offset), each of shape estimate.shape[:-2]."""
+    e = estimate.flatten(-2).double()
+    t = truth.flatten().double().to(e.device)
+    ec, tc = e - e.mean(-1, keepdim=True), t - t.mean()
+    ncc = (ec * tc).sum(-1) / (ec.norm(dim=-1) * tc.norm()).clamp(min=1e-30)
+    return {"kernel_l2": (e - t).norm(dim=-1), "kernel_ncc": ncc}
+
+
 def _lpips_model(net: str, device: str):
     from posterior_diffusion.perceptual import LPIPS
 

@@ -9,6 +9,7 @@ side (kernel sizes rounded to the nearest odd integer). Users add tasks in a TOM
     params = { kernel_size = 21, sigma = 1.0 }   # used as given (not scaled)
     noise_sigma = 0.01
     # sized = true: the operator takes the image side as image_size (inpainting masks)
+    # blind = true: samplers get the blur with a Gaussian guess of std kernel_size / 8 instead of the kernel
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def load_tasks_file(path: str | Path) -> dict[str, Task]:
         raise ValueError(f"cannot read tasks file '{path}': {err}") from None
     tasks = dict(TASKS)
     for name, entry in data.get("tasks", {}).items():
-        unknown = sorted(set(entry) - {"operator", "params", "noise_sigma", "sized", "description"})
+        unknown = sorted(set(entry) - {"operator", "params", "noise_sigma", "sized", "blind", "description"})
         if "operator" not in entry or unknown:
             raise ValueError(f"task {name!r} in '{path}': needs 'operator'; unknown keys: {unknown or 'none'}")
         task = Task(
@@ -150,6 +151,7 @@ def load_tasks_file(path: str | Path) -> dict[str, Task]:
             dict(entry.get("params", {})),
             noise_sigma=float(entry.get("noise_sigma", 0.05)),
             sized=bool(entry.get("sized", False)),
+            blind=bool(entry.get("blind", False)),
             description=entry.get("description", ""),
         )
         task.build(REFERENCE_SIZE)  # an unknown operator or parameter fails here, naming the valid ones

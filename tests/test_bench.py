@@ -60,6 +60,9 @@ def test_tasks_file_adds_tasks_and_refuses_bad_ones(tmp_path):
     good.write_text('[tasks.light]\noperator = "gaussian_blur"\nparams = { kernel_size = 5, sigma = 1.0 }\n')
     tasks = load_tasks_file(good)
     assert set(TASKS) < set(tasks) and tasks["light"].build(32).kernel_size == 5
+    blind = tmp_path / "blind.toml"
+    blind.write_text('[tasks.b]\noperator = "motion_blur"\nparams = { kernel_size = 5 }\nblind = true\n')
+    assert load_tasks_file(blind)["b"].blind and not tasks["light"].blind
     bad = tmp_path / "bad.toml"
     bad.write_text('[tasks.x]\noperator = "gaussian_blur"\nparams = { width = 5 }\n')
     with pytest.raises(ValueError, match="unknown parameter"):
@@ -183,3 +186,19 @@ def test_interferometry_baselines_run_on_both_black_hole_tasks(tmp_path):
         assert all(np.isfinite(r[key]) and r[key] >= (1 if key.startswith("chi2") else 0) for r in rows), key
     figures = tmp_path / "out" / "figures"
     assert (figures / "black_hole_rml.png").exists() and (figures / "black_hole_vis_dirty.png").exists()
+
+
+def test_blind_task_rows_report_the_kernel_estimate_or_the_guess(tmp_path, images, tiny_unet_folder):
+    options = {"gibbs_ddrm.kernel_updates": 1, "gibbs_ddrm.kernel_update_start": 1.0, "gibbs_ddrm.langevin_iters": 5}
+    config = _config(
+        images, tmp_path / "out", tiny_unet_folder, tasks=("blind_motion_deblur",), methods=("gibbs_ddrm", "tikhonov")
+    )
+    config.sampler_options = options
+    rows = run_bench(config, progress=False)
+    assert {r["method"] for r in rows} == {"gibbs_ddrm", "tikhonov"}
+    guess = {r["kernel_l2"] for r in rows if r["method"] == "tikhonov"}  # the baseline is given the guess
+    assert len(guess) == 1 and guess.pop() > 0
+    assert all(r["kernel_l2"] >= 0 and -1 <= r["kernel_ncc"] <= 1 for r in rows)
+    gibbs = [r["kernel_l2"] for r in rows if r["method"] == "gibbs_ddrm"]
+    assert len(set(gibbs)) > 1  # per-image estimates, not the guess
+    assert "KERNEL_NCC" in (tmp_path / "out" / "summary.md").read_text()

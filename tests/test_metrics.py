@@ -63,3 +63,20 @@ def test_lpips_weights_from_the_environment_folder_come_first(monkeypatch, tmp_p
     monkeypatch.setenv("POSTERIOR_DIFFUSION_LPIPS_DIR", str(tmp_path))
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     assert float(LPIPS("alex")(x, -x)) == 0.0
+
+
+def test_kernel_errors_l2_and_normalised_cross_correlation():
+    from posterior_diffusion.metrics import kernel_errors
+
+    truth = torch.zeros(5, 5)
+    truth[2, 1:4] = 1 / 3
+    other = torch.zeros(5, 5)
+    other[1:4, 2] = 1 / 3  # the same line, turned by 90 degrees: only the centre tap is shared
+    e = kernel_errors(torch.stack([truth, 2 * truth + 0.1, other])[None], truth)
+    assert e["kernel_l2"].shape == (1, 3)
+    assert float(e["kernel_l2"][0, 0]) == 0 and abs(float(e["kernel_ncc"][0, 0]) - 1) < 1e-12
+    assert abs(float(e["kernel_ncc"][0, 1]) - 1) < 1e-12  # NCC ignores scale and offset, L2 does not
+    assert float(e["kernel_l2"][0, 1]) > 0.5
+    # by hand, in units of 1/75: centred taps are 22 on the line and -3 elsewhere; the inner product is
+    # 22^2 (centre) - 4 * 66 (taps on one line only) + 20 * 9 = 400 and each squared norm 3 * 22^2 + 22 * 9 = 1650
+    assert abs(float(e["kernel_ncc"][0, 2]) - 400 / 1650) < 1e-9

@@ -192,25 +192,43 @@ def test_restore_command_runs_every_sampler(name, request, tmp_path):
     assert (tmp_path / "out" / "kernel_000.png").exists() == sampler_class(name).blind
 
 
-@pytest.mark.parametrize("likelihood,bound", [("gradient", 0.6), ("pixel", 1.0)])  # measured: 0.50 and 0.95
-def test_kernel_langevin_moves_towards_the_true_kernel_given_the_image(likelihood, bound):
-    """GibbsDDRM's kernel step alone, with the clean image as x0_hat: the estimate improves on the guess
-    (strongly in the gradient domain; natural images make the pixel domain slow)."""
+def test_kernel_normal_equations_match_the_blur_as_a_matrix():
+    """A^T A and A^T y of GibbsDDRM's kernel fit equal those of the matrix whose column j is the circular blur of
+    x0 with the j-th unit kernel (built with the Blur operator, independently of the FFT correlations)."""
+    from posterior_diffusion.samplers.gibbs_ddrm import kernel_normal_equations
+
+    g = torch.Generator().manual_seed(0)
+    x0, y = torch.randn(2, 2, 10, 12, generator=g, dtype=torch.float64), torch.randn(2, 2, 10, 12, generator=g)
+    kh, kw = 3, 5
+    units = torch.eye(kh * kw, dtype=torch.float64).reshape(-1, kh, kw)
+    columns = torch.stack([get_operator("blur", kernel=u, boundary="circular")(x0) for u in units], -1)
+    a = columns.reshape(2, -1, kh * kw)
+    gram, rhs = kernel_normal_equations(x0, y, kh, kw)
+    assert torch.allclose(gram, a.mT @ a, atol=1e-9)
+    assert torch.allclose(rhs, (a.mT @ y.double().reshape(2, -1, 1))[..., 0], atol=1e-9)
+
+
+@pytest.mark.parametrize("nonnegative", [True, False])
+def test_kernel_langevin_moves_towards_the_true_kernel_given_the_image(nonnegative):
+    """GibbsDDRM's kernel step alone, with the clean image as x0_hat: the preconditioned Langevin dynamics cut the
+    guess's error by 40 % in 100 iterations (measured: 0.59 / 0.52 of it with / without the projection; the
+    reference's plain Langevin reached 0.95 after 200); the kernel sums to 1."""
     from pathlib import Path
 
     from posterior_diffusion.images import load_image
-    from posterior_diffusion.samplers.gibbs_ddrm import image_gradients, langevin_kernel_update
+    from posterior_diffusion.samplers.gibbs_ddrm import GibbsDDRMConfig, langevin_kernel_update
     from posterior_diffusion.tensor_utils import make_generators
 
     x = load_image(Path(__file__).resolve().parents[1] / "assets" / "images" / "kodim23_crop128.png")[None, :, :64, :64]
     truth = get_operator("motion_blur", kernel_size=9, seed=2, boundary="circular", noise_sigma=0.02)
     guess = get_operator("gaussian_blur", kernel_size=9, sigma=1.5)
     y = truth.measure(x, torch.Generator().manual_seed(0))
-    args = (image_gradients(x), image_gradients(y), 0.02 * 2**0.5) if likelihood == "gradient" else (x, y, 0.02)
-    k = langevin_kernel_update(guess.kernel[None], *args, 0.0, 200, 0.5, make_generators([0]))
-    assert abs(float(k.sum()) - 1) < 1e-4
+    config = GibbsDDRMConfig(langevin_iters=100, nonnegative=nonnegative)
+    k = langevin_kernel_update(guess.kernel[None], x, y, config, 0.02, 0.0, make_generators([0]))
+    assert abs(float(k.sum()) - 1) < 1e-4 and (k.min() >= 0 or not nonnegative)
     guess_err = float((guess.kernel - truth.kernel).norm())
-    assert float((k[0] - truth.kernel).norm()) < bound * guess_err
+    err = float((k[0] - truth.kernel).norm())
+    assert err < 0.7 * guess_err, (err, guess_err)
 
 
 def test_red_diff_box_and_dark_init(gmm):
