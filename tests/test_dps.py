@@ -85,7 +85,7 @@ def test_strided_schedule_and_presets():
     assert get_sampler("dps", preset="inpainting", step_size=0.7).config.step_size == 0.7
     with pytest.raises(ValueError, match=r"unknown preset 'deblur'.*gaussian_deblur"):
         get_sampler("dps", preset="deblur")
-    with pytest.raises(ValueError, match=r"unknown option.*stepsize.*valid: clip_x0, gluing_weight, step_size, steps"):
+    with pytest.raises(ValueError, match=r"unknown option.*stepsize.*valid: clip_x0, final_fit_.*, step_size, steps"):
         get_sampler("dps", stepsize=1)
     with pytest.raises(ValueError, match=r"unknown sampler 'dsp'; valid: .*dps"):
         get_sampler("dsp")
