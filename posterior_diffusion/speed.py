@@ -3,9 +3,10 @@
 For each sampler, dtype and batch size: the wall time of `sample_posterior` for `steps` steps, its network
 evaluations (NFE), and the time of the same number of bare network evaluations on the same batch: forward only
 (`prior.predict` under inference_mode), or forward + backward for samplers that differentiate through the network
-(DPS). overhead = sampler time / bare time: everything the engine does around the network (operators, updates,
-bookkeeping); 1.00 means none. Also images per second and peak memory (CUDA allocator peak; on CPUs the process's
-peak resident memory, which only grows).
+(DPS). Latent priors also count their autoencoder passes (`LatentPrior.autoencoder_passes`: images encoded or
+decoded, with or without a backward pass) and time as many bare passes. overhead = sampler time / bare time:
+everything the engine does around the networks (operators, updates, bookkeeping); 1.00 means none. Also images
+per second and peak memory (CUDA allocator peak; on CPUs the process's peak resident memory, which only grows).
 """
 
 from __future__ import annotations
@@ -44,6 +45,32 @@ def bare_network_seconds(prior, x: torch.Tensor, evaluations: int, gradient: boo
     return time.perf_counter() - start
 
 
+def autoencoder_seconds(prior, x: torch.Tensor, passes: dict) -> float:
+    """Seconds for the autoencoder passes of a run ({("encode" | "decode", with_gradient): images}), timed on
+    batches of x's shape (B, C, H, W): forward, or forward + backward."""
+    with torch.no_grad():
+        z = prior.encode(x)
+    total = 0.0
+    for (kind, gradient), images in passes.items():
+        fn, v = (prior.encode, x) if kind == "encode" else (prior.decode, z)
+
+        def one_pass(fn=fn, v=v, gradient=gradient):
+            if gradient:
+                v_in = v.detach().requires_grad_(True)
+                torch.autograd.grad(fn(v_in).float().square().sum(), v_in)
+            else:
+                with torch.inference_mode():
+                    fn(v)
+
+        one_pass()  # warm-up
+        _sync(x.device)
+        start = time.perf_counter()
+        one_pass()
+        _sync(x.device)
+        total += (time.perf_counter() - start) * images / v.shape[0]
+    return total
+
+
 def budget(name: str, steps: int) -> dict:
     """Options that give sampler `name` `steps` steps (PnP-ULA: iterations)."""
     fields = sampler_class(name).Config.__dataclass_fields__
@@ -75,11 +102,15 @@ def speed_rows(prior, samplers, batch_sizes, size: int, steps: int, dtype: str |
             sample_posterior(y, op, prior=prior, sampler=name, progress=False, **budget(name, 2))  # warm-up
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
+            passes = getattr(prior, "autoencoder_passes", {})
+            passes.clear()
             res = sample_posterior(y, op, prior=prior, sampler=name, progress=False, **budget(name, steps))
             peak = _peak_mb(device)
+            passes = dict(passes)
             with torch.no_grad():
                 state = prior.from_image(x.to(device))  # the network's input: x, or its latents
             bare = bare_network_seconds(prior, state, res.nfe, gradient)
+            bare += autoencoder_seconds(prior, x.to(device), passes) if passes else 0.0
             rows.append(
                 {
                     "sampler": name,
@@ -89,7 +120,8 @@ def speed_rows(prior, samplers, batch_sizes, size: int, steps: int, dtype: str |
                     "seconds": res.seconds,
                     "bare_seconds": bare,
                     "overhead": res.seconds / bare,
-                    "network": "forward+backward" if gradient else "forward",
+                    "network": ("forward+backward" if gradient else "forward") + (" + autoencoder" if passes else ""),
+                    "autoencoder_images": sum(passes.values()),
                     "images_per_s": batch / res.seconds,
                     "peak_mb": peak,
                 }

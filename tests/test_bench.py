@@ -141,6 +141,19 @@ def test_speed_rows_time_the_sampler_against_the_bare_network(tiny_unet_folder):
     assert speed_table(rows).count("\n") == 5
 
 
+def test_speed_rows_of_latent_samplers_count_the_autoencoder_passes(tiny_ldm_folder):
+    from posterior_diffusion.priors import load_prior
+    from posterior_diffusion.speed import speed_rows
+
+    prior = load_prior(tiny_ldm_folder, device="cpu")
+    rows = speed_rows(prior, ["dps", "red_diff", "ddrm"], [2], size=16, steps=3)
+    assert [r["sampler"] for r in rows] == ["dps", "red_diff"]  # ddrm refuses latent priors
+    dps, red_diff = rows
+    assert dps["network"] == "forward+backward + autoencoder"
+    assert dps["autoencoder_images"] == 3 * 2 + 2  # a decode per step and chain, and the final decode
+    assert red_diff["autoencoder_images"] >= 3 * 2 and all(r["bare_seconds"] > 0 for r in rows)
+
+
 def test_exact_benchmark_command_writes_the_table(tmp_path, monkeypatch):
     import posterior_diffusion.exact as exact
     from posterior_diffusion.cli import main

@@ -8,6 +8,8 @@ images (B, C, H, W) in [-1, 1] and latents (B, c, H / f, W / f). The autoencoder
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from .base import DiffusionPrior, Prediction
@@ -31,6 +33,9 @@ class LatentPrior(DiffusionPrior):
         self.latent = latent
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.scaling_factor = float(scaling_factor)
+        # images through the autoencoder, by ("encode" | "decode", with gradients): the speed benchmark's
+        # bare-network time counts them next to the UNet's evaluations
+        self.autoencoder_passes: Counter = Counter()
 
     @property
     def net(self):
@@ -82,10 +87,12 @@ class LatentPrior(DiffusionPrior):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in [-1, 1] -> scaled latents (B, c, H / f, W / f), float32 (the posterior mean
         for AutoencoderKL; the pre-quantisation latents for VQModel, which quantises in `decode`)."""
+        self.autoencoder_passes["encode", x.requires_grad and torch.is_grad_enabled()] += x.shape[0]
         enc = self.autoencoder.encode(x.to(self.autoencoder.dtype))
         z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
         return z.float() * self.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images (B, C, H, W), float32, about [-1, 1] (not clipped)."""
+        self.autoencoder_passes["decode", z.requires_grad and torch.is_grad_enabled()] += z.shape[0]
         return self.autoencoder.decode((z / self.scaling_factor).to(self.autoencoder.dtype)).sample.float()
