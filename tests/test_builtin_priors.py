@@ -91,3 +91,21 @@ def test_prior_benchmark_denoise_rows(tmp_path, tiny_unet_folder):
     rows = tweedie_denoise_psnr(load_prior(tiny_unet_folder), sorted(tmp_path.glob("*.png")), sigma255=25)
     assert [r["image"] for r in rows] == ["0.png", "1.png"]
     assert all(19.5 < r["psnr_noisy"] < 21.5 and r["psnr"] > 0 for r in rows)  # 20 log10(255 / 25) = 20.17
+
+
+def test_gibbs_ddrm_natural_preset_recovers_a_motion_kernel_on_a_natural_image():
+    """Blind deblurring with the built-in prior (issue 4): from a Gaussian guess, the kernel estimate is closer to
+    the true motion kernel (NCC and L2) and the image beats non-blind DDRM with the guess by a wide margin."""
+    from posterior_diffusion.metrics import kernel_errors
+
+    x = load_image(IMAGE)[None, :, 32:96, 32:96]
+    truth = get_operator("motion_blur", kernel_size=9, seed=1, boundary="circular", noise_sigma=0.02)
+    guess = get_operator("gaussian_blur", kernel_size=9, sigma=9 / 8, boundary="circular", noise_sigma=0.02)
+    y = truth.measure(x, torch.Generator().manual_seed(0))
+    blind = sample_posterior(y, guess, sampler="gibbs_ddrm", preset="natural", seed=0, progress=False)
+    nonblind = sample_posterior(y, guess, sampler="ddrm", seed=0, progress=False)
+    before, after = kernel_errors(guess.kernel, truth.kernel), kernel_errors(blind.extras["kernel"], truth.kernel)
+    # measured: NCC 0.889 -> 0.958, L2 0.171 -> 0.150, PSNR 29.1 vs 24.3 dB (y: 28.5)
+    assert float(after["kernel_ncc"]) > float(before["kernel_ncc"]) + 0.05
+    assert float(after["kernel_l2"]) < 0.95 * float(before["kernel_l2"])
+    assert float(psnr(blind.mean, x)) > float(psnr(nonblind.mean, x)) + 3

@@ -129,11 +129,11 @@ def test_gibbs_ddrm_recovers_a_motion_kernel():
     out = get_sampler("gibbs_ddrm", steps=50, kernel_updates=1, langevin_iters=100)(gmm, guess, y, num_samples=4)
     kernel_err = (out.extras["kernel"] - truth.kernel).flatten(2).norm(dim=-1).mean()
     guess_err = (guess.kernel - truth.kernel).norm()
-    assert kernel_err < 0.75 * guess_err, (float(kernel_err), float(guess_err))  # measured: 0.12 vs 0.22
+    assert kernel_err < 0.75 * guess_err, (float(kernel_err), float(guess_err))  # measured: 0.11 vs 0.22
     nonblind = get_sampler("ddrm", steps=50)(gmm, guess, y, num_samples=4)
     mse = (out.samples.mean(1) - x).square().mean()
     mse_nonblind = (nonblind.samples.mean(1) - x).square().mean()
-    assert mse < 0.5 * mse_nonblind, (float(mse), float(mse_nonblind))  # measured: 0.047 vs 0.386
+    assert mse < 0.5 * mse_nonblind, (float(mse), float(mse_nonblind))  # measured: 0.037 vs 0.386
 
 
 @pytest.mark.parametrize(
