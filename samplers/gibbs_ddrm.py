@@ -124,16 +124,21 @@ def langevin_kernel_update(
     precision = (gram + damping * eye) / sigma_k**2
     chol = torch.linalg.cholesky(precision)  # precision = L L^T
     cov = torch.cholesky_inverse(chol)  # M = precision^-1
-    mean = cov @ rhs[..., None] / sigma_k**2  # minimiser of the quadratic part, so M grad U = k - mean + gamma M sign k
+    mean = cov @ rhs[..., None] / sigma_k**2  # minimiser of the quadratic part: M grad U = k - mean + gamma M sign k
     xi = randn_stacked(generators, (kh * kw, config.langevin_iters), x0.device, torch.float64)
     noise = torch.linalg.solve_triangular(chol.mT, xi, upper=True)  # columns L^-T xi have covariance M
+    # k <- (1 - delta / 2) k + [delta / 2 mean + sqrt(delta) noise_i] - delta / 2 gamma M sign(k), the bracket
+    # precomputed for all iterations
     delta = config.langevin_step
+    offsets = delta / 2 * mean + delta**0.5 * noise
     k = kernel.reshape(n, -1, 1).double()
     for i in range(config.langevin_iters):
-        drift = k - mean + l1_weight * (cov @ k.sign())
-        k = k - delta / 2 * drift + delta**0.5 * noise[..., i : i + 1]
+        step = offsets[..., i : i + 1]
+        if l1_weight:
+            step = torch.baddbmm(step, cov, k.sign(), alpha=-delta / 2 * l1_weight)
+        k = step.add_(k, alpha=1 - delta / 2)
         if config.nonnegative:
-            k = k.clamp(min=0)
+            k.clamp_(min=0)
     k = k.reshape(n, kh, kw).to(kernel.dtype)
     return k / k.sum(dim=(-2, -1), keepdim=True)
 
