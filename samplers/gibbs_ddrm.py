@@ -122,19 +122,24 @@ def langevin_kernel_update(
     eye = torch.eye(kh * kw, dtype=gram.dtype, device=gram.device)
     damping = config.kernel_damping * gram.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None]
     precision = (gram + damping * eye) / sigma_k**2
-    chol = torch.linalg.cholesky(precision)  # precision = L L^T
-    cov = torch.cholesky_inverse(chol)  # M = precision^-1
-    mean = cov @ rhs[..., None] / sigma_k**2  # minimiser of the quadratic part: M grad U = k - mean + gamma M sign k
+    chol = torch.linalg.cholesky(precision)  # precision = L L^T, M = precision^-1
+    # M grad U = k - mean + gamma M sign(k), with mean the minimiser of the quadratic part. On k >= 0 the L1 term is
+    # the linear gamma 1^T k, so with the projection its preconditioned gradient is the constant gamma M 1.
+    targets = torch.cat([rhs[..., None] / sigma_k**2, torch.ones_like(rhs[..., None])], -1)
+    mean, m_ones = torch.cholesky_solve(targets, chol).split(1, -1)
+    cov = None if config.nonnegative else torch.cholesky_inverse(chol)
+    if config.nonnegative:
+        mean = mean - l1_weight * m_ones
     xi = randn_stacked(generators, (kh * kw, config.langevin_iters), x0.device, torch.float64)
     noise = torch.linalg.solve_triangular(chol.mT, xi, upper=True)  # columns L^-T xi have covariance M
-    # k <- (1 - delta / 2) k + [delta / 2 mean + sqrt(delta) noise_i] - delta / 2 gamma M sign(k), the bracket
+    # k <- (1 - delta / 2) k + [delta / 2 mean + sqrt(delta) noise_i] (- delta / 2 gamma M sign(k)), the bracket
     # precomputed for all iterations
     delta = config.langevin_step
     offsets = delta / 2 * mean + delta**0.5 * noise
     k = kernel.reshape(n, -1, 1).double()
     for i in range(config.langevin_iters):
         step = offsets[..., i : i + 1]
-        if l1_weight:
+        if cov is not None and l1_weight:
             step = torch.baddbmm(step, cov, k.sign(), alpha=-delta / 2 * l1_weight)
         k = step.add_(k, alpha=1 - delta / 2)
         if config.nonnegative:
