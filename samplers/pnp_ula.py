@@ -17,7 +17,7 @@ per-pixel std after burn-in are returned in extras["chain_mean"] and extras["cha
 Preconditioning (option `preconditioner="gauss_newton"`, not in the paper): a stiff likelihood (interferometric
 closures: L_y ~ 3e5 on [-1, 1] images) forces delta ~ 1e-6, far too small to mix. The chain then runs the
 constant-metric (preconditioned) ULA of the same target (Roberts & Stramer 2002, Methodol. Comput. Appl.
-Probab. 4:337; Girolami & Calderhead 2011, JRSS B 73:123, Sec. 5 with a position-independent metric),
+Probab. 4:337; Girolami & Calderhead 2011, JRSS B 73:123, with a position-independent metric),
 
     x_{k+1} = x_k + delta P grad log pi(x_k) + sqrt(2 delta) P^(1/2) z_k,   P = (J^T J + (alpha / eps) I)^-1,
 
