@@ -130,7 +130,7 @@ class _Run:
         y = torch.cat([op.measure(x[i : i + 1], _generator(seed, i)) for i in mine])
         given = _given_operator(op) if task.blind else op
         for method in self.cfg.methods:
-            if not _applies(method, self.prior, given):
+            if not _applies(method, self.prior, given, task.preset):
                 continue
             todo = [k for k, i in enumerate(mine) if (name, method, self.paths[i].name, seed) not in self.done]
             for group in _groups(todo, self.cfg.images_per_call):
@@ -190,11 +190,14 @@ def _given_operator(op):
     return op.with_kernel(gaussian_kernel(size, size / 8).to(op.kernel))
 
 
-def _applies(method: str, prior, op) -> bool:
+def _applies(method: str, prior, op, preset: str = "") -> bool:
+    """Whether `method` runs on `op`: a sampler is checked with the task's preset where it has one (PnP-ULA's
+    `black_hole` preset supplies the Lipschitz constant that closure data need)."""
     if method in BASELINES:
         return BASELINES[method][1](op)
     try:
-        get_sampler(method).check(prior, op)
+        options = {"preset": preset} if preset in sampler_class(method).PRESETS else {}
+        get_sampler(method, **options).check(prior, op)
     except ValueError:
         return False
     return True

@@ -215,3 +215,16 @@ def test_blind_task_rows_report_the_kernel_estimate_or_the_guess(tmp_path, image
     gibbs = [r["kernel_l2"] for r in rows if r["method"] == "gibbs_ddrm"]
     assert len(set(gibbs)) > 1  # per-image estimates, not the guess
     assert "KERNEL_NCC" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_samplers_are_checked_with_the_task_preset():
+    """PnP-ULA refuses closure data unless given the likelihood's Lipschitz constant, which its black_hole preset
+    supplies: the bench must check it with the task's preset, not skip it."""
+    from posterior_diffusion.bench import _applies
+    from posterior_diffusion.priors import load_prior
+
+    prior = load_prior("builtin:black-hole")
+    op = TASKS["black_hole"].build(64)
+    assert not _applies("pnp_ula", prior, op)
+    assert _applies("pnp_ula", prior, op, TASKS["black_hole"].preset)
+    assert _applies("dps", prior, op, TASKS["black_hole"].preset) and not _applies("ddrm", prior, op, "black_hole")
