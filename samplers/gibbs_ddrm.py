@@ -28,6 +28,7 @@ comes back in extras["kernel"] (B, S, kh, kw).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -88,6 +89,17 @@ class GibbsDDRMConfig:
             raise ValueError("l1_weight and model_sigma must be >= 0 and kernel_damping > 0")
 
 
+@functools.lru_cache(maxsize=16)
+def _tap_indices(kh: int, kw: int, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices into an h x w correlation: of the differences between kernel taps (K, K) and of their offsets
+    (K,), in `kernel_spectrum`'s layout (tap (i, j) sits at ((kh - 1) // 2 - i, (kw - 1) // 2 - j))."""
+    i = torch.arange(kh, device=device).repeat_interleave(kw)
+    j = torch.arange(kw, device=device).repeat(kh)
+    differences = ((i[:, None] - i[None]) % h) * w + (j[:, None] - j[None]) % w
+    offsets = (((kh - 1) // 2 - i) % h) * w + ((kw - 1) // 2 - j) % w
+    return differences, offsets
+
+
 def kernel_normal_equations(x0: torch.Tensor, y: torch.Tensor, kh: int, kw: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A^T A (n, K, K) and A^T y (n, K), K = kh * kw, for the circular blur y = A k = k * x0 of x0 (n, C, H, W).
 
@@ -96,13 +108,12 @@ def kernel_normal_equations(x0: torch.Tensor, y: torch.Tensor, kh: int, kw: int)
     x0 at the tap offsets; both come from FFTs, in float64.
     """
     h, w = x0.shape[-2:]
-    x_spec = torch.fft.fft2(x0.double())
-    autocorr = torch.fft.ifft2(x_spec.abs().square()).real.sum(1)
-    crosscorr = torch.fft.ifft2(torch.fft.fft2(y.double()) * x_spec.conj()).real.sum(1)
-    i = torch.arange(kh, device=x0.device).repeat_interleave(kw)
-    j = torch.arange(kw, device=x0.device).repeat(kh)
-    gram = autocorr[:, (i[:, None] - i[None]) % h, (j[:, None] - j[None]) % w]
-    rhs = crosscorr[:, ((kh - 1) // 2 - i) % h, ((kw - 1) // 2 - j) % w]
+    x_spec = torch.fft.rfft2(x0.double())
+    autocorr = torch.fft.irfft2(x_spec.abs().square().sum(1), s=(h, w))
+    crosscorr = torch.fft.irfft2((torch.fft.rfft2(y.double()) * x_spec.conj()).sum(1), s=(h, w))
+    tap_differences, tap_offsets = _tap_indices(kh, kw, h, w, x0.device)
+    gram = autocorr.flatten(1)[:, tap_differences]
+    rhs = crosscorr.flatten(1)[:, tap_offsets]
     return gram, rhs
 
 
