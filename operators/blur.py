@@ -106,12 +106,15 @@ class Blur(SVDOperator):
 
     # "circular": FFT ------------------------------------------------------------------------------
     def transfer_function(self, image_shape: tuple[int, ...], dtype: torch.dtype | None = None) -> torch.Tensor:
-        """K = `kernel_spectrum` of the kernel for H x W images: (1 or B, 1, H, W) complex, cached."""
+        """K = `kernel_spectrum` of the kernel for H x W images: (1 or B, 1, H, W) complex, cached. Always a normal
+        tensor (built outside inference mode), so a spectrum cached by an inference-mode sampler (DDRM) can still be
+        used by one that differentiates through the operator (DPS, RED-Diff) on the same operator object."""
         h, w = image_shape[-2:]
         dtype = dtype or self.kernel.dtype
         key = (h, w, self.kernel.device, dtype, self.kernel.data_ptr(), self.kernel._version)
         if self._transfer_cache is None or self._transfer_cache[0] != key:
-            self._transfer_cache = (key, kernel_spectrum(self.kernel.to(dtype), h, w))
+            with torch.inference_mode(False):
+                self._transfer_cache = (key, kernel_spectrum(self.kernel.to(dtype), h, w))
         return self._transfer_cache[1]
 
     def _phase(self, image_shape, dtype):

@@ -253,3 +253,19 @@ def test_red_diff_data_term_is_the_noise_models_residual(monkeypatch):
     original = type(case.op).residual_norm
     monkeypatch.setattr(type(case.op), "residual_norm", lambda self, y, x: 1e-3 * original(self, y, x))
     assert not torch.allclose(plain, run(), atol=1e-3)
+
+
+def test_an_operator_serves_an_inference_mode_sampler_then_a_differentiating_one(tiny_unet_folder):
+    """A circular blur caches its spectrum; after DDRM (inference mode) used it, DPS and RED-Diff (autograd through
+    the operator) must still run on the same operator object (the bench found this with blind tasks)."""
+    from posterior_diffusion import sample_posterior
+    from posterior_diffusion.operators.kernels import gaussian_kernel
+    from posterior_diffusion.priors import load_prior
+
+    prior = load_prior(tiny_unet_folder, device="cpu")
+    truth = get_operator("motion_blur", kernel_size=5, boundary="circular", noise_sigma=0.05)
+    op = truth.with_kernel(gaussian_kernel(5, 1.0))
+    y = truth.measure(torch.rand(1, 3, 16, 16) * 2 - 1, torch.Generator().manual_seed(0))
+    for name in ("ddrm", "red_diff", "dps"):
+        res = sample_posterior(y, op, prior=prior, sampler=name, steps=2, progress=False)
+        assert torch.isfinite(res.samples).all(), name
