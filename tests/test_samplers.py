@@ -17,7 +17,14 @@ SMOKE = {  # the cheapest settings that exercise every branch of each sampler
     "ddrm": {"steps": 4},
     "red_diff": {"steps": 4},
     "pnp_ula": {"iterations": 4, "anneal_iterations": 2},
-    "gibbs_ddrm": {"steps": 4, "kernel_update_start": 1.0, "kernel_updates": 1, "langevin_iters": 2},
+    "gibbs_ddrm": {
+        "steps": 2,
+        "sweeps": 2,
+        "model_sigma": 0.1,
+        "kernel_update_start": 1.0,
+        "kernel_updates": 1,
+        "langevin_iters": 2,
+    },
     "resample": {"steps": 6, "skip": 1, "pixel_max_iters": 2, "latent_max_iters": 2, "patience": 1},
 }
 CASES = {case.name: case for case in standard_cases(num_measurements=2)}
