@@ -38,7 +38,6 @@ def lpips(x: torch.Tensor, ref: torch.Tensor, net: str = "alex") -> torch.Tensor
         return model(x.clamp(-1, 1), ref.clamp(-1, 1))
 
 
-@functools.lru_cache(maxsize=4)
 def kernel_errors(estimate: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
     """Blur-kernel estimates (..., kh, kw) against the true kernel (kh, kw): L2 distance and normalised
     cross-correlation (1 = the same shape up to scale and offset), each of shape estimate.shape[:-2]."""
@@ -49,6 +48,7 @@ def kernel_errors(estimate: torch.Tensor, truth: torch.Tensor) -> dict[str, torc
     return {"kernel_l2": (e - t).norm(dim=-1), "kernel_ncc": ncc}
 
 
+@functools.lru_cache(maxsize=4)
 def _lpips_model(net: str, device: str):
     from posterior_diffusion.perceptual import LPIPS
 
