@@ -45,11 +45,9 @@ def bare_network_seconds(prior, x: torch.Tensor, evaluations: int, gradient: boo
     return time.perf_counter() - start
 
 
-def autoencoder_seconds(prior, x: torch.Tensor, passes: dict) -> float:
+def autoencoder_seconds(prior, x: torch.Tensor, z: torch.Tensor, passes: dict) -> float:
     """Seconds for the autoencoder passes of a run ({("encode" | "decode", with_gradient): images}), timed on
-    batches of x's shape (B, C, H, W): forward, or forward + backward."""
-    with torch.no_grad():
-        z = prior.encode(x)
+    images x (B, C, H, W) and their latents z: forward, or forward + backward."""
     total = 0.0
     for (kind, gradient), images in passes.items():
         fn, v = (prior.encode, x) if kind == "encode" else (prior.decode, z)
@@ -110,7 +108,7 @@ def speed_rows(prior, samplers, batch_sizes, size: int, steps: int, dtype: str |
             with torch.no_grad():
                 state = prior.from_image(x.to(device))  # the network's input: x, or its latents
             bare = bare_network_seconds(prior, state, res.nfe, gradient)
-            bare += autoencoder_seconds(prior, x.to(device), passes) if passes else 0.0
+            bare += autoencoder_seconds(prior, x.to(device), state, passes) if passes else 0.0
             rows.append(
                 {
                     "sampler": name,
