@@ -34,7 +34,7 @@ from posterior_diffusion.baselines import BASELINES, baseline
 from posterior_diffusion.images import list_images, load_image
 from posterior_diffusion.metrics import kernel_errors, lpips, psnr, ssim
 from posterior_diffusion.perceptual import LPIPSUnavailable
-from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
+from posterior_diffusion.samplers import list_samplers, sampler_applies, sampler_class
 from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
 from posterior_diffusion.tensor_utils import sample_moments, seed_for
 
@@ -195,12 +195,7 @@ def _applies(method: str, prior, op, preset: str = "") -> bool:
     `black_hole` preset supplies the Lipschitz constant that closure data need)."""
     if method in BASELINES:
         return BASELINES[method][1](op)
-    try:
-        options = {"preset": preset} if preset in sampler_class(method).PRESETS else {}
-        get_sampler(method, **options).check(prior, op)
-    except ValueError:
-        return False
-    return True
+    return sampler_applies(method, prior, op, preset)
 
 
 def _groups(items: list[int], n: int) -> list[list[int]]:

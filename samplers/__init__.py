@@ -5,7 +5,16 @@ out = sampler(prior, op, y, num_samples=4, seed=0)   # out.samples: (B, S, C, H,
 """
 
 from . import ddrm, dps, gibbs_ddrm, pnp_ula, red_diff, resample  # noqa: F401  (registers the samplers)
-from .base import NonFiniteError, Sampler, SamplerOutput, get_sampler, list_samplers, register_sampler, sampler_class
+from .base import (
+    NonFiniteError,
+    Sampler,
+    SamplerOutput,
+    get_sampler,
+    list_samplers,
+    register_sampler,
+    sampler_applies,
+    sampler_class,
+)
 from .dps import DPS, DPSConfig
 from .unconditional import sample_unconditional
 
@@ -19,5 +28,6 @@ __all__ = [
     "list_samplers",
     "register_sampler",
     "sample_unconditional",
+    "sampler_applies",
     "sampler_class",
 ]

@@ -33,6 +33,17 @@ def get_sampler(name: str, preset: str | None = None, **options) -> Sampler:
     return sampler_class(name)(preset=preset, **options)
 
 
+def sampler_applies(name: str, prior, op, preset: str = "") -> bool:
+    """Whether sampler `name` accepts (prior, op), built with `preset` where it has one (a task's preset can supply
+    what the operator needs, e.g. PnP-ULA's Lipschitz constant for closure data)."""
+    options = {"preset": preset} if preset in sampler_class(name).PRESETS else {}
+    try:
+        get_sampler(name, **options).check(prior, op)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass
 class SamplerOutput:
     """samples (B, S, C, H, W) float32 in about [-1, 1]; nfe network evaluations per chain; extras (e.g. kernel)."""
