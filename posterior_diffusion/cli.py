@@ -279,7 +279,7 @@ def _speed(args, out: Path) -> None:
     rows = []
     for dtype in args.speed_dtypes:
         prior = load_prior(args.prior or f"builtin:{default_prior_name(3)}", device=device, dtype=dtype)
-        rows += speed_rows(prior, samplers, args.batch_sizes, args.size, args.steps or 20, dtype)
+        rows += speed_rows(prior, samplers, args.batch_sizes, args.size, args.steps or 20, dtype, args.repeats)
     out.mkdir(parents=True, exist_ok=True)
     table = speed_table(rows)
     (out / "speed.md").write_text(table + "\n")
@@ -434,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", action="store_true", help="sampler time vs bare network time instead (see speed.py)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="--speed: batch sizes (default 1 4)")
     p.add_argument("--speed-dtypes", nargs="+", default=["float32"], help="--speed: network dtypes (default float32)")
+    p.add_argument("--repeats", type=int, default=3, help="--speed: each time is the fastest of this many (default 3)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench)
 

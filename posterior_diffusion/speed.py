@@ -7,6 +7,9 @@ evaluations (NFE), and the time of the same number of bare network evaluations o
 decoded, with or without a backward pass) and time as many bare passes. overhead = sampler time / bare time:
 everything the engine does around the networks (operators, updates, bookkeeping); 1.00 means none. Also images
 per second and peak memory (CUDA allocator peak; on CPUs the process's peak resident memory, which only grows).
+
+Each time is the fastest of `repeats` runs (after a warm-up), the sampler's and the bare network's alike, as
+`timeit` does: other processes only ever add time, so the minimum is the least noisy estimate of what the code costs.
 """
 
 from __future__ import annotations
@@ -28,26 +31,39 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_network_seconds(prior, x: torch.Tensor, evaluations: int, gradient: bool) -> float:
-    """Seconds for `evaluations` network calls on batch x (B, C, H, W): forward, or forward + backward."""
+def _fastest(fn, repeats: int, device: torch.device) -> float:
+    """Seconds of the fastest of `repeats` calls of fn() (each synchronised on CUDA)."""
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bare_network_seconds(prior, x: torch.Tensor, evaluations: int, gradient: bool, repeats: int = 1) -> float:
+    """Seconds for `evaluations` network calls on batch x (B, C, H, W): forward, or forward + backward
+    (the fastest of `repeats` timings)."""
     t = torch.full((x.shape[0],), prior.num_timesteps // 2, device=x.device, dtype=torch.long)
-    prior.predict(x, t)  # warm-up
-    _sync(x.device)
-    start = time.perf_counter()
-    for _ in range(evaluations):
-        if gradient:
-            x_in = x.detach().requires_grad_(True)
-            torch.autograd.grad(prior.predict(x_in, t).x0_hat.float().square().sum(), x_in)
-        else:
-            with torch.inference_mode():
-                prior.predict(x, t)
-    _sync(x.device)
-    return time.perf_counter() - start
+
+    def evaluate(n: int) -> None:
+        for _ in range(n):
+            if gradient:
+                x_in = x.detach().requires_grad_(True)
+                torch.autograd.grad(prior.predict(x_in, t).x0_hat.float().square().sum(), x_in)
+            else:
+                with torch.inference_mode():
+                    prior.predict(x, t)
+
+    evaluate(1)  # warm-up
+    return _fastest(lambda: evaluate(evaluations), repeats, x.device)
 
 
-def autoencoder_seconds(prior, x: torch.Tensor, z: torch.Tensor, passes: dict) -> float:
+def autoencoder_seconds(prior, x: torch.Tensor, z: torch.Tensor, passes: dict, repeats: int = 1) -> float:
     """Seconds for the autoencoder passes of a run ({("encode" | "decode", with_gradient): images}), timed on
-    images x (B, C, H, W) and their latents z: forward, or forward + backward."""
+    images x (B, C, H, W) and their latents z: forward, or forward + backward (fastest of `repeats` timings)."""
     total = 0.0
     for (kind, gradient), images in passes.items():
         fn, v = (prior.encode, x) if kind == "encode" else (prior.decode, z)
@@ -61,11 +77,7 @@ def autoencoder_seconds(prior, x: torch.Tensor, z: torch.Tensor, passes: dict) -
                     fn(v)
 
         one_pass()  # warm-up
-        _sync(x.device)
-        start = time.perf_counter()
-        one_pass()
-        _sync(x.device)
-        total += (time.perf_counter() - start) * images / v.shape[0]
+        total += _fastest(one_pass, repeats, x.device) * images / v.shape[0]
     return total
 
 
@@ -81,8 +93,11 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def speed_rows(prior, samplers, batch_sizes, size: int, steps: int, dtype: str | None = None) -> list[dict]:
-    """One row per (sampler, batch size) on `prior` (already on its device) with images of side `size`."""
+def speed_rows(
+    prior, samplers, batch_sizes, size: int, steps: int, dtype: str | None = None, repeats: int = 3
+) -> list[dict]:
+    """One row per (sampler, batch size) on `prior` (already on its device) with images of side `size`;
+    every time is the fastest of `repeats` runs."""
     device = prior.device
     channels = prior.default_image_shape()[0]
     rows = []
@@ -98,15 +113,18 @@ def speed_rows(prior, samplers, batch_sizes, size: int, steps: int, dtype: str |
             sample_posterior(y, op, prior=prior, sampler=name, progress=False, **budget(name, 2))  # warm-up
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            passes = getattr(prior, "autoencoder_passes", {})
-            passes.clear()
-            res = sample_posterior(y, op, prior=prior, sampler=name, progress=False, **budget(name, steps))
+            counter = getattr(prior, "autoencoder_passes", {})
+            runs = []
+            for _ in range(repeats):
+                counter.clear()
+                runs.append(sample_posterior(y, op, prior=prior, sampler=name, progress=False, **budget(name, steps)))
+            res = min(runs, key=lambda r: r.seconds)
             peak = _peak_mb(device)
-            passes = dict(passes)
+            passes = dict(counter)  # each run makes the same passes
             with torch.no_grad():
                 state = prior.from_image(x.to(device))  # the network's input: x, or its latents
-            bare = bare_network_seconds(prior, state, res.nfe, gradient)
-            bare += autoencoder_seconds(prior, x.to(device), state, passes) if passes else 0.0
+            bare = bare_network_seconds(prior, state, res.nfe, gradient, repeats)
+            bare += autoencoder_seconds(prior, x.to(device), state, passes, repeats) if passes else 0.0
             rows.append(
                 {
                     "sampler": name,
@@ -120,6 +138,7 @@ def speed_rows(prior, samplers, batch_sizes, size: int, steps: int, dtype: str |
                     "autoencoder_images": sum(passes.values()),
                     "images_per_s": batch / res.seconds,
                     "peak_mb": peak,
+                    "repeats": repeats,
                 }
             )
     return rows

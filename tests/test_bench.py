@@ -141,16 +141,24 @@ def test_speed_rows_time_the_sampler_against_the_bare_network(tiny_unet_folder):
     assert speed_table(rows).count("\n") == 5
 
 
+def test_speed_times_are_the_fastest_of_the_repeats(monkeypatch):
+    import posterior_diffusion.speed as speed
+
+    clock = iter([0.0, 3.0, 10.0, 11.5, 20.0, 22.0])  # runs of 3 s, 1.5 s and 2 s
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: next(clock))
+    assert speed._fastest(lambda: None, 3, torch.device("cpu")) == 1.5
+
+
 def test_speed_rows_of_latent_samplers_count_the_autoencoder_passes(tiny_ldm_folder):
     from posterior_diffusion.priors import load_prior
     from posterior_diffusion.speed import speed_rows
 
     prior = load_prior(tiny_ldm_folder, device="cpu")
-    rows = speed_rows(prior, ["dps", "red_diff", "ddrm"], [2], size=16, steps=3)
+    rows = speed_rows(prior, ["dps", "red_diff", "ddrm"], [2], size=16, steps=3, repeats=2)
     assert [r["sampler"] for r in rows] == ["dps", "red_diff"]  # ddrm refuses latent priors
     dps, red_diff = rows
     assert dps["network"] == "forward+backward + autoencoder"
-    assert dps["autoencoder_images"] == 3 * 2 + 2  # a decode per step and chain, and the final decode
+    assert dps["autoencoder_images"] == 3 * 2 + 2  # a decode per step and chain, and the final decode (per run)
     assert red_diff["autoencoder_images"] >= 3 * 2 and all(r["bare_seconds"] > 0 for r in rows)
 
 
