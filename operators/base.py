@@ -131,14 +131,13 @@ class LinearOperator(Operator):
         device = buffer.device if buffer is not None else "cpu"
         g = torch.Generator(device=device).manual_seed(0)
         x = torch.randn((1, *image_shape), generator=g, device=device, dtype=torch.float64)
-        value = 0.0
         with torch.no_grad():
             for _ in range(iters):
                 x = x / x.norm()
                 ax = self.normal(x)
-                value = float((ax * x).sum())
+                value = (ax * x).sum()  # the Rayleigh quotient; read on the host once, after the loop
                 x = ax
-        return value
+        return float(value)
 
     def pinv(self, y: torch.Tensor, rcond: float = 1e-6, max_iter: int = 500, tol: float = 1e-7) -> torch.Tensor:
         """A^+ y by conjugate gradients on the damped normal equations (A^T A + d I) x = A^T y from x = 0 (CGLS).

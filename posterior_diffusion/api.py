@@ -6,6 +6,7 @@ res.samples (B, S, C, H, W); res.mean, res.std (B, C, H, W); res.nfe; res.second
 
 from __future__ import annotations
 
+import copy
 import platform
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,16 @@ class PosteriorResult:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def on_device(op: Operator, device: torch.device) -> Operator:
+    """`op` if its buffers are already on `device`, else a copy moved there: the caller's operator (e.g. on the
+    CPU, where it keeps measuring with CPU generators) is never moved behind its back."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if all(b.device == device for b in op.buffers()):
+        return op
+    return copy.deepcopy(op).to(device)
 
 
 def sample_posterior(
@@ -99,7 +110,7 @@ def sample_posterior(
     )
     prior = load_prior(prior_spec if prior_spec is not None else prior, device=device, dtype=dtype)
     prior.check_image_shape(shape)
-    op = op.to(device)
+    op = on_device(op, device)
     y = op.restrict(y.to(device))
 
     start = time.perf_counter()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from posterior_diffusion.api import sample_posterior
+from posterior_diffusion.api import on_device, sample_posterior
 from posterior_diffusion.baselines import BASELINES, baseline
 from posterior_diffusion.images import list_images, load_image
 from posterior_diffusion.metrics import kernel_errors, lpips, psnr, ssim
@@ -209,9 +209,8 @@ def _run_method(cfg, method, task, op, y, ids, seed, prior, device) -> dict:
     options = {k.split(".", 1)[1]: v for k, v in cfg.sampler_options.items() if k.startswith(method + ".")}
     if method in BASELINES:  # "method.K" options only: the shared "K" ones are the samplers'
         start = time.perf_counter()
-        estimate = baseline(method, op.to(device), y.to(device), **options).cpu()
+        estimate = baseline(method, on_device(op, device), y.to(device), **options).cpu()
         seconds = time.perf_counter() - start
-        op.to("cpu")
         result = {"mean": estimate, "samples": estimate[:, None], "std": torch.zeros_like(estimate), "nfe": 0}
     else:
         sampler_cls = sampler_class(method)

@@ -58,22 +58,26 @@ class NonFiniteError(FloatingPointError):
 
 
 class NonFiniteGuard:
-    """Records, on the device, the first step at which a chain became NaN/Inf; checks on the host only
-    every `every` steps (no per-step host-device sync) and at the end."""
+    """Records, on the device, whether each step's chains are finite; reads the flags on the host only every
+    `every` steps (no per-step host-device sync) and at the end, and names the first step that was NaN/Inf."""
 
     def __init__(self, device, every: int = 50):
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, 0-d bool on the device)
         self.every = every
 
     def update(self, i: int, x: torch.Tensor) -> None:
-        bad = ~torch.isfinite(x).all()
-        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, i), self.first_bad)
-        if (i + 1) % self.every == 0:
+        self.pending.append((i, torch.isfinite(x).all()))
+        if len(self.pending) >= self.every:
             self.check()
 
     def check(self) -> None:
-        step = int(self.first_bad)
-        if step >= 0:
+        if not self.pending:
+            return
+        steps, finite = zip(*self.pending, strict=True)
+        self.pending = []
+        finite = torch.stack(finite).cpu()  # the one host-device sync
+        if not finite.all():
+            step = steps[int((~finite).nonzero()[0])]
             raise NonFiniteError(
                 f"sampling produced NaN/Inf at step {step}; try dtype=float32, a smaller step size or more steps"
             )

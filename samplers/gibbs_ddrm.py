@@ -234,7 +234,7 @@ class GibbsDDRM(Sampler):
             for _ in range(cfg.kernel_updates if update else 0):
                 x0_next = prior.predict(x_next, t_next).x0_hat
                 kernel = langevin_kernel_update(kernel, x0_next, y, cfg, sigma_k, l1_weight, generators)
-                blur = Blur(kernel, boundary="circular").to(device)
+                blur.kernel.copy_(kernel)  # in place (the spectrum cache follows): no new operator, no host sync
                 spec = SpectralPosterior(blur, y, image_shape, sigma_ddrm)
                 c = ddrm_update(blur, spec, pred, sigma_of(alpha_bar[t_next]))
                 x_next = alpha_bar[t_next] ** 0.5 * blur.V(c)

@@ -222,3 +222,14 @@ def test_cli_sample_writes_a_grid_and_keeps_existing_files(tmp_path, tiny_unet_f
     assert grid.shape[0] < grid.shape[1] and grid.std() > 0  # 2 rows of 3 distinct samples
     assert main([*argv, "--out", str(out)]) == 1
     assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["gaussian_blur", "inpaint_random", "super_resolution", "interferometry"])
+def test_sampling_on_another_device_leaves_the_callers_operator_where_it_was(name):
+    from posterior_diffusion.api import on_device
+
+    op = get_operator(name)
+    assert on_device(op, torch.device("cpu")) is op
+    moved = on_device(op, torch.device("meta"))
+    assert moved is not op and all(b.device.type == "meta" for b in moved.buffers())
+    assert all(b.device.type == "cpu" for b in op.buffers())  # the user keeps measuring on the CPU

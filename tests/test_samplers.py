@@ -276,3 +276,17 @@ def test_an_operator_serves_an_inference_mode_sampler_then_a_differentiating_one
     for name in ("ddrm", "red_diff", "dps"):
         res = sample_posterior(y, op, prior=prior, sampler=name, steps=2, progress=False)
         assert torch.isfinite(res.samples).all(), name
+
+
+def test_non_finite_guard_names_the_first_bad_step_and_reads_flags_in_batches():
+    from posterior_diffusion.samplers.base import NonFiniteError, NonFiniteGuard
+
+    guard = NonFiniteGuard("cpu", every=3)
+    for i in range(4):
+        guard.update(i, torch.ones(2, 3))
+    assert len(guard.pending) == 1  # steps 0-2 were read on the host at step 2; step 3 waits
+    guard.update(4, torch.tensor([1.0, float("nan")]))
+    with pytest.raises(NonFiniteError, match="at step 4"):
+        guard.update(5, torch.tensor([float("inf")]))
+    guard.update(6, torch.ones(1))
+    guard.check()  # nothing pending is bad

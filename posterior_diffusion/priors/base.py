@@ -104,6 +104,8 @@ class DiffusionPrior(nn.Module):
         raise NotImplementedError
 
     def _timesteps(self, t, batch: int) -> torch.Tensor:
+        if isinstance(t, int):  # a fill on the device: no host-to-device copy (and stream sync) per step
+            return torch.full((batch,), t, device=self.device, dtype=torch.long)
         t = torch.as_tensor(t, device=self.device, dtype=torch.long)
         return t.expand(batch) if t.ndim == 0 else t
 
