@@ -133,7 +133,9 @@ def langevin_kernel_update(
     eye = torch.eye(kh * kw, dtype=gram.dtype, device=gram.device)
     damping = config.kernel_damping * gram.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None]
     precision = (gram + damping * eye) / sigma_k**2
-    chol = torch.linalg.cholesky(precision)  # precision = L L^T, M = precision^-1
+    # precision = L L^T, M = precision^-1. cholesky_ex: no host sync to check the factorisation (the damping keeps
+    # precision positive definite; a failed factor would surface as NaN in the chain, which the sampler's guard names)
+    chol = torch.linalg.cholesky_ex(precision).L
     # M grad U = k - mean + gamma M sign(k), with mean the minimiser of the quadratic part. On k >= 0 the L1 term is
     # the linear gamma 1^T k, so with the projection its preconditioned gradient is the constant gamma M 1.
     targets = torch.cat([rhs[..., None] / sigma_k**2, torch.ones_like(rhs[..., None])], -1)
