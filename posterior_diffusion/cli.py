@@ -271,14 +271,20 @@ def defaults_methods() -> tuple[str, ...]:
 def _speed(args, out: Path) -> None:
     from posterior_diffusion.api import default_device
     from posterior_diffusion.priors import default_prior_name, load_prior
+    from posterior_diffusion.priors.adm import random_adm_prior
     from posterior_diffusion.samplers import list_samplers
     from posterior_diffusion.speed import speed_rows, speed_table
 
     samplers = [m for m in args.methods if m in list_samplers()] if args.methods else list_samplers()
     device = args.device or default_device()
     rows = []
+    if args.random_init and not args.prior:
+        raise ValueError("--random-init needs --prior ARCH, an ADM architecture such as adm-ffhq-256")
     for dtype in args.speed_dtypes:
-        prior = load_prior(args.prior or f"builtin:{default_prior_name(3)}", device=device, dtype=dtype)
+        if args.random_init:
+            prior = random_adm_prior(args.prior, dtype).to(device)
+        else:
+            prior = load_prior(args.prior or f"builtin:{default_prior_name(3)}", device=device, dtype=dtype)
         rows += speed_rows(prior, samplers, args.batch_sizes, args.size, args.steps or 20, dtype, args.repeats)
     out.mkdir(parents=True, exist_ok=True)
     table = speed_table(rows)
@@ -435,6 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="--speed: batch sizes (default 1 4)")
     p.add_argument("--speed-dtypes", nargs="+", default=["float32"], help="--speed: network dtypes (default float32)")
     p.add_argument("--repeats", type=int, default=3, help="--speed: each time is the fastest of this many (default 3)")
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="--speed: --prior names an ADM architecture (adm-ffhq-256, adm-imagenet-256-uncond), timed with random "
+        "weights (a paper-size network, no download; speed does not depend on the weights)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench)
 

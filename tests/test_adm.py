@@ -387,3 +387,23 @@ def test_cli_restore_with_a_checkpoint_prior(tmp_path, monkeypatch):
     assert main([*argv, "--prior", str(path), "--prior-arch", "tiny-plain"]) == 0
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["prior"] == str(path) and run["prior_arch"] == "tiny-plain"
+
+
+def test_random_init_prior_has_the_architecture_and_times_with_bench_speed(tmp_path, monkeypatch, capsys):
+    from posterior_diffusion.priors import adm
+
+    cfg = LAYOUTS["ffhq"]
+    prior = adm.random_adm_prior(cfg, "bfloat16", seed=3)
+    assert prior.variance_type == "learned_range" and prior.dtype == torch.bfloat16
+    assert all(m.weight.dtype == torch.float32 for m in prior.net.modules() if isinstance(m, nn.GroupNorm))
+    again = adm.random_adm_prior(cfg, "bfloat16", seed=3)
+    assert torch.equal(prior.net.conv_in.weight, again.net.conv_in.weight)  # seeded
+    x_t, t = _inputs(cfg)
+    assert torch.isfinite(prior.eps(x_t, t)).all()
+
+    monkeypatch.setitem(adm.ADM_PRESETS, "adm-tiny", cfg)
+    argv = ["bench", "--speed", "--random-init", "--prior", "adm-tiny", "--size", "32", "--out", str(tmp_path)]
+    assert main([*argv, "--methods", "ddrm", "--steps", "2", "--batch-sizes", "1", "--repeats", "1"]) in (0, None)
+    assert "| ddrm | float32 | 1 | 2 | forward |" in (tmp_path / "speed.md").read_text()
+    assert main(["bench", "--speed", "--random-init", "--out", str(tmp_path)]) not in (0, None)
+    assert "--random-init needs --prior" in capsys.readouterr().err

@@ -480,10 +480,28 @@ def load_adm_checkpoint(path, arch: str | ADMConfig | None, dtype=torch.float32)
     """
     from .loading import resolve_dtype
 
-    adm = resolve_arch(arch, path)
     dtype = resolve_dtype(dtype) or torch.float32
-    unet = adm_unet(read_adm_state(path), arch, dtype, path)
-    if dtype in (torch.float16, torch.bfloat16):
+    return _adm_prior(adm_unet(read_adm_state(path), arch, dtype, path), resolve_arch(arch, path))
+
+
+def random_adm_prior(arch: str | ADMConfig, dtype=torch.float32, seed: int = 0) -> UNetPrior:
+    """A prior with ADM architecture `arch` (a name in ADM_PRESETS or an ADMConfig) and random weights (diffusers'
+    initialisation, seeded): for timing a paper-size network with no download (`bench --speed --random-init`),
+    never for restoring images."""
+    from diffusers import UNet2DModel
+
+    from .loading import resolve_dtype
+
+    adm = resolve_arch(arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DModel(**unet_config(adm))
+    return _adm_prior(unet.to(resolve_dtype(dtype) or torch.float32).eval(), adm)
+
+
+def _adm_prior(unet, adm: ADMConfig) -> UNetPrior:
+    """`unet` (an ADM UNet2DModel in its dtype) on ADM's DDPM schedule; group norms in float32 for half dtypes."""
+    if unet.dtype in (torch.float16, torch.bfloat16):
         float32_group_norms(unet)
     sched = scheduler_config(adm)
     alphas_cumprod = linear_alphas_cumprod(sched["num_train_timesteps"], sched["beta_start"], sched["beta_end"])
@@ -522,6 +540,7 @@ __all__ = [
     "convert_state_dict",
     "float32_group_norms",
     "load_adm_checkpoint",
+    "random_adm_prior",
     "read_adm_state",
     "resolve_arch",
     "scheduler_config",
