@@ -225,7 +225,7 @@ class GibbsDDRM(Sampler):
             z = spectral_noise(blur, generators, image_shape, device)
             return spec.step(blur.V_t(pred.x0_hat), blur.V_t(pred.eps), z, sigma_next, cfg.eta, cfg.eta, cfg.eta_b)
 
-        blur = Blur(kernel, boundary="circular").to(device)
+        blur = Blur(kernel.clone(), boundary="circular").to(device)  # its own kernel buffer: updated in place below
         spec = SpectralPosterior(blur, y, image_shape, sigma_ddrm)
         t_first = pairs[0][0]
         c = spec.init(spectral_noise(blur, generators, image_shape, device), sigma_of(alpha_bar[t_first]))
