@@ -233,7 +233,6 @@ def _run_method(cfg, method, task, op, y, ids, seed, prior, device) -> dict:
             measurement_ids=ids,
             **options,
         )
-        op.to("cpu")
         seconds = res.seconds
         result = {"mean": res.mean, "samples": res.samples, "std": res.std, "nfe": res.nfe}
         if "kernel" in res.extras:  # blind samplers: (n, S, kh, kw)

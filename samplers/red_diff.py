@@ -163,14 +163,15 @@ class REDDiff(Sampler):
         # the schedule's scalars as host floats, computed once: no per-step tensor arithmetic on them
         alpha_bar = prior.alphas_cumprod.double().cpu()[timesteps]
         inverse_snr = ((1 - alpha_bar) / alpha_bar).sqrt()
+        guard = NonFiniteGuard(device)
         scalars = zip(
+            timesteps,
             alpha_bar.sqrt().tolist(),
             (1 - alpha_bar).sqrt().tolist(),
             WEIGHTINGS[cfg.weighting](inverse_snr).tolist(),
             strict=True,
         )
-        guard = NonFiniteGuard(device)
-        for i, (t, (sqrt_a, sqrt_one_minus_a, weight)) in enumerate(zip(timesteps, scalars, strict=True)):
+        for i, (t, sqrt_a, sqrt_one_minus_a, weight) in enumerate(scalars):
             eps = randn_stacked(generators, shape, device)
             x0_pred = mu + cfg.sigma_x0 * randn_stacked(generators, shape, device) if cfg.sigma_x0 else mu
             with torch.no_grad():
