@@ -90,6 +90,14 @@ class Operator(nn.Module):
         """Per-sample DPS data-fidelity norm of the noise model between y and A(x): (B,)."""
         return self.noise.residual_norm(y, self.forward(x))
 
+    def residual_gradient(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """d(residual_norm(y, x)^2 / 2) / dx per sample: (B, C, H, W), by autograd through A (linear operators:
+        the adjoint of the noise model's closed form, no graph)."""
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x.detach().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.residual_norm(y.clone(), x).square().sum() / 2, x)
+        return grad
+
     def to_config(self) -> dict:
         """A JSON-ready dict; `operators.from_config` rebuilds the same operator (kernels and masks included)."""
         params = {}
@@ -120,6 +128,9 @@ class LinearOperator(Operator):
             x = torch.zeros(shape, device=y.device, dtype=y.real.dtype, requires_grad=True)
             (grad,) = torch.autograd.grad(self.forward(x), x, grad_outputs=y.clone(), create_graph=differentiable)
         return grad
+
+    def residual_gradient(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.adjoint(self.noise.residual_gradient(y, self.forward(x)))
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         """A^T A x."""

@@ -32,6 +32,14 @@ class NoiseModel:
         """-log p(y | A(x) = y_hat) up to a constant, per sample: (B,)."""
         raise NotImplementedError
 
+    def residual_gradient(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+        """d(residual_norm(y, y_hat)^2 / 2) / d y_hat, the shape of y_hat (autograd here; closed forms in the
+        subclasses, which spare a sampler's step the autograd graph)."""
+        with torch.inference_mode(False), torch.enable_grad():
+            y_hat = y_hat.detach().clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.residual_norm(y.clone(), y_hat).square().sum() / 2, y_hat)
+        return grad
+
     def to_config(self) -> dict:
         raise NotImplementedError
 
@@ -63,6 +71,9 @@ class GaussianNoise(NoiseModel):
         if self.sigma == 0:
             raise ValueError("the likelihood of noiseless measurements is degenerate; use noise_sigma > 0")
         return per_sample_norm(y - y_hat).square() / (2 * self.sigma**2)
+
+    def residual_gradient(self, y, y_hat):
+        return y_hat - y
 
     def to_config(self):
         return {"noise": "gaussian", "noise_sigma": self.sigma}
@@ -96,6 +107,9 @@ class PoissonNoise(NoiseModel):
 
     def neg_log_likelihood(self, y, y_hat):
         return self.residual_norm(y, y_hat).square() * (255.0 * self.rate)
+
+    def residual_gradient(self, y, y_hat):
+        return (y_hat - y) * self._weights(y) / 4
 
     def to_config(self):
         return {"noise": "poisson", "poisson_rate": self.rate}

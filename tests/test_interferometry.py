@@ -334,3 +334,16 @@ def test_samples_of_closure_data_are_aligned_before_averaging():
     assert torch.allclose(result["mean"], x[:, 0]) and result["std"].abs().max() < 1e-6
     assert get_operator("interferometry", stop_gmst=1.0).shift_invariant
     assert not get_operator("interferometry", stop_gmst=1.0, data="vis").shift_invariant
+
+
+def test_residual_gradient_of_closure_data_matches_autograd(eht):
+    """RED-Diff steps with op.residual_gradient (autograd through the closure products for this nonlinear
+    operator), also when it is called in inference mode."""
+    closure_op, _ = eht
+    x = _ring()
+    y = closure_op.measure(x, torch.Generator().manual_seed(0))
+    x_guess = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
+    (expected,) = torch.autograd.grad(closure_op.residual_norm(y, x_guess).square().sum() / 2, x_guess)
+    with torch.inference_mode():
+        got = closure_op.residual_gradient(y, x_guess.detach())
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))

@@ -74,6 +74,19 @@ def test_end_to_end_batch_invariant_with_counted_nfe(latent_prior, run, op_name)
     )
 
 
+def test_red_diff_fused_adam_matches_the_plain_update_on_channels_last_latents(latent_prior, monkeypatch):
+    """The encoder returns channels-last latents; fused Adam reads mu and its gradient as dense arrays, so
+    RED-Diff keeps both in the default layout (a layout mismatch scrambled the update)."""
+    x, y = _measure(latent_prior, OPERATORS["sr2"]())
+    assert not latent_prior.from_image(x).is_contiguous()  # what this test is about
+    op = OPERATORS["sr2"]()
+    kwargs = {"prior": latent_prior, "sampler": "red_diff", "seed": 3, "progress": False, "steps": 9}
+    fused = sample_posterior(y, op, **kwargs).samples
+    adam = torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam", lambda *args, **kw: adam(*args, **{**kw, "fused": False}))
+    assert torch.allclose(fused, sample_posterior(y, op, **kwargs).samples, atol=1e-4)
+
+
 @pytest.mark.parametrize("run", ["dps", "red_diff", "resample"])
 def test_bfloat16_runs_are_finite(tiny_ldm_folder, run):
     name, options = RUNS[run]

@@ -67,6 +67,27 @@ def test_adjoint_identity(name, params):
     assert abs(float(lhs - rhs)) <= 1e-5 * abs(float(lhs))
 
 
+def _autograd_residual_gradient(op, y, x):
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(op.residual_norm(y, x).square().sum() / 2, x)
+    return grad
+
+
+@pytest.mark.parametrize("noise", [{"noise_sigma": 0.1}, {"noise": "poisson", "poisson_rate": 2.0}])
+@pytest.mark.parametrize("name,params", CASES)
+def test_residual_gradient_matches_autograd(name, params, noise):
+    """The closed form samplers step with (A^T of the noise model's gradient for linear operators) is the
+    gradient of ||r(y, A x)||^2 / 2, per sample, in inference mode too."""
+    op = make(name, params, **noise)
+    x = rand((3, *IMAGE), 1)
+    y = op(rand((3, *IMAGE), 2)).clamp(-1, 1)
+    expected = _autograd_residual_gradient(op, y, x)
+    with torch.inference_mode():
+        got = op.residual_gradient(y, x)
+    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
+    assert float(expected.abs().max()) > 0
+
+
 @pytest.mark.parametrize("name,params", CASES)
 def test_pinv_is_least_squares(name, params):
     op = make(name, params)
