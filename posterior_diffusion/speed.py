@@ -10,6 +10,7 @@ per second and peak memory (CUDA allocator peak; on CPUs the process's peak resi
 
 Each time is the fastest of `repeats` runs (after a warm-up), the sampler's and the bare network's alike, as
 `timeit` does: other processes only ever add time, so the minimum is the least noisy estimate of what the code costs.
+The sampler's runs and the bare network's alternate, so that a slow spell of the machine slows both alike.
 """
 
 from __future__ import annotations
@@ -31,21 +32,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _fastest(fn, repeats: int, device: torch.device) -> float:
-    """Seconds of the fastest of `repeats` calls of fn() (each synchronised on CUDA)."""
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+def _seconds(fn, device: torch.device) -> float:
+    """Seconds of one call of fn(), synchronised on CUDA."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
 
 
-def bare_network_seconds(prior, x: torch.Tensor, evaluations: int, gradient: bool, repeats: int = 1) -> float:
-    """Seconds for `evaluations` network calls on batch x (B, C, H, W): forward, or forward + backward
-    (the fastest of `repeats` timings)."""
+def bare_network_seconds(prior, x: torch.Tensor, evaluations: int, gradient: bool) -> float:
+    """Seconds for `evaluations` network calls on batch x (B, C, H, W): forward, or forward + backward (after one
+    warm-up call)."""
     t = torch.full((x.shape[0],), prior.num_timesteps // 2, device=x.device, dtype=torch.long)
 
     def evaluate(n: int) -> None:
@@ -58,12 +56,12 @@ def bare_network_seconds(prior, x: torch.Tensor, evaluations: int, gradient: boo
                     prior.predict(x, t)
 
     evaluate(1)  # warm-up
-    return _fastest(lambda: evaluate(evaluations), repeats, x.device)
+    return _seconds(lambda: evaluate(evaluations), x.device)
 
 
-def autoencoder_seconds(prior, x: torch.Tensor, z: torch.Tensor, passes: dict, repeats: int = 1) -> float:
+def autoencoder_seconds(prior, x: torch.Tensor, z: torch.Tensor, passes: dict) -> float:
     """Seconds for the autoencoder passes of a run ({("encode" | "decode", with_gradient): images}), timed on
-    images x (B, C, H, W) and their latents z: forward, or forward + backward (fastest of `repeats` timings)."""
+    images x (B, C, H, W) and their latents z: forward, or forward + backward (each after a warm-up pass)."""
     total = 0.0
     for (kind, gradient), images in passes.items():
         fn, v = (prior.encode, x) if kind == "encode" else (prior.decode, z)
@@ -77,7 +75,7 @@ def autoencoder_seconds(prior, x: torch.Tensor, z: torch.Tensor, passes: dict, r
                     fn(v)
 
         one_pass()  # warm-up
-        total += _fastest(one_pass, repeats, x.device) * images / v.shape[0]
+        total += _seconds(one_pass, x.device) * images / v.shape[0]
     return total
 
 
@@ -111,20 +109,20 @@ def speed_rows(
             x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
             y = op.measure(x, torch.Generator().manual_seed(1))
             sample_posterior(y, op, prior=prior, sampler=name, progress=False, **budget(name, 2))  # warm-up
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            counter = getattr(prior, "autoencoder_passes", {})
-            runs = []
-            for _ in range(repeats):
-                counter.clear()
-                runs.append(sample_posterior(y, op, prior=prior, sampler=name, progress=False, **budget(name, steps)))
-            res = min(runs, key=lambda r: r.seconds)
-            peak = _peak_mb(device)
-            passes = dict(counter)  # each run makes the same passes
             with torch.no_grad():
                 state = prior.from_image(x.to(device))  # the network's input: x, or its latents
-            bare = bare_network_seconds(prior, state, res.nfe, gradient, repeats)
-            bare += autoencoder_seconds(prior, x.to(device), state, passes, repeats) if passes else 0.0
+            counter = getattr(prior, "autoencoder_passes", {})
+            runs, bare_runs, peak = [], [], 0.0
+            for _ in range(repeats):  # sampler and bare network alternate: a slow spell slows both alike
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                counter.clear()
+                runs.append(sample_posterior(y, op, prior=prior, sampler=name, progress=False, **budget(name, steps)))
+                peak = max(peak, _peak_mb(device))
+                passes = dict(counter)  # each run makes the same passes
+                bare = bare_network_seconds(prior, state, runs[-1].nfe, gradient)
+                bare_runs.append(bare + (autoencoder_seconds(prior, x.to(device), state, passes) if passes else 0.0))
+            res, bare = min(runs, key=lambda r: r.seconds), min(bare_runs)
             rows.append(
                 {
                     "sampler": name,

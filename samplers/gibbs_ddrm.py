@@ -117,6 +117,19 @@ def kernel_normal_equations(x0: torch.Tensor, y: torch.Tensor, kh: int, kw: int)
     return gram, rhs
 
 
+def cholesky_factors(matrices: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factors (n, K, K) of symmetric positive definite matrices (n, K, K), with no host sync
+    (cholesky_ex does not check the factorisation: the damping keeps the matrices positive definite, and a failed
+    factor would surface as NaN in the chain, which the sampler's guard names).
+
+    On CUDA one call per matrix: torch's batched path took 18 ms for 4 matrices of 3721 x 3721 (61 x 61 taps) on
+    an H100, 4 single calls 8.4 ms; on CPUs the batched call is the faster.
+    """
+    if matrices.device.type != "cuda":
+        return torch.linalg.cholesky_ex(matrices).L
+    return torch.stack([torch.linalg.cholesky_ex(matrix).L for matrix in matrices])
+
+
 def langevin_kernel_update(
     kernel: torch.Tensor,
     x0: torch.Tensor,
@@ -133,9 +146,7 @@ def langevin_kernel_update(
     eye = torch.eye(kh * kw, dtype=gram.dtype, device=gram.device)
     damping = config.kernel_damping * gram.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None]
     precision = (gram + damping * eye) / sigma_k**2
-    # precision = L L^T, M = precision^-1. cholesky_ex: no host sync to check the factorisation (the damping keeps
-    # precision positive definite; a failed factor would surface as NaN in the chain, which the sampler's guard names)
-    chol = torch.linalg.cholesky_ex(precision).L
+    chol = cholesky_factors(precision)  # precision = L L^T, M = precision^-1
     # M grad U = k - mean + gamma M sign(k), with mean the minimiser of the quadratic part. On k >= 0 the L1 term is
     # the linear gamma 1^T k, so with the projection its preconditioned gradient is the constant gamma M 1.
     targets = torch.cat([rhs[..., None] / sigma_k**2, torch.ones_like(rhs[..., None])], -1)
@@ -231,10 +242,12 @@ class GibbsDDRM(Sampler):
         c = spec.init(spectral_noise(blur, generators, image_shape, device), sigma_of(alpha_bar[t_first]))
         x_t = alpha_bar[t_first] ** 0.5 * blur.V(c)
         for i, ((t, t_next), update) in enumerate(zip(pairs, updates, strict=True)):
-            pred = prior.predict(x_t, t)
+            with torch.inference_mode():  # the network only (the operator's spectrum cache needs version counters)
+                pred = prior.predict(x_t, t)
             x_next = alpha_bar[t_next] ** 0.5 * blur.V(ddrm_update(blur, spec, pred, sigma_of(alpha_bar[t_next])))
             for _ in range(cfg.kernel_updates if update else 0):
-                x0_next = prior.predict(x_next, t_next).x0_hat
+                with torch.inference_mode():
+                    x0_next = prior.predict(x_next, t_next).x0_hat
                 kernel = langevin_kernel_update(kernel, x0_next, y, cfg, sigma_k, l1_weight, generators)
                 blur.kernel.copy_(kernel)  # in place (the spectrum cache follows): no new operator, no host sync
                 spec = SpectralPosterior(blur, y, image_shape, sigma_ddrm)

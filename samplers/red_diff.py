@@ -196,7 +196,8 @@ class REDDiff(Sampler):
                 if cfg.sigma_x0:
                     x0_pred = x0_pred + cfg.sigma_x0 * randn_stacked(generators, shape, device)
                 x_t = sqrt_a * x0_pred + sqrt_one_minus_a * eps
-                pred = prior.predict(x_t, t)
+                with torch.inference_mode():  # fewer dispatch layers than no_grad: the network is host-bound at batch 1
+                    pred = prior.predict(x_t, t)
                 residual = pred.eps - eps  # sg(eps_hat - eps)
                 # contiguous: fused Adam reads a strided gradient (an FFT's .real, a convolution's channels-last
                 # output) as if it were dense (torch 2.13)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -141,12 +142,25 @@ def test_speed_rows_time_the_sampler_against_the_bare_network(tiny_unet_folder):
     assert speed_table(rows).count("\n") == 5
 
 
-def test_speed_times_are_the_fastest_of_the_repeats(monkeypatch):
+def test_speed_times_are_the_fastest_of_alternating_repeats(monkeypatch, gmm):
+    """Sampler run and bare network timing alternate (a slow spell slows both alike); each time is the fastest."""
     import posterior_diffusion.speed as speed
 
-    clock = iter([0.0, 3.0, 10.0, 11.5, 20.0, 22.0])  # runs of 3 s, 1.5 s and 2 s
-    monkeypatch.setattr(speed.time, "perf_counter", lambda: next(clock))
-    assert speed._fastest(lambda: None, 3, torch.device("cpu")) == 1.5
+    calls, sampler_seconds, bare_seconds = [], iter([9.0, 3.0, 3.0, 1.0, 2.0]), iter([2.0, 1.5, 4.0])
+
+    def fake_sample_posterior(*args, **kwargs):
+        calls.append("sampler")
+        return SimpleNamespace(seconds=next(sampler_seconds), nfe=5)
+
+    def fake_bare(*args):
+        calls.append("bare")
+        return next(bare_seconds)
+
+    monkeypatch.setattr(speed, "sample_posterior", fake_sample_posterior)
+    monkeypatch.setattr(speed, "bare_network_seconds", fake_bare)
+    (row,) = speed.speed_rows(gmm, ["ddrm"], [1], size=4, steps=5, repeats=3)
+    assert calls == ["sampler"] + ["sampler", "bare"] * 3  # a warm-up, then alternating
+    assert row["seconds"] == 1.0 and row["bare_seconds"] == 1.5 and row["overhead"] == 1.0 / 1.5
 
 
 def test_speed_rows_of_latent_samplers_count_the_autoencoder_passes(tiny_ldm_folder):
