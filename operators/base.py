@@ -92,7 +92,7 @@ class Operator(nn.Module):
 
     def residual_gradient(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """d(residual_norm(y, x)^2 / 2) / dx per sample: (B, C, H, W), by autograd through A (linear operators:
-        the adjoint of the noise model's closed form, no graph)."""
+        A^T of the noise model's closed form, which needs no autograd graph where A^T has a closed form)."""
         with torch.inference_mode(False), torch.enable_grad():
             x = x.detach().clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.residual_norm(y.clone(), x).square().sum() / 2, x)
