@@ -88,6 +88,24 @@ def test_residual_gradient_matches_autograd(name, params, noise):
     assert float(expected.abs().max()) > 0
 
 
+def test_residual_gradient_of_a_noise_model_without_a_closed_form():
+    """A user's noise model that only defines residual_norm gets its gradient by autograd (the base class), also
+    through a linear operator's adjoint and in inference mode."""
+    from posterior_diffusion.operators.noise import NoiseModel
+
+    class Weighted(NoiseModel):
+        def residual_norm(self, y, y_hat):
+            return ((y - y_hat) * torch.linspace(0.5, 2.0, y.shape[-1], dtype=y.dtype)).flatten(1).norm(dim=1)
+
+    op = make("inpaint_random", {"image_size": [8, 8], "missing": 0.5})
+    op.noise = Weighted()
+    x, y = rand((2, *IMAGE), 1), rand((2, *IMAGE), 2)
+    expected = _autograd_residual_gradient(op, y, x)
+    with torch.inference_mode():
+        got = op.residual_gradient(y, x)
+    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12) and float(expected.abs().max()) > 0
+
+
 @pytest.mark.parametrize("name,params", CASES)
 def test_pinv_is_least_squares(name, params):
     op = make(name, params)
