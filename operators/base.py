@@ -210,6 +210,12 @@ class SVDOperator(LinearOperator):
         image_shape = self.image_shape(tuple(y.shape[1:]))
         return self.V(self.singular_values(image_shape).to(y.real.dtype) * self.U_t(y))
 
+    def norm_squared(self, image_shape: tuple[int, ...], iters: int = 50) -> float:
+        """||A||_2^2 = max(s)^2, exact (power iteration where this setting has no SVD, e.g. reflect-padded blurs)."""
+        if not self.has_svd:
+            return super().norm_squared(image_shape, iters)
+        return float(self.singular_values(tuple(image_shape)).max()) ** 2
+
     def pinv(self, y, rcond: float = 1e-6, max_iter: int = 0, tol: float = 0.0):
         """Exact A^+ y = V diag(1/s) U^T y, discarding singular values below rcond * max(s) (CG arguments unused)."""
         s = self.singular_values(self.image_shape(tuple(y.shape[1:]))).to(y.real.dtype)

@@ -55,7 +55,7 @@ class PnPULAConfig:
     box: (low, high) of the convex set C on [-1, 1]; (-3, 3) is the reference's [-1, 2] on [0, 1].
     step_fraction: delta as this fraction of the stability bound (L_y + 1/lam + alpha/eps)^-1; reference 1/3.
     step_size: an explicit delta (overrides step_fraction).
-    lipschitz: the likelihood gradient's Lipschitz constant L_y; None: ||A||^2 / sigma^2 (power iteration) for
+    lipschitz: the likelihood gradient's Lipschitz constant L_y; None: ||A||^2 / sigma^2 (`norm_squared`) for
         Gaussian noise, 1 / sigma^2 for nonlinear operators; likelihoods without a sigma (Poisson, interferometric
         closures) need it given.
     init: "measurement" (the reference: x_0 = y when y is an image of x's shape, else A^+ y), "pinv"
@@ -217,7 +217,8 @@ class PnPULA(Sampler):
         return self._parameters(prior, self._likelihood_lipschitz(op, image_shape), eps)
 
     def _likelihood_lipschitz(self, op, image_shape) -> float:
-        """L_y: the config's, else ||A||^2 / sigma^2 (power iteration; 1 / sigma^2 for nonlinear operators)."""
+        """L_y: the config's, else ||A||^2 / sigma^2 (exact with an SVD, else power iteration; 1 / sigma^2 for
+        nonlinear operators)."""
         if self.config.lipschitz is not None:
             return self.config.lipschitz
         self.check_noise(op)
