@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from posterior_diffusion.tensor_utils import conjugate_gradient
+from posterior_diffusion.tensor_utils import autograd_gradient, conjugate_gradient
 
 from .noise import GaussianNoise, NoiseModel
 
@@ -93,10 +93,7 @@ class Operator(nn.Module):
     def residual_gradient(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """d(residual_norm(y, x)^2 / 2) / dx per sample: (B, C, H, W), by autograd through A (linear operators:
         A^T of the noise model's closed form, which needs no autograd graph where A^T has a closed form)."""
-        with torch.inference_mode(False), torch.enable_grad():
-            x = x.detach().clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.residual_norm(y.clone(), x).square().sum() / 2, x)
-        return grad
+        return autograd_gradient(lambda v: self.residual_norm(y.clone(), v).square() / 2, x)
 
     def to_config(self) -> dict:
         """A JSON-ready dict; `operators.from_config` rebuilds the same operator (kernels and masks included)."""

@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 
 from posterior_diffusion.registry import Registry
-from posterior_diffusion.tensor_utils import per_sample_norm
+from posterior_diffusion.tensor_utils import autograd_gradient, per_sample_norm
 
 NOISE_MODELS = Registry("noise model")
 
@@ -35,10 +35,7 @@ class NoiseModel:
     def residual_gradient(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         """d(residual_norm(y, y_hat)^2 / 2) / d y_hat, the shape of y_hat (autograd here; closed forms in the
         subclasses, which spare a sampler's step the autograd graph)."""
-        with torch.inference_mode(False), torch.enable_grad():
-            y_hat = y_hat.detach().clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.residual_norm(y.clone(), y_hat).square().sum() / 2, y_hat)
-        return grad
+        return autograd_gradient(lambda v: self.residual_norm(y.clone(), v).square() / 2, y_hat)
 
     def to_config(self) -> dict:
         raise NotImplementedError

@@ -29,6 +29,15 @@ def batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return prod.sum(dim=1).real
 
 
+def autograd_gradient(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """d fn(x).sum() / dx by autograd, the shape of x; callable under no_grad and in inference mode (an inference
+    tensor x is copied out first; fn must copy the inference tensors it closes over, e.g. y.clone())."""
+    with torch.inference_mode(False), torch.enable_grad():
+        x = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
+        (grad,) = torch.autograd.grad(fn(x).sum(), x)
+    return grad
+
+
 def _float32_like(r: torch.Tensor) -> torch.dtype:
     if r.is_complex():
         return torch.complex128 if r.dtype == torch.complex128 else torch.complex64

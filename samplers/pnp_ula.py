@@ -38,7 +38,7 @@ from typing import ClassVar
 import torch
 
 from posterior_diffusion.operators.noise import GaussianNoise
-from posterior_diffusion.tensor_utils import randn_stacked
+from posterior_diffusion.tensor_utils import autograd_gradient, randn_stacked
 
 from .base import NonFiniteGuard, Sampler, register_sampler
 
@@ -253,10 +253,7 @@ class PnPULA(Sampler):
         (closed form for linear operators: A^T (A x - y) / sigma^2), else autograd of the likelihood."""
         if sigma is not None:
             return op.residual_gradient(y, x) / sigma**2
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(op.noise.neg_log_likelihood(y, op(x)).sum(), x)
-        return grad
+        return autograd_gradient(lambda v: op.noise.neg_log_likelihood(y, op(v)), x)
 
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
         cfg = self.config

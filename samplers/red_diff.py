@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import torch
 
-from posterior_diffusion.tensor_utils import randn_stacked
+from posterior_diffusion.tensor_utils import autograd_gradient, randn_stacked
 
 from .base import NonFiniteGuard, Sampler, register_sampler
 
@@ -160,10 +160,7 @@ class REDDiff(Sampler):
         data_scale, reg_scale = self.config.obs_weight / y[0].numel(), w_t / x0_pred[0].numel()
         if prior.space == "pixel":
             return op.residual_gradient(y, x0_pred).mul_(data_scale).add_(residual, alpha=reg_scale)
-        with torch.enable_grad():
-            z = x0_pred.detach().requires_grad_(True)
-            data = op.residual_norm(y, prior.to_image(z)).square().sum() / 2
-            (grad,) = torch.autograd.grad(data, z)
+        grad = autograd_gradient(lambda z: op.residual_norm(y, prior.to_image(z)).square() / 2, x0_pred)
         return grad.mul_(data_scale).add_(residual, alpha=reg_scale)
 
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
