@@ -41,22 +41,28 @@ def _seconds(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def _pass_seconds(fn, v: torch.Tensor, gradient: bool, count: int = 1) -> float:
+    """Seconds for `count` calls of fn(v) after one warm-up call: forward in inference mode, or forward + backward
+    to v."""
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            if gradient:
+                v_in = v.detach().requires_grad_(True)
+                torch.autograd.grad(fn(v_in).float().square().sum(), v_in)
+            else:
+                with torch.inference_mode():
+                    fn(v)
+
+    run(1)  # warm-up
+    return _seconds(lambda: run(count), v.device)
+
+
 def bare_network_seconds(prior, x: torch.Tensor, evaluations: int, gradient: bool) -> float:
     """Seconds for `evaluations` network calls on batch x (B, C, H, W): forward, or forward + backward (after one
     warm-up call)."""
     t = torch.full((x.shape[0],), prior.num_timesteps // 2, device=x.device, dtype=torch.long)
-
-    def evaluate(n: int) -> None:
-        for _ in range(n):
-            if gradient:
-                x_in = x.detach().requires_grad_(True)
-                torch.autograd.grad(prior.predict(x_in, t).x0_hat.float().square().sum(), x_in)
-            else:
-                with torch.inference_mode():
-                    prior.predict(x, t)
-
-    evaluate(1)  # warm-up
-    return _seconds(lambda: evaluate(evaluations), x.device)
+    return _pass_seconds(lambda v: prior.predict(v, t).x0_hat, x, gradient, evaluations)
 
 
 def autoencoder_seconds(prior, x: torch.Tensor, z: torch.Tensor, passes: dict) -> float:
@@ -65,17 +71,7 @@ def autoencoder_seconds(prior, x: torch.Tensor, z: torch.Tensor, passes: dict) -
     total = 0.0
     for (kind, gradient), images in passes.items():
         fn, v = (prior.encode, x) if kind == "encode" else (prior.decode, z)
-
-        def one_pass(fn=fn, v=v, gradient=gradient):
-            if gradient:
-                v_in = v.detach().requires_grad_(True)
-                torch.autograd.grad(fn(v_in).float().square().sum(), v_in)
-            else:
-                with torch.inference_mode():
-                    fn(v)
-
-        one_pass()  # warm-up
-        total += _seconds(one_pass, x.device) * images / v.shape[0]
+        total += _pass_seconds(fn, v, gradient) * images / v.shape[0]
     return total
 
 
