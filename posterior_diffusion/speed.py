@@ -4,9 +4,11 @@ For each sampler, dtype and batch size: the wall time of `sample_posterior` for 
 evaluations (NFE), and the time of the same number of bare network evaluations on the same batch: forward only
 (`prior.predict` under inference_mode), or forward + backward for samplers that differentiate through the network
 (DPS). Latent priors also count their autoencoder passes (`LatentPrior.autoencoder_passes`: images encoded or
-decoded, with or without a backward pass) and time as many bare passes. overhead = sampler time / bare time:
-everything the engine does around the networks (operators, updates, bookkeeping); 1.00 means none. Also images
-per second and peak memory (CUDA allocator peak; on CPUs the process's peak resident memory, which only grows).
+decoded, with or without a backward pass) and time as many bare passes. GibbsDDRM also counts its kernel-conditional
+draws (`ALGORITHM_WORK`: the algorithm's own dense linear algebra, a Cholesky factor per chain and draw), timed as
+bare calls of its kernel update; the row keeps that time apart (`algorithm_seconds`), so the ratio over the network
+alone stays readable. overhead = sampler time / bare time: everything the engine does around the networks and the
+algorithm's own solves (operators, updates, bookkeeping); 1.00 means none. Also images per second and peak memory (CUDA allocator peak; on CPUs the process's peak resident memory, which only grows).
 
 Each time is the fastest of `repeats` runs (after a warm-up), the sampler's and the bare network's alike, as
 `timeit` does: other processes only ever add time, so the minimum is the least noisy estimate of what the code costs.
@@ -23,6 +25,7 @@ import torch
 from posterior_diffusion.api import sample_posterior
 from posterior_diffusion.samplers import sampler_applies, sampler_class
 from posterior_diffusion.tasks import TASKS
+from posterior_diffusion.tensor_utils import make_generators
 
 SAMPLER_TASKS = {"gibbs_ddrm": "blind_motion_deblur"}  # samplers that need another task than random_inpaint
 
@@ -75,6 +78,23 @@ def autoencoder_seconds(prior, x: torch.Tensor, z: torch.Tensor, passes: dict) -
     return total
 
 
+def kernel_conditional_seconds(sampler, prior, op, y: torch.Tensor, x0: torch.Tensor) -> float:
+    """Seconds for the kernel-conditional draws of one GibbsDDRM run (`kernel_draws` per chain), each a bare call of
+    its kernel update on images x0 (B, C, H, W) and their measurements y from op's kernel (after a warm-up call)."""
+    kernel = op.kernel.to(x0.device, torch.float32).expand(len(x0), *op.kernel.shape[-2:])
+    generators = make_generators(range(len(x0)), x0.device)
+
+    def draws(n: int) -> None:
+        for _ in range(n):
+            sampler.kernel_update(kernel, x0, y, op.noise.sigma, generators)
+
+    draws(1)
+    return _seconds(lambda: draws(sampler.kernel_draws(prior)), x0.device)
+
+
+ALGORITHM_WORK = {"gibbs_ddrm": kernel_conditional_seconds}  # a sampler's own non-network work, timed bare
+
+
 def budget(name: str, steps: int) -> dict:
     """Options that give sampler `name` `steps` steps (PnP-ULA: iterations)."""
     fields = sampler_class(name).Config.__dataclass_fields__
@@ -108,7 +128,8 @@ def speed_rows(
             with torch.no_grad():
                 state = prior.from_image(x.to(device))  # the network's input: x, or its latents
             counter = getattr(prior, "autoencoder_passes", {})
-            runs, bare_runs, peak = [], [], 0.0
+            algorithm, sampler = ALGORITHM_WORK.get(name), sampler_class(name)(**budget(name, steps))
+            runs, bare_runs, algorithm_runs, peak = [], [], [], 0.0
             for _ in range(repeats):  # sampler and bare network alternate: a slow spell slows both alike
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
@@ -118,7 +139,10 @@ def speed_rows(
                 passes = dict(counter)  # each run makes the same passes
                 bare = bare_network_seconds(prior, state, runs[-1].nfe, gradient)
                 bare_runs.append(bare + (autoencoder_seconds(prior, x.to(device), state, passes) if passes else 0.0))
+                if algorithm:
+                    algorithm_runs.append(algorithm(sampler, prior, op, y.to(device), state))
             res, bare = min(runs, key=lambda r: r.seconds), min(bare_runs)
+            algorithm_seconds = min(algorithm_runs, default=0.0)
             rows.append(
                 {
                     "sampler": name,
@@ -126,9 +150,12 @@ def speed_rows(
                     "batch": batch,
                     "nfe": res.nfe,
                     "seconds": res.seconds,
-                    "bare_seconds": bare,
-                    "overhead": res.seconds / bare,
-                    "network": ("forward+backward" if gradient else "forward") + (" + autoencoder" if passes else ""),
+                    "bare_seconds": bare + algorithm_seconds,
+                    "algorithm_seconds": algorithm_seconds,
+                    "overhead": res.seconds / (bare + algorithm_seconds),
+                    "network": ("forward+backward" if gradient else "forward")
+                    + (" + autoencoder" if passes else "")
+                    + (" + kernel conditional" if algorithm else ""),
                     "autoencoder_images": sum(passes.values()),
                     "images_per_s": batch / res.seconds,
                     "peak_mb": peak,
@@ -140,12 +167,15 @@ def speed_rows(
 
 def speed_table(rows: list[dict]) -> str:
     lines = [
-        "| sampler | dtype | batch | NFE | network | s | bare network s | overhead | images / s | peak MB |",
+        "| sampler | dtype | batch | NFE | network | s | bare s | overhead | images / s | peak MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        bare = f"{r['bare_seconds']:.2f}"
+        if r["algorithm_seconds"]:  # network (+ autoencoder) + the algorithm's own work
+            bare += f" ({r['bare_seconds'] - r['algorithm_seconds']:.2f} + {r['algorithm_seconds']:.2f})"
         lines.append(
             f"| {r['sampler']} | {r['dtype']} | {r['batch']} | {r['nfe']} | {r['network']} | {r['seconds']:.2f} | "
-            f"{r['bare_seconds']:.2f} | {r['overhead']:.2f} | {r['images_per_s']:.2f} | {r['peak_mb']:.0f} |"
+            f"{bare} | {r['overhead']:.2f} | {r['images_per_s']:.2f} | {r['peak_mb']:.0f} |"
         )
     return "\n".join(lines)

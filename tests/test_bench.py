@@ -176,6 +176,27 @@ def test_speed_rows_of_latent_samplers_count_the_autoencoder_passes(tiny_ldm_fol
     assert red_diff["autoencoder_images"] >= 3 * 2 and all(r["bare_seconds"] > 0 for r in rows)
 
 
+def test_speed_rows_of_gibbs_ddrm_count_its_kernel_conditional(tiny_unet_folder, monkeypatch):
+    """GibbsDDRM's bare time adds as many bare kernel-conditional draws as a run makes (kept apart in the row)."""
+    from posterior_diffusion.priors import load_prior
+    from posterior_diffusion.samplers.gibbs_ddrm import GibbsDDRM
+    from posterior_diffusion.speed import speed_rows, speed_table
+
+    draws = []
+    update = GibbsDDRM.kernel_update
+    monkeypatch.setattr(GibbsDDRM, "kernel_update", lambda self, *a: draws.append(1) or update(self, *a))
+    prior = load_prior(tiny_unet_folder, device="cpu")
+    (row,) = speed_rows(prior, ["gibbs_ddrm"], [2], size=16, steps=5, repeats=1)
+    per_run = GibbsDDRM(steps=5).kernel_draws(prior)
+    assert per_run > 0 and row["nfe"] == 5 + per_run
+    # warm-up run (2 steps), timed run, then the bare draws: a warm-up draw and one per draw of the run
+    assert len(draws) == GibbsDDRM(steps=2).kernel_draws(prior) + per_run + 1 + per_run
+    assert row["network"] == "forward + kernel conditional"
+    assert 0 < row["algorithm_seconds"] < row["bare_seconds"]
+    assert row["overhead"] == row["seconds"] / row["bare_seconds"]
+    assert f"({row['bare_seconds'] - row['algorithm_seconds']:.2f} + " in speed_table([row])
+
+
 def test_exact_benchmark_command_writes_the_table(tmp_path, monkeypatch):
     import posterior_diffusion.exact as exact
     from posterior_diffusion.cli import main

@@ -199,20 +199,48 @@ def test_restore_command_runs_every_sampler(name, request, tmp_path):
     assert (tmp_path / "out" / "kernel_000.png").exists() == sampler_class(name).blind
 
 
+def _blur_columns(x0: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """The matrix (n, C * H * W, kh * kw) whose column j is the circular blur of x0 with the j-th unit kernel (built
+    with the Blur operator, independently of GibbsDDRM's FFT correlations)."""
+    units = torch.eye(kh * kw, dtype=torch.float64).reshape(-1, kh, kw)
+    columns = torch.stack([get_operator("blur", kernel=u, boundary="circular")(x0) for u in units], -1)
+    return columns.reshape(len(x0), -1, kh * kw)
+
+
 def test_kernel_normal_equations_match_the_blur_as_a_matrix():
-    """A^T A and A^T y of GibbsDDRM's kernel fit equal those of the matrix whose column j is the circular blur of
-    x0 with the j-th unit kernel (built with the Blur operator, independently of the FFT correlations)."""
+    """GibbsDDRM's bordered normal equations [[A^T A, A^T y, 1], [y^T A, 0, 0], [1^T, 0, 0]] equal those of the
+    blur as a matrix."""
     from posterior_diffusion.samplers.gibbs_ddrm import kernel_normal_equations
 
     g = torch.Generator().manual_seed(0)
     x0, y = torch.randn(2, 2, 10, 12, generator=g, dtype=torch.float64), torch.randn(2, 2, 10, 12, generator=g)
     kh, kw = 3, 5
-    units = torch.eye(kh * kw, dtype=torch.float64).reshape(-1, kh, kw)
-    columns = torch.stack([get_operator("blur", kernel=u, boundary="circular")(x0) for u in units], -1)
-    a = columns.reshape(2, -1, kh * kw)
-    gram, rhs = kernel_normal_equations(x0, y, kh, kw)
-    assert torch.allclose(gram, a.mT @ a, atol=1e-9)
-    assert torch.allclose(rhs, (a.mT @ y.double().reshape(2, -1, 1))[..., 0], atol=1e-9)
+    a = _blur_columns(x0, kh, kw)
+    rhs = a.mT @ y.double().reshape(2, -1, 1)
+    border = torch.cat([rhs, torch.ones_like(rhs)], -1)
+    expected = torch.cat([torch.cat([a.mT @ a, border], -1), torch.cat([border.mT, torch.zeros(2, 2, 2)], -1)], 1)
+    assert torch.allclose(kernel_normal_equations(x0, y, kh, kw), expected.double(), atol=1e-9)
+
+
+def test_kernel_gaussian_matches_dense_linear_algebra():
+    """The kernel conditional's Gaussian part from one bordered factorisation: G = A^T A + d I with d = damping x
+    mean diag(A^T A), its mean G^-1 A^T y and G^-1 1 from dense solves, and noise columns L^-T xi for the same xi."""
+    from posterior_diffusion.samplers.gibbs_ddrm import kernel_gaussian
+    from posterior_diffusion.tensor_utils import make_generators, randn_stacked
+
+    g = torch.Generator().manual_seed(1)
+    x0, y = torch.randn(2, 3, 12, 10, generator=g), torch.randn(2, 3, 12, 10, generator=g)
+    kh, kw, draws = 5, 3, 4
+    a = _blur_columns(x0.double(), kh, kw)
+    gram = a.mT @ a
+    gram = gram + 0.05 * gram.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(kh * kw)
+    rhs = a.mT @ y.double().reshape(2, -1, 1)
+    mean, g_ones, noise, factor = kernel_gaussian(x0, y, kh, kw, 0.05, make_generators([3, 4]), draws)
+    assert torch.allclose(factor @ factor.mT, gram, rtol=1e-9, atol=1e-9)
+    assert torch.allclose(mean, torch.linalg.solve(gram, rhs), rtol=1e-7, atol=1e-9)
+    assert torch.allclose(g_ones, torch.linalg.solve(gram, torch.ones_like(rhs)), rtol=1e-7, atol=1e-9)
+    xi = randn_stacked(make_generators([3, 4]), (kh * kw, draws), "cpu", torch.float64)
+    assert torch.allclose(factor.mT @ noise, xi, atol=1e-9)
 
 
 @pytest.mark.parametrize("nonnegative", [True, False])
