@@ -7,8 +7,8 @@ evaluations (NFE), and the time of the same number of bare network evaluations o
 decoded, with or without a backward pass) and time as many bare passes. GibbsDDRM also counts its kernel-conditional
 draws (`ALGORITHM_WORK`: the algorithm's own dense linear algebra, a Cholesky factor per chain and draw), timed as
 bare calls of its kernel update; the row keeps that time apart (`algorithm_seconds`), so the ratio over the network
-alone stays readable. overhead = sampler time / bare time: everything the engine does around the networks and the
-algorithm's own solves (operators, updates, bookkeeping); 1.00 means none. Also images per second and peak memory
+alone stays readable. overhead = sampler time / bare time: everything the engine does beyond that work (operators,
+updates, bookkeeping); 1.00 means none. Also images per second and peak memory
 (CUDA allocator peak; on CPUs the process's peak resident memory, which only grows).
 
 Each time is the fastest of `repeats` runs (after a warm-up), the sampler's and the bare network's alike, as
