@@ -85,12 +85,10 @@ def kernel_conditional_seconds(sampler, prior, op, y: torch.Tensor, x0: torch.Te
     kernel = op.kernel.to(x0.device, torch.float32).expand(len(x0), *op.kernel.shape[-2:])
     generators = make_generators(range(len(x0)), x0.device)
 
-    def draws(n: int) -> None:
-        for _ in range(n):
-            sampler.kernel_update(kernel, x0, y, op.noise.sigma, generators)
+    def draw(v: torch.Tensor) -> torch.Tensor:
+        return sampler.kernel_update(kernel, v, y, op.noise.sigma, generators)
 
-    draws(1)
-    return _seconds(lambda: draws(sampler.kernel_draws(prior)), x0.device)
+    return _pass_seconds(draw, x0, gradient=False, count=sampler.kernel_draws(prior))
 
 
 ALGORITHM_WORK = {"gibbs_ddrm": kernel_conditional_seconds}  # a sampler's own non-network work, timed bare
