@@ -82,7 +82,7 @@ def autoencoder_seconds(prior, x: torch.Tensor, z: torch.Tensor, passes: dict) -
 def kernel_conditional_seconds(sampler, prior, op, y: torch.Tensor, x0: torch.Tensor) -> float:
     """Seconds for the kernel-conditional draws of one GibbsDDRM run (`kernel_draws` per chain), each a bare call of
     its kernel update on images x0 (B, C, H, W) and their measurements y from op's kernel (after a warm-up call)."""
-    kernel = op.kernel.to(x0.device, torch.float32).expand(len(x0), *op.kernel.shape[-2:])
+    kernel = sampler.initial_kernels(op, len(x0), x0.device)
     generators = make_generators(range(len(x0)), x0.device)
 
     def draw(v: torch.Tensor) -> torch.Tensor:

@@ -232,6 +232,11 @@ class GibbsDDRM(Sampler):
     def nfe(self, prior) -> int:
         return self.config.sweeps * self.config.steps + self.kernel_draws(prior)
 
+    @staticmethod
+    def initial_kernels(op, n: int, device) -> torch.Tensor:
+        """The operator's kernel, the chains' initial guess: (n, kh, kw) float32 on `device`, one copy per chain."""
+        return op.kernel.to(device, torch.float32).expand(n, *op.kernel.shape[-2:]).clone()
+
     def kernel_update(self, kernel, x0, y, sigma_y, generators):
         """One draw from the kernel conditional (`langevin_kernel_update`) for kernels (n, kh, kw) given x0_hat
         (n, C, H, W), y and the measurement noise sigma_y, with this config's sigma_k and pixel-scaled gamma."""
@@ -251,7 +256,7 @@ class GibbsDDRM(Sampler):
 
     @torch.no_grad()  # not inference_mode: Blur caches its spectrum by the kernel's version counter
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
-        kernel = op.kernel.to(prior.device, torch.float32).expand(y.shape[0], *op.kernel.shape[-2:]).clone()
+        kernel = self.initial_kernels(op, y.shape[0], prior.device)
         guard = NonFiniteGuard(prior.device)
         for sweep in range(self.config.sweeps):
             x, kernel = self._sweep(prior, op.noise.sigma, y, image_shape, kernel, generators, step_hook, guard, sweep)

@@ -159,8 +159,9 @@ class REDDiff(Sampler):
         """
         data_scale, reg_scale = self.config.obs_weight / y[0].numel(), w_t / x0_pred[0].numel()
         if prior.space == "pixel":
-            return op.residual_gradient(y, x0_pred).mul_(data_scale).add_(residual, alpha=reg_scale)
-        grad = autograd_gradient(lambda z: op.residual_norm(y, prior.to_image(z)).square() / 2, x0_pred)
+            grad = op.residual_gradient(y, x0_pred)
+        else:
+            grad = autograd_gradient(lambda z: op.residual_norm(y, prior.to_image(z)).square() / 2, x0_pred)
         return grad.mul_(data_scale).add_(residual, alpha=reg_scale)
 
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
