@@ -8,9 +8,12 @@ res = sample_posterior(op.measure(x), op, num_samples=4)   # res.samples, res.me
 __version__ = "0.1.0"
 
 from posterior_diffusion.api import PosteriorResult, sample_posterior
+from posterior_diffusion.applications import load_applications
 from posterior_diffusion.operators import get_operator, list_operators
 from posterior_diffusion.priors import GaussianMixturePrior, load_prior
 from posterior_diffusion.samplers import get_sampler, list_samplers
+
+load_applications()  # tasks, baselines and presets of the installed applications join the registries
 
 __all__ = [
     "GaussianMixturePrior",

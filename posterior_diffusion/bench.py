@@ -1,8 +1,8 @@
 """`posterior-diffusion bench`: tasks x methods x images -> per-image rows, a summary table and figures.
 
 Methods are samplers (`samplers.SAMPLERS`) and the classical baselines (`baselines.BASELINES`: pinv, tikhonov,
-bicubic, harmonic, dirty, rml), so every table shows what the diffusion prior buys. A method that does not apply
-to a task (e.g. bicubic for deblurring) is skipped.
+bicubic, harmonic, and those applications add), so every table shows what the diffusion prior buys. A method that
+does not apply to a task (e.g. bicubic for deblurring) is skipped.
 
 Reproducible and resumable:
 - image i is centre-cropped to `size`; its measurement noise is seeded by (seed, i) and its chains by
@@ -12,14 +12,13 @@ Reproducible and resumable:
   any rows file already holds, so an interrupted run loses at most the group in progress.
 
 Outputs in `out/`: rows-*.jsonl, summary.md and summary.csv (mean +- std over images and seeds), and figures/
-(per task and method: truth | measurement | mean | std | samples of the first image, for black-hole tasks with the
-uv coverage and a dirty image instead of the measurement; per task: PSNR vs NFE).
+(per task and method: truth | measurement | mean | std | samples of the first image, or the task's own figure;
+per task: PSNR vs NFE).
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import resource
@@ -39,8 +38,8 @@ from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
 from posterior_diffusion.tensor_utils import sample_moments, seed_for
 
 KEY = ("task", "method", "image", "seed")
-METRIC_COLUMNS = ("psnr", "ssim", "lpips", "psnr_aligned", "psnr_blur10", "psnr_blur15", "psnr_blur20")
-METRIC_COLUMNS += ("chi2_cphase", "chi2_logcamp", "kernel_l2", "kernel_ncc")
+METRIC_COLUMNS = ("psnr", "ssim", "lpips")  # first in the tables; then the tasks' own metrics, as the rows have them
+NOT_METRICS = {*KEY, "index", "nfe", "seconds", "peak_mb"}
 
 
 @dataclass
@@ -136,11 +135,11 @@ class _Run:
             for group in _groups(todo, self.cfg.images_per_call):
                 ids = [mine[k] for k in group]
                 result = _run_method(self.cfg, method, task, given, y[group], ids, seed, self.prior, self.device)
-                if getattr(given, "shift_invariant", False):  # samples differ by shifts: align before averaging
-                    result = _aligned(result)
+                if task.align is not None:
+                    result = _aligned(result, task.align(given, result["samples"]))
                 rows = _score(result, x[ids], self.paths, ids, name, method, seed, self.cfg.lpips_net)
-                if task.metrics:
-                    extra = TASK_METRICS[task.metrics](given, y[group], result["mean"], x[ids])
+                if task.metrics is not None:
+                    extra = task.metrics(given, y[group], result["mean"], x[ids])
                     for n, row in enumerate(rows):
                         row.update({k: round(float(v[n]), 5) for k, v in extra.items()})
                 if task.blind:  # the method's kernel estimate (mean over samples), or the guess it was given
@@ -217,8 +216,8 @@ def _run_method(cfg, method, task, op, y, ids, seed, prior, device) -> dict:
         options = {k: v for k, v in cfg.sampler_options.items() if "." not in k} | options  # "K" for all samplers
         if task.preset in sampler_cls.PRESETS and "preset" not in options:
             options["preset"] = task.preset
-        if cfg.steps and "steps" in {f.name for f in dataclasses.fields(sampler_cls.Config)}:
-            options["steps"] = cfg.steps  # samplers with a step count (PnP-ULA counts iterations instead)
+        if cfg.steps:
+            options["steps"] = cfg.steps
         res = sample_posterior(
             y,
             op,
@@ -245,11 +244,8 @@ def _run_method(cfg, method, task, op, y, ids, seed, prior, device) -> dict:
     return result | {"seconds": seconds / len(ids), "peak_mb": round(peak, 1)}
 
 
-def _aligned(result: dict) -> dict:
-    """The result with its samples aligned to each measurement's first sample, mean and std recomputed."""
-    from posterior_diffusion.black_hole_metrics import align_samples
-
-    samples = align_samples(result["samples"])
+def _aligned(result: dict, samples: torch.Tensor) -> dict:
+    """The result with its samples replaced by aligned ones (B, S, C, H, W), mean and std recomputed."""
     mean, std = sample_moments(samples)
     return result | {"samples": samples, "mean": mean, "std": std}
 
@@ -278,20 +274,6 @@ def _score(result, x, paths, ids, task, method, seed, lpips_net: str) -> list[di
     ]
 
 
-def _black_hole_metrics(op, y, estimate, truth) -> dict[str, torch.Tensor]:
-    from posterior_diffusion.black_hole_metrics import aligned_psnr, blurred_psnr, closure_chi_squares
-
-    chi2 = closure_chi_squares(op, y, estimate)
-    scores = {"psnr_aligned": aligned_psnr(estimate, truth), "chi2_cphase": chi2["cphase"]}
-    scores["chi2_logcamp"] = chi2["logcamp"]
-    for fwhm in (10, 15, 20):
-        scores[f"psnr_blur{fwhm}"] = blurred_psnr(estimate, truth, fwhm, op.fov_uas)
-    return scores
-
-
-TASK_METRICS = {"black_hole": _black_hole_metrics}  # Task.metrics -> extra per-image metrics
-
-
 def read_rows(out: Path) -> list[dict]:
     """All rows of every process in `out`, deduplicated by (task, method, image, seed), sorted."""
     rows = {}
@@ -311,7 +293,7 @@ def summary(rows: list[dict]) -> list[dict]:
     table = []
     for (task, method), sel in groups.items():
         entry = {"task": task, "method": method, "images": len({r["image"] for r in sel}), "runs": len(sel)}
-        for metric in METRIC_COLUMNS:
+        for metric in metric_columns(rows):
             if all(metric in r for r in sel):
                 v = torch.tensor([r[metric] for r in sel], dtype=torch.float64)
                 entry[metric] = float(v.mean())
@@ -323,10 +305,16 @@ def summary(rows: list[dict]) -> list[dict]:
     return table
 
 
+def metric_columns(rows: list[dict]) -> list[str]:
+    """The metrics the rows hold: METRIC_COLUMNS first, then the others (tasks' own, kernel errors) by first use."""
+    seen = {k: None for r in rows for k in r if k not in NOT_METRICS}
+    return [m for m in METRIC_COLUMNS if m in seen] + [m for m in seen if m not in METRIC_COLUMNS]
+
+
 def write_summary(out: Path, rows: list[dict]) -> str:
     """summary.md and summary.csv in `out`; returns the Markdown table."""
     table = summary(rows)
-    metrics = [m for m in METRIC_COLUMNS if any(m in e for e in table)]
+    metrics = [m for m in metric_columns(rows) if any(m in e for e in table)]
     header = ["task", "method", *[m.upper() for m in metrics], "NFE", "s / image", "peak MB", "images", "runs"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in table:
@@ -345,14 +333,14 @@ def write_summary(out: Path, rows: list[dict]) -> str:
 
 
 def _example_figure(out: Path, name: str, method: str, task, op, truth, y, result, k: int) -> None:
-    from posterior_diffusion.figures import black_hole_figure, restoration_figure
+    from posterior_diffusion.figures import restoration_figure
 
     folder = out / "figures"
     folder.mkdir(exist_ok=True)
     path = folder / f"{name}_{method}.png"
     mean, std, samples = result["mean"][k], result["std"][k], result["samples"][k]
-    if task.metrics == "black_hole":
-        black_hole_figure(op, truth, samples, mean, std, path)
+    if task.figure is not None:
+        task.figure(path, op, truth, y, mean, std, samples)
         return
     measurement = y if y.ndim == 3 else None  # image-like measurements (any size) are shown
     restoration_figure(path, measurement, mean, std, samples, truth)

@@ -22,6 +22,7 @@ from posterior_diffusion.metrics import sliced_wasserstein
 from posterior_diffusion.operators import Operator, get_operator
 from posterior_diffusion.priors import GaussianMixturePrior
 from posterior_diffusion.samplers import Sampler, get_sampler
+from posterior_diffusion.samplers.base import SAMPLERS
 
 
 def random_gaussian_mixture(shape=(1, 8, 8), components: int = 3, seed: int = 0, spread: float = 0.5):
@@ -124,18 +125,15 @@ def evaluate(sampler: Sampler, case: ExactCase, num_samples: int = 64, seed: int
     }
 
 
-# Settings of the correctness report (a few seconds per case on a CPU); the papers' defaults are slower.
-REPORT_SETTINGS = {
-    "dps": {"steps": 200, "step_size": 0.3},
-    "ddrm": {"steps": 100},
-    "red_diff": {"steps": 1000},
-    "pnp_ula": {"iterations": 2000, "anneal_iterations": 1000},
-}
+def report_settings() -> dict[str, dict]:
+    """{sampler: options} of the report: every registered sampler's `EXACT_OPTIONS` (a few seconds per case on a
+    CPU; the papers' defaults are slower), except those for which the report does not apply (None)."""
+    return {name: cls.EXACT_OPTIONS for name, cls in SAMPLERS.items() if cls.EXACT_OPTIONS is not None}
 
 
 def report(settings: dict[str, dict] | None = None, num_samples: int = 64) -> str:
     """A Markdown table of `evaluate` for each sampler and case it supports."""
-    settings = REPORT_SETTINGS if settings is None else settings
+    settings = report_settings() if settings is None else settings
     lines = [
         "| sampler | settings | case | mean err (prior) | std ratio | SW (prior) | 90 % coverage | NFE | s |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -1,4 +1,4 @@
-"""Figures: image grids, the side-by-side restoration figure and the black-hole figure (matplotlib, Agg backend)."""
+"""Figures: image grids and the side-by-side restoration figure (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
@@ -53,44 +53,10 @@ def restoration_figure(
         panels.append(("ground truth", truth, {}))
     if measurement is not None:
         panels.append(("measurement", measurement, {}))
-    _save_panels(path, panels + _posterior_panels(mean, std, samples, max_samples))
+    save_panels(path, panels + posterior_panels(mean, std, samples, max_samples))
 
 
-def black_hole_figure(
-    op,
-    truth: torch.Tensor,
-    samples: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    path: str | Path,
-    max_samples: int = 3,
-) -> None:
-    """The black-hole figure: uv coverage | dirty image | ground truth | posterior mean | per-pixel std | samples.
-
-    op: an `interferometry` operator; truth, mean, std (1, N, N) and samples (S, 1, N, N) in [-1, 1]. The uv
-    coverage is drawn in Glambda with its mirror (-u, -v). Whatever the operator's data layout (closure data have
-    no visibility phases), the dirty image is that of calibrated visibilities of the truth with thermal noise
-    (the same observation with data="vis", gain_std=0; noise seed 0), in units of its own range.
-    """
-    vis_op = op.with_data("vis", gain_std=0.0).cpu()
-    y_vis = vis_op.measure(truth[None].float().cpu(), torch.Generator().manual_seed(0))
-    dirty = vis_op.dirty_image(y_vis)[0]
-    scale = {"vmin": float(dirty.min()), "vmax": float(dirty.max())}
-    panels = [("dirty image (vis of the truth)", dirty, scale), ("ground truth", truth, {})]
-    _save_panels(path, panels + _posterior_panels(mean, std, samples, max_samples), lambda ax: _uv_plot(ax, op))
-
-
-def _uv_plot(ax, op) -> None:
-    u, v = op.coverage.u.cpu() / 1e9, op.coverage.v.cpu() / 1e9
-    ax.scatter(torch.cat([u, -u]).numpy(), torch.cat([v, -v]).numpy(), s=1.5, c="tab:blue")
-    ax.set_aspect("equal")
-    ax.set_xlabel(r"u (G$\lambda$)", fontsize=8)
-    ax.set_ylabel(r"v (G$\lambda$)", fontsize=8)
-    ax.set_title("uv coverage", fontsize=9)
-    ax.tick_params(labelsize=7)
-
-
-def _posterior_panels(mean: torch.Tensor, std: torch.Tensor, samples: torch.Tensor, max_samples: int) -> list:
+def posterior_panels(mean: torch.Tensor, std: torch.Tensor, samples: torch.Tensor, max_samples: int) -> list:
     """(title, image, `_show` options) of the posterior mean, the channel-averaged std heat map and samples."""
     std_map = std.mean(0, keepdim=True)
     panels = [("posterior mean", mean, {})]
@@ -98,7 +64,7 @@ def _posterior_panels(mean: torch.Tensor, std: torch.Tensor, samples: torch.Tens
     return panels + [(f"sample {i + 1}", s, {}) for i, s in enumerate(samples[:max_samples])]
 
 
-def _save_panels(path: str | Path, panels: list, draw_first=None) -> None:
+def save_panels(path: str | Path, panels: list, draw_first=None) -> None:
     """One row of image panels (title, image, `_show` options), after a plot `draw_first(ax)` if given."""
     import matplotlib
 

@@ -4,12 +4,12 @@ For each sampler, dtype and batch size: the wall time of `sample_posterior` for 
 evaluations (NFE), and the time of the same number of bare network evaluations on the same batch: forward only
 (`prior.predict` under inference_mode), or forward + backward for samplers that differentiate through the network
 (DPS). Latent priors also count their autoencoder passes (`LatentPrior.autoencoder_passes`: images encoded or
-decoded, with or without a backward pass) and time as many bare passes. GibbsDDRM also counts its kernel-conditional
-draws (`ALGORITHM_WORK`: the algorithm's own dense linear algebra, a Cholesky factor per chain and draw), timed as
-bare calls of its kernel update; the row keeps that time apart (`algorithm_seconds`), so the ratio over the network
-alone stays readable. overhead = sampler time / bare time: everything the engine does beyond that work (operators,
-updates, bookkeeping); 1.00 means none. Also images per second and peak memory
-(CUDA allocator peak; on CPUs the process's peak resident memory, which only grows).
+decoded, with or without a backward pass) and time as many bare passes. A sampler whose algorithm does work of its
+own besides the network says so (`Sampler.own_work`: GibbsDDRM's kernel-conditional draws, a Cholesky factor per
+chain and draw), timed as that many bare calls; the row keeps that time apart (`algorithm_seconds`), so the ratio
+over the network alone stays readable. overhead = sampler time / bare time: everything the engine does beyond that
+work (operators, updates, bookkeeping); 1.00 means none. Also images per second and peak memory (CUDA allocator
+peak; on CPUs the process's peak resident memory, which only grows).
 
 Each time is the fastest of `repeats` runs (after a warm-up), the sampler's and the bare network's alike, as
 `timeit` does: other processes only ever add time, so the minimum is the least noisy estimate of what the code costs.
@@ -25,10 +25,7 @@ import torch
 
 from posterior_diffusion.api import sample_posterior
 from posterior_diffusion.samplers import sampler_applies, sampler_class
-from posterior_diffusion.tasks import TASKS
-from posterior_diffusion.tensor_utils import make_generators
-
-SAMPLER_TASKS = {"gibbs_ddrm": "blind_motion_deblur"}  # samplers that need another task than random_inpaint
+from posterior_diffusion.tasks import TASKS, Task
 
 
 def _sync(device: torch.device) -> None:
@@ -79,25 +76,17 @@ def autoencoder_seconds(prior, x: torch.Tensor, z: torch.Tensor, passes: dict) -
     return total
 
 
-def kernel_conditional_seconds(sampler, prior, op, y: torch.Tensor, x0: torch.Tensor) -> float:
-    """Seconds for the kernel-conditional draws of one GibbsDDRM run (`kernel_draws` per chain), each a bare call of
-    its kernel update on images x0 (B, C, H, W) and their measurements y from op's kernel (after a warm-up call)."""
-    kernel = sampler.initial_kernels(op, len(x0), x0.device)
-    generators = make_generators(range(len(x0)), x0.device)
-
-    def draw(v: torch.Tensor) -> torch.Tensor:
-        return sampler.kernel_update(kernel, v, y, op.noise.sigma, generators)
-
-    return _pass_seconds(draw, x0, gradient=False, count=sampler.kernel_draws(prior))
-
-
-ALGORITHM_WORK = {"gibbs_ddrm": kernel_conditional_seconds}  # a sampler's own non-network work, timed bare
-
-
-def budget(name: str, steps: int) -> dict:
-    """Options that give sampler `name` `steps` steps (PnP-ULA: iterations)."""
-    fields = sampler_class(name).Config.__dataclass_fields__
-    return {"steps": steps} if "steps" in fields else {"iterations": steps}
+def speed_task(name: str, prior, size: int) -> Task | None:
+    """The task sampler `name` is timed on at image side `size`: random_inpaint where it applies, else the first
+    task that does (blind samplers look at blind tasks first); None if none does."""
+    blind = sampler_class(name).blind
+    order = sorted(TASKS.items(), key=lambda item: (item[1].blind != blind, item[0] != "random_inpaint", item[0]))
+    for _, task in order:
+        if task.channels in (None, prior.default_image_shape()[0]) and sampler_applies(
+            name, prior, task.build(size), task.preset
+        ):
+            return task
+    return None
 
 
 def _peak_mb(device: torch.device) -> float:
@@ -115,31 +104,32 @@ def speed_rows(
     channels = prior.default_image_shape()[0]
     rows = []
     for name in samplers:
-        task = TASKS[SAMPLER_TASKS.get(name, "random_inpaint")]
-        op = task.build(size)
-        if not sampler_applies(name, prior, op, task.preset):
+        task = speed_task(name, prior, size)
+        if task is None:
             continue  # e.g. a sampler that needs a latent prior, on a pixel prior
+        op = task.build(size)
         gradient = sampler_class(name).network_gradient
         for batch in batch_sizes:
             x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
             y = op.measure(x, torch.Generator().manual_seed(1))
-            sample_posterior(y, op, prior=prior, sampler=name, progress=False, **budget(name, 2))  # warm-up
+            sample_posterior(y, op, prior=prior, sampler=name, progress=False, steps=2)  # warm-up
             with torch.no_grad():
                 state = prior.from_image(x.to(device))  # the network's input: x, or its latents
             counter = getattr(prior, "autoencoder_passes", {})
-            algorithm, sampler = ALGORITHM_WORK.get(name), sampler_class(name)(**budget(name, steps))
+            sampler = sampler_class(name)(steps=steps)
+            work = sampler.own_work(prior, op.to(device), y.to(device), state)
             runs, bare_runs, algorithm_runs, peak = [], [], [], 0.0
             for _ in range(repeats):  # sampler and bare network alternate: a slow spell slows both alike
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 counter.clear()
-                runs.append(sample_posterior(y, op, prior=prior, sampler=name, progress=False, **budget(name, steps)))
+                runs.append(sample_posterior(y, op, prior=prior, sampler=name, progress=False, steps=steps))
                 peak = max(peak, _peak_mb(device))
                 passes = dict(counter)  # each run makes the same passes
                 bare = bare_network_seconds(prior, state, runs[-1].nfe, gradient)
                 bare_runs.append(bare + (autoencoder_seconds(prior, x.to(device), state, passes) if passes else 0.0))
-                if algorithm:
-                    algorithm_runs.append(algorithm(sampler, prior, op, y.to(device), state))
+                if work is not None:
+                    algorithm_runs.append(_pass_seconds(work[0], state, gradient=False, count=work[1]))
             res, bare = min(runs, key=lambda r: r.seconds), min(bare_runs)
             algorithm_seconds = min(algorithm_runs, default=0.0)
             rows.append(
@@ -154,7 +144,7 @@ def speed_rows(
                     "overhead": res.seconds / (bare + algorithm_seconds),
                     "network": ("forward+backward" if gradient else "forward")
                     + (" + autoencoder" if passes else "")
-                    + (" + kernel conditional" if algorithm else ""),
+                    + (f" + {work[2]}" if work is not None else ""),
                     "autoencoder_images": sum(passes.values()),
                     "images_per_s": batch / res.seconds,
                     "peak_mb": peak,

@@ -15,8 +15,11 @@ side (kernel sizes rounded to the nearest odd integer). Users add tasks in a TOM
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from posterior_diffusion.operators import get_operator
 from posterior_diffusion.operators.base import Operator
@@ -28,9 +31,15 @@ REFERENCE_SIZE = 256  # the image side the papers' settings are given for
 class Task:
     """An operator with its settings at REFERENCE_SIZE. `scaled`: parameters that are lengths in pixels (scaled
     with the image side; kernel_size rounded to an odd integer, other integers rounded); `sized`: the operator
-    takes image_size;
-    `blind`: the benchmark gives samplers a Gaussian guess instead of the true kernel; `preset`: the samplers'
-    preset of the task (used where a sampler has one, e.g. DPS's step size)."""
+    takes image_size; `blind`: the benchmark gives samplers a Gaussian guess instead of the true kernel;
+    `preset`: the samplers' preset of the task (used where a sampler has one, e.g. DPS's step size).
+
+    Hooks through which an application scores and shows its task (None: the general behaviour):
+    `metrics(op, y, estimate, truth)` -> {name: (B,) tensor}, extra per-image metrics beside PSNR / SSIM / LPIPS;
+    `align(op, samples)` -> samples (B, S, C, H, W) aligned before their mean and std are taken (data that do not
+    fix the position, say); `figure(path, op, truth, y, mean, std, samples)` writes the example figure of one
+    image (truth, mean, std (C, H, W), y one measurement, samples (S, C, H, W)) instead of the restoration figure.
+    """
 
     operator: str
     params: dict = field(default_factory=dict)
@@ -40,8 +49,10 @@ class Task:
     blind: bool = False
     preset: str = ""
     description: str = ""
-    metrics: str = ""  # extra per-image metrics: "black_hole" (aligned / blurred PSNR, closure chi-squares)
     channels: int | None = None  # the image channels the operator takes (None: any, e.g. the prior's)
+    metrics: Callable[..., dict[str, torch.Tensor]] | None = None
+    align: Callable[[Operator, torch.Tensor], torch.Tensor] | None = None
+    figure: Callable[..., None] | None = None
 
     def build(self, image_size: int) -> Operator:
         """The task's operator for square images of side `image_size`."""
@@ -105,26 +116,14 @@ TASKS: dict[str, Task] = {
         description="the same blur, kernel unknown to the sampler (BlindDPS / GibbsDDRM)",
     ),
     "denoise": Task("denoise", noise_sigma=2 * 25 / 255, description="Gaussian noise, sigma 25/255 on [0, 1]"),
-    "black_hole": Task(
-        "interferometry",
-        {"gain_std": 0.1},
-        noise_sigma=None,
-        sized=True,
-        channels=1,
-        preset="black_hole",
-        metrics="black_hole",
-        description="EHT 2017 on Sgr A* over 160 uas: closure phases, log closure amplitudes, flux (InverseBench)",
-    ),
-    "black_hole_vis": Task(
-        "interferometry",
-        {"data": "vis", "gain_std": 0.0},
-        noise_sigma=None,
-        sized=True,
-        channels=1,
-        metrics="black_hole",
-        description="the same observation as calibrated complex visibilities (thermal noise only)",
-    ),
 }
+
+
+def register_task(name: str, task: Task) -> None:
+    """Add a task to the built-in ones (how an application ships its tasks)."""
+    if name in TASKS:
+        raise ValueError(f"task {name!r} is registered twice")
+    TASKS[name] = task
 
 
 def get_task(name: str, tasks: dict[str, Task] | None = None) -> Task:

@@ -33,6 +33,24 @@ def get_sampler(name: str, preset: str | None = None, **options) -> Sampler:
     return sampler_class(name)(preset=preset, **options)
 
 
+def sampler_from_config(config: dict) -> Sampler:
+    """Rebuild a sampler from `sampler.to_config()` (also after a JSON round trip: lists become tuples)."""
+    config = dict(config)
+    name, preset = config.pop("name"), config.pop("preset", None)
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    return get_sampler(name, preset=preset, **options)
+
+
+def register_preset(name: str, preset: str, options: dict) -> None:
+    """Add preset `preset` (sampler options) to sampler `name`: how an application ships its tuned settings
+    (e.g. `posterior_diffusion.eht`'s `black_hole` presets) without the sampler's module knowing it."""
+    cls = sampler_class(name)
+    if preset in cls.PRESETS:
+        raise ValueError(f"sampler {name!r} already has a preset {preset!r}")
+    cls.Config(**options)  # an unknown or invalid option fails here
+    cls.PRESETS = {**cls.PRESETS, preset: dict(options)}  # the class's own dict: never a parent's
+
+
 def sampler_applies(name: str, prior, op, preset: str = "") -> bool:
     """Whether sampler `name` accepts (prior, op), built with `preset` where it has one (a task's preset can supply
     what the operator needs, e.g. PnP-ULA's Lipschitz constant for closure data)."""
@@ -59,13 +77,14 @@ class NonFiniteError(FloatingPointError):
 
 class NonFiniteGuard:
     """Records, on the device, whether each step's chains are finite; reads the flags on the host only every
-    `every` steps (no per-step host-device sync) and at the end, and names the first step that was NaN/Inf."""
+    `every` steps (no per-step host-device sync) and at the end, and names the first step that was NaN/Inf.
+    The base sampler owns one per chunk and feeds it from the step hook."""
 
-    def __init__(self, device, every: int = 50):
+    def __init__(self, every: int = 50):
         self.pending: list[tuple[int, torch.Tensor]] = []  # (step, 0-d bool on the device)
         self.every = every
 
-    def update(self, i: int, x: torch.Tensor) -> None:
+    def update(self, i: int | str, x: torch.Tensor) -> None:
         self.pending.append((i, torch.isfinite(x).all()))
         if len(self.pending) >= self.every:
             self.check()
@@ -78,18 +97,26 @@ class NonFiniteGuard:
         finite = torch.stack(finite).cpu()  # the one host-device sync
         if not finite.all():
             step = steps[int((~finite).nonzero()[0])]
+            where = f"step {step}" if isinstance(step, int) else step
             raise NonFiniteError(
-                f"sampling produced NaN/Inf at step {step}; try dtype=float32, a smaller step size or more steps"
+                f"sampling produced NaN/Inf at {where}; try dtype=float32, a smaller step size or more steps"
             )
 
 
 class Sampler:
-    """Base class. Subclasses set `Config` (a frozen dataclass with cited defaults), `PRESETS`, the
-    capabilities they need, and implement `sample_chunk` and `nfe`."""
+    """Base class. Subclasses set `Config` (a frozen dataclass with cited defaults, whose step budget is `steps`),
+    `PRESETS`, the capabilities they need, `SMOKE_OPTIONS` and `EXACT_OPTIONS`, and implement `sample_chunk` and
+    `nfe`. The base class owns everything else: capability checks, per-chain generators, chunking, progress and
+    the non-finite guard."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type]
     PRESETS: ClassVar[dict[str, dict]] = {}
+    # the cheapest options that run every branch of the algorithm (the test suite's end-to-end runs)
+    SMOKE_OPTIONS: ClassVar[dict]
+    # options of the exact-posterior report (`posterior_diffusion.exact`): a few seconds per case on a CPU;
+    # None where the report does not apply (blind samplers, latent-only samplers: its priors are pixel mixtures)
+    EXACT_OPTIONS: ClassVar[dict | None]
     needs_space: ClassVar[str] = "pixel"  # "pixel", "latent" or "any"
     needs_operator: ClassVar[str] = "differentiable"  # "differentiable", "linear" or "svd"
     samples_posterior: ClassVar[bool] = True  # False: a mode-seeking (variational) estimate, not posterior draws
@@ -112,11 +139,22 @@ class Sampler:
         self.config = self.Config(**{**self.PRESETS.get(preset, {}), **options})
 
     def to_config(self) -> dict:
+        """{"name", "preset", every config field}: `sampler_from_config` rebuilds the same sampler."""
         return {"name": self.name, "preset": self.preset, **dataclasses.asdict(self.config)}
+
+    @property
+    def steps(self) -> int:
+        """The step budget (every sampler's config names it `steps`)."""
+        return self.config.steps
 
     def nfe(self, prior: DiffusionPrior) -> int:
         """Network evaluations per chain with this prior's schedule."""
         raise NotImplementedError
+
+    def own_work(self, prior: DiffusionPrior, op: Operator, y: torch.Tensor, x0: torch.Tensor):
+        """The algorithm's own work besides the network in one run, for the speed benchmark: (fn, calls, what) with
+        fn(x0) one bare call of it on states x0 (B, ...) and measurements y (B, ...), or None where there is none."""
+        return None
 
     def check(self, prior: DiffusionPrior, op: Operator) -> None:
         """Refuse an incompatible prior/operator before any work, saying what works."""
@@ -162,7 +200,7 @@ class Sampler:
             batch_size: chains per network call (default: all).
             image_shape: (C, H, W) of x; default op.image_shape(measurement shape).
             callback: called after every step with {"i", "t", "x", "x0_hat", ...} of the current chunk ("nfe": the
-                step's network evaluations when it is not 1).
+                step's network evaluations when it is not 1). Each step's x is checked for NaN/Inf (`NonFiniteGuard`).
         """
         from tqdm.auto import tqdm
 
@@ -183,16 +221,21 @@ class Sampler:
         nfe = self.nfe(prior)
         bar = tqdm(total=nfe * len(chunks), disable=not progress, desc=self.name, unit="nfe")
 
-        def step_hook(info: dict) -> None:
-            bar.update(info.get("nfe", 1))
-            if callback is not None:
-                callback(info)
-
         samples, extras = [], []
         try:
             for chunk in chunks:
+                guard = NonFiniteGuard()
+
+                def step_hook(info: dict, guard=guard) -> None:
+                    guard.update(info["i"], info["x"])
+                    bar.update(info.get("nfe", 1))
+                    if callback is not None:
+                        callback(info)
+
                 generators = make_generators(seeds[chunk], device=prior.device)
                 x, extra = self.sample_chunk(prior, op, y_chains[chunk], image_shape, generators, step_hook)
+                guard.update("the end", x)
+                guard.check()
                 samples.append(x.float())
                 extras.append(extra)
         finally:
@@ -202,8 +245,9 @@ class Sampler:
         return SamplerOutput(samples=out, nfe=nfe, extras=merged)
 
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook) -> tuple[torch.Tensor, dict]:
-        """Run the algorithm on n chains. y: (n, *meas), one generator per chain. Returns x (n, C, H, W) and
-        extras {name: (n, ...) tensor}."""
+        """Run the algorithm on n chains. y: (n, *meas), one generator per chain; step_hook(info) after every step
+        with at least {"i": step, "x": the state (n, ...)} (progress, callback and the non-finite guard). Returns
+        x (n, C, H, W) and extras {name: (n, ...) tensor}."""
         raise NotImplementedError
 
 

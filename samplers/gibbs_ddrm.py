@@ -36,10 +36,11 @@ import torch
 
 from posterior_diffusion.operators.blur import Blur
 from posterior_diffusion.operators.noise import GaussianNoise
-from posterior_diffusion.tensor_utils import randn_stacked
+from posterior_diffusion.tensor_utils import make_generators, randn_stacked
 
-from .base import NonFiniteGuard, Sampler, register_sampler
-from .ddrm import SpectralPosterior, ddrm_timesteps, sigma_of, spectral_noise
+from .base import Sampler, register_sampler
+from .schedule import ddrm_timesteps, sigma_of
+from .spectral import SpectralPosterior, spectral_noise
 
 REFERENCE_PIXELS = 3 * 256 * 256
 
@@ -219,6 +220,15 @@ class GibbsDDRM(Sampler):
     }
     needs_operator = "linear"
     blind = True
+    SMOKE_OPTIONS: ClassVar[dict] = {
+        "steps": 2,
+        "sweeps": 2,
+        "model_sigma": 0.1,
+        "kernel_update_start": 1.0,
+        "kernel_updates": 1,
+        "langevin_iters": 2,
+    }
+    EXACT_OPTIONS: ClassVar[dict | None] = None  # blind: the exact posteriors are for a known operator
 
     def _update_steps(self, num_timesteps: int) -> list[bool]:
         pairs = ddrm_timesteps(num_timesteps, self.config.steps)
@@ -236,6 +246,16 @@ class GibbsDDRM(Sampler):
     def initial_kernels(op, n: int, device) -> torch.Tensor:
         """The operator's kernel, the chains' initial guess: (n, kh, kw) float32 on `device`, one copy per chain."""
         return op.kernel.to(device, torch.float32).expand(n, *op.kernel.shape[-2:]).clone()
+
+    def own_work(self, prior, op, y, x0):
+        """The kernel-conditional draws of one run, each a bare `kernel_update` from op's kernel."""
+        kernel = self.initial_kernels(op, len(x0), x0.device)
+        generators = make_generators(range(len(x0)), x0.device)
+
+        def draw(v: torch.Tensor) -> torch.Tensor:
+            return self.kernel_update(kernel, v, y, op.noise.sigma, generators)
+
+        return draw, self.kernel_draws(prior), "kernel conditional"
 
     def kernel_update(self, kernel, x0, y, sigma_y, generators):
         """One draw from the kernel conditional (`langevin_kernel_update`) for kernels (n, kh, kw) given x0_hat
@@ -257,13 +277,11 @@ class GibbsDDRM(Sampler):
     @torch.no_grad()  # not inference_mode: Blur caches its spectrum by the kernel's version counter
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
         kernel = self.initial_kernels(op, y.shape[0], prior.device)
-        guard = NonFiniteGuard(prior.device)
         for sweep in range(self.config.sweeps):
-            x, kernel = self._sweep(prior, op.noise.sigma, y, image_shape, kernel, generators, step_hook, guard, sweep)
-        guard.check()
+            x, kernel = self._sweep(prior, op.noise.sigma, y, image_shape, kernel, generators, step_hook, sweep)
         return x, {"kernel": kernel}
 
-    def _sweep(self, prior, sigma_y, y, image_shape, kernel, generators, step_hook, guard, sweep):
+    def _sweep(self, prior, sigma_y, y, image_shape, kernel, generators, step_hook, sweep):
         """One DDRM trajectory from x_T with kernel updates; returns (x_0, kernel)."""
         cfg = self.config
         device = prior.device
@@ -294,8 +312,7 @@ class GibbsDDRM(Sampler):
                 c = ddrm_update(blur, spec, pred, sigma_of(alpha_bar[t_next]))
                 x_next = alpha_bar[t_next] ** 0.5 * blur.V(c)
             x_t = x_next
-            step = sweep * len(pairs) + i
-            guard.update(step, x_t)
             nfe = 1 + (cfg.kernel_updates if update else 0)
+            step = sweep * len(pairs) + i
             step_hook({"i": step, "t": t, "x": x_t, "x0_hat": pred.x0_hat, "kernel": kernel, "nfe": nfe})
         return x_t, kernel

@@ -10,7 +10,8 @@ no VJP. Pi_C is the projection on the box C; lam the Moreau-Yosida parameter. De
 code (Marien-RENAUD/PnP_ULA_posterior_law_sensivity, `pnpula`) converted from [0, 1] to the [-1, 1] scale:
 eps = (2 * 5/255)^2, alpha = 1, C = [-3, 3] (= [-1, 2] on [0, 1]),
 lam = 0.5 / (2 L_y + alpha / eps), delta = (1/3) / (L_y + 1/lam + alpha / eps), with L_y = ||A||^2 / sigma^2.
-The chain starts at y when y is an image of x's shape (the reference), else at A^+ y (option `init`).
+The chain starts at y when y is an image of x's shape (the reference), else at A^+ y (option `init`, one of
+`samplers.inits`).
 Each requested sample is an independent chain: its last state is the sample, and the chain's mean and
 per-pixel std after burn-in are returned in extras["chain_mean"] and extras["chain_std"].
 
@@ -40,15 +41,17 @@ import torch
 from posterior_diffusion.operators.noise import GaussianNoise
 from posterior_diffusion.tensor_utils import autograd_gradient, randn_stacked
 
-from .base import NonFiniteGuard, Sampler, register_sampler
+from .base import Sampler, register_sampler
+from .inits import check_init, initial_state
+from .schedule import timestep_of_variance
 
 
 @dataclass(frozen=True)
 class PnPULAConfig:
     """PnP-ULA settings (reference code `pnpula`; Laumont et al. Sec. 4).
 
-    iterations: 10_000 (the reference's default n_iter; its demos use 3e4-1e5).
-    burn_in: iterations left out of the chain statistics; default iterations // 10 (declared in the reference).
+    steps: 10_000 Langevin iterations (the reference's default n_iter; its demos use 3e4-1e5).
+    burn_in: iterations left out of the chain statistics; default steps // 10 (declared in the reference).
     thinning: every thinning-th state after burn-in enters the chain mean and std (the reference averages all).
     eps: the denoiser's noise variance on [-1, 1]; default (2 * 5/255)^2 (std 5/255 on [0, 1]).
     alpha: prior weight, 1 (the paper also uses 0.3).
@@ -58,10 +61,9 @@ class PnPULAConfig:
     lipschitz: the likelihood gradient's Lipschitz constant L_y; None: ||A||^2 / sigma^2 (`norm_squared`) for
         Gaussian noise, 1 / sigma^2 for nonlinear operators; likelihoods without a sigma (Poisson, interferometric
         closures) need it given.
-    init: "measurement" (the reference: x_0 = y when y is an image of x's shape, else A^+ y), "pinv"
-        (A^+ y, singular values below 3e-2 of the largest discarded), "zeros", or "rml" (interferometry: the
-        regularised maximum-likelihood image of `posterior_diffusion.baselines.rml`, ehtim's classical method,
-        best of the starts `RML_STARTS`).
+    init: a registered initial estimate (`samplers.inits`): "measurement" (the reference: x_0 = y when y is an
+        image of x's shape, else A^+ y), "pinv" (A^+ y, singular values below 3e-2 of the largest discarded),
+        "zeros", or one that an application registers.
     preconditioner: "none" (the paper) or "gauss_newton": the constant metric P of the module docstring, from
         the whitened residuals of Gaussian or interferometric likelihoods; delta = step_fraction then (the
         metric makes the drift's Lipschitz constant ~1), unless step_size is given.
@@ -71,7 +73,7 @@ class PnPULAConfig:
         nearest one. Not counted in burn_in or the chain statistics.
     """
 
-    iterations: int = 10_000
+    steps: int = 10_000
     burn_in: int | None = None
     thinning: int = 1
     eps: float = (2 * 5 / 255) ** 2
@@ -86,18 +88,15 @@ class PnPULAConfig:
     anneal_eps: float = 1.0
 
     def __post_init__(self):
-        if self.iterations < 1 or self.eps <= 0 or self.alpha <= 0:
-            raise ValueError(
-                f"need iterations >= 1, eps > 0, alpha > 0; got {self.iterations}, {self.eps}, {self.alpha}"
-            )
+        if self.steps < 1 or self.eps <= 0 or self.alpha <= 0:
+            raise ValueError(f"need steps >= 1, eps > 0, alpha > 0; got {self.steps}, {self.eps}, {self.alpha}")
         if self.anneal_iterations < 0 or self.anneal_eps <= self.eps:
             raise ValueError("anneal_iterations must be >= 0 and anneal_eps > eps")
         if self.thinning < 1:
             raise ValueError(f"thinning must be >= 1, got {self.thinning}")
-        if self.burn_in is not None and not 0 <= self.burn_in < self.iterations:
-            raise ValueError(f"burn_in must be in [0, iterations), got {self.burn_in}")
-        if self.init not in INITS:
-            raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
+        if self.burn_in is not None and not 0 <= self.burn_in < self.steps:
+            raise ValueError(f"burn_in must be in [0, steps), got {self.burn_in}")
+        check_init(self.init)
         if self.preconditioner not in PRECONDITIONERS:
             raise ValueError(f"unknown preconditioner {self.preconditioner!r}; valid: {', '.join(PRECONDITIONERS)}")
         if not 0 < self.step_fraction <= 1 or (self.step_size is not None and self.step_size <= 0):
@@ -106,26 +105,12 @@ class PnPULAConfig:
             raise ValueError(f"lipschitz must be > 0, got {self.lipschitz}")
 
 
-INITS = ("measurement", "pinv", "zeros", "rml")
 PRECONDITIONERS = ("none", "gauss_newton")
 
 
 def _gaussian_sigma(op) -> float | None:
     """The operator's Gaussian noise sigma when it is one and > 0, else None."""
     return op.noise.sigma if isinstance(op.noise, GaussianNoise) and op.noise.sigma > 0 else None
-
-
-def _initial_state(init: str, op, y: torch.Tensor, image_shape) -> torch.Tensor:
-    if init == "rml":  # once per distinct measurement (the samples of one y share it)
-        from posterior_diffusion.baselines import RML_STARTS, rml
-
-        unique, inverse = torch.unique(y, dim=0, return_inverse=True)
-        return rml(op, unique, init_fwhm_uas=RML_STARTS).float()[inverse]
-    if init == "measurement" and tuple(y.shape[1:]) == tuple(image_shape):
-        return y.float().clone()
-    if init != "zeros" and op.is_linear:
-        return op.pinv(y, rcond=3e-2).float()
-    return torch.zeros((y.shape[0], *image_shape), device=y.device)
 
 
 def _whitened_residuals(op, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -166,12 +151,6 @@ def _gauss_newton_metric(op, y: torch.Tensor, x: torch.Tensor, c: float) -> tupl
     return vecs[inverse], vals[inverse]
 
 
-def denoiser_timestep(alphas_cumprod: torch.Tensor, eps: float) -> int:
-    """The step t* whose variance (1 - a) / a on the x0 scale is nearest to eps."""
-    variance = (1 - alphas_cumprod.double()) / alphas_cumprod.double()
-    return int((variance - eps).abs().argmin())
-
-
 @register_sampler("pnp_ula")
 class PnPULA(Sampler):
     """PnP-ULA for differentiable operators, Gaussian noise (others with `lipschitz`); one forward per step."""
@@ -180,21 +159,18 @@ class PnPULA(Sampler):
     PRESETS: ClassVar[dict[str, dict]] = {
         "deblur": {"alpha": 1.0},  # pnpula_experiment: alpha 1
         "deblur_strong_prior": {"alpha": 0.3},  # Laumont et al. also report alpha 0.3
-        # ours: the `black_hole` task (closure likelihood, L_y ~ 3e5): the Gauss-Newton metric from the rml image,
-        # 500 iterations; on 4 validation images (black_holes --seed 777) 31.7 dB (28.8 from rml's single 50 uas
-        # start, 28.7 with an annealed start of 300 iterations from eps 0.05)
-        "black_hole": {"init": "rml", "preconditioner": "gauss_newton", "iterations": 500},
     }
     needs_operator = "differentiable"
+    SMOKE_OPTIONS: ClassVar[dict] = {"steps": 4, "anneal_iterations": 2}
+    EXACT_OPTIONS: ClassVar[dict | None] = {"steps": 2000, "anneal_iterations": 1000}
 
     def nfe(self, prior) -> int:
-        return self.config.anneal_iterations + self.config.iterations
+        return self.config.anneal_iterations + self.config.steps
 
     def check(self, prior, op):
         super().check(prior, op)
         self.check_noise(op)
-        if self.config.init == "rml" and op.name != "interferometry":
-            raise ValueError(f"init='rml' is the interferometry baseline; '{op.name}' needs another init")
+        check_init(self.config.init, op)
 
     def check_noise(self, op) -> None:
         """The step needs L_y: from a Gaussian sigma, or given as `lipschitz` for any other likelihood; the
@@ -228,7 +204,7 @@ class PnPULA(Sampler):
 
     def _parameters(self, prior, l_y: float, eps: float | None = None) -> dict[str, float]:
         cfg = self.config
-        t_star = denoiser_timestep(prior.alphas_cumprod, cfg.eps if eps is None else eps)
+        t_star = timestep_of_variance(prior.alphas_cumprod, cfg.eps if eps is None else eps)
         a = float(prior.alphas_cumprod[t_star])
         eps = (1 - a) / a
         if cfg.preconditioner == "gauss_newton":  # curvature ~1 in the metric (module docstring)
@@ -245,7 +221,7 @@ class PnPULA(Sampler):
         l_y = self._likelihood_lipschitz(op, image_shape)
         target = self._parameters(prior, l_y)
         ramp = torch.logspace(math.log10(cfg.anneal_eps), math.log10(target["eps"]), cfg.anneal_iterations).tolist()
-        return [self._parameters(prior, l_y, e) for e in ramp] + [target] * cfg.iterations
+        return [self._parameters(prior, l_y, e) for e in ramp] + [target] * cfg.steps
 
     @staticmethod
     def _likelihood_gradient(op, y: torch.Tensor, x: torch.Tensor, sigma: float | None) -> torch.Tensor:
@@ -259,9 +235,9 @@ class PnPULA(Sampler):
         cfg = self.config
         device = prior.device
         schedule = self._schedule(prior, op, image_shape)
-        burn_in = cfg.anneal_iterations + (cfg.iterations // 10 if cfg.burn_in is None else cfg.burn_in)
+        burn_in = cfg.anneal_iterations + (cfg.steps // 10 if cfg.burn_in is None else cfg.burn_in)
         with torch.no_grad():
-            x = _initial_state(cfg.init, op, y, image_shape)
+            x = initial_state(cfg.init, op, y, image_shape)
         metric = None
         if cfg.preconditioner == "gauss_newton":  # P = (V h V^T + c I)^-1 at x_0, c = alpha / eps
             c = cfg.alpha / schedule[-1]["eps"]
@@ -275,7 +251,6 @@ class PnPULA(Sampler):
 
         total = torch.zeros_like(x)
         total_sq = torch.zeros_like(x)
-        guard = NonFiniteGuard(device)
         low, high = cfg.box
         sigma = _gaussian_sigma(op)
         for k, p in enumerate(schedule):
@@ -301,9 +276,7 @@ class PnPULA(Sampler):
                 if k >= burn_in and (k - burn_in) % cfg.thinning == 0:
                     total += x
                     total_sq.addcmul_(x, x)
-            guard.update(k, x)
             step_hook({"i": k, "t": p["t_star"], "x": x, "x0_hat": denoised})
-        guard.check()
         count = len(range(burn_in, len(schedule), cfg.thinning))
         mean = total / count
         std = (total_sq / count - mean.square()).clamp(min=0).sqrt()

@@ -26,7 +26,9 @@ import torch
 
 from posterior_diffusion.tensor_utils import autograd_gradient, randn_stacked
 
-from .base import NonFiniteGuard, Sampler, register_sampler
+from .base import Sampler, register_sampler
+from .inits import check_init, initial_state
+from .schedule import red_diff_timesteps
 
 WEIGHTINGS = {  # functions of the inverse SNR r = sqrt(1 - alpha_bar) / sqrt(alpha_bar) (reddiff.yaml options)
     "linear": lambda r: r,
@@ -36,37 +38,6 @@ WEIGHTINGS = {  # functions of the inverse SNR r = sqrt(1 - alpha_bar) / sqrt(al
     "clip": lambda r: r.clamp(max=1.0),
     "power2over3": lambda r: r.pow(2 / 3),
     "const": lambda r: torch.ones_like(r),
-}
-
-
-def _pinv_init(op, y, shape, rcond):
-    """A^+ y for linear operators (the reference), zeros otherwise."""
-    return op.pinv(y, rcond=rcond) if op.is_linear else torch.zeros(shape, device=y.device)
-
-
-def _rml_init(op, y, shape, rcond):
-    """Interferometry: the regularised maximum-likelihood image (`posterior_diffusion.baselines.rml`, ehtim's
-    classical method, best of the starts `RML_STARTS`), once per distinct measurement."""
-    from posterior_diffusion.baselines import RML_STARTS, rml
-
-    unique, inverse = torch.unique(y, dim=0, return_inverse=True)
-    return rml(op, unique, init_fwhm_uas=RML_STARTS).float()[inverse]
-
-
-def _gaussian_init(op, y, shape, rcond):
-    """Interferometry: a centred circular Gaussian of 50 uas FWHM carrying the measured total flux (the start
-    of `baselines.rml`)."""
-    from posterior_diffusion.baselines import _gaussian_brightness
-
-    return (2 * _gaussian_brightness(op, op.measured_flux(y), 50.0) - 1).clamp(-1, 1)
-
-
-INITS = {  # RED-Diff's initial mu (images in [-1, 1], shape (n, C, H, W))
-    "pinv": _pinv_init,
-    "zeros": lambda op, y, shape, rcond: torch.zeros(shape, device=y.device),
-    "dark": lambda op, y, shape, rcond: torch.full(shape, -1.0, device=y.device),
-    "rml": _rml_init,
-    "gaussian": _gaussian_init,
 }
 
 
@@ -83,12 +54,11 @@ class REDDiffConfig:
     init_rcond: 3e-2, the initial A^+ y discards singular values below this fraction of the largest, as the
         reference's SVD operators do (`utils/degredations.py`: singular values < ZERO = 3e-2 are set to 0).
     box: None (the paper); (low, high) projects mu onto the box after every Adam step, a projected-gradient
-        variant for pixel priors whose data leave directions unconstrained (closure-only interferometry, where
-        unprojected mu grows fringes far outside the image range that the weak regulariser cannot undo).
-    init: "pinv" (A^+ y for linear operators, zeros otherwise: the reference) or "zeros" or "dark" (-1, an
-        empty sky for non-negative images such as black holes); for interferometry (not in the paper) "rml",
-        the regularised maximum-likelihood image of `posterior_diffusion.baselines.rml` (ehtim's classical
-        method), or "gaussian", that method's own start (a centred 50 uas Gaussian carrying the measured flux).
+        variant for pixel priors whose data leave directions unconstrained (e.g. closure-only interferometry,
+        where unprojected mu grows fringes far outside the image range that the weak regulariser cannot undo).
+    init: a registered initial estimate (`samplers.inits`): "pinv" (A^+ y for linear operators, zeros
+        otherwise: the reference), "zeros", "dark" (-1, an empty sky for non-negative images), or one that an
+        application registers.
     """
 
     steps: int = 1000
@@ -104,18 +74,9 @@ class REDDiffConfig:
     def __post_init__(self):
         if self.steps < 1 or self.lr <= 0 or self.lam < 0:
             raise ValueError(f"need steps >= 1, lr > 0, lam >= 0; got {self.steps}, {self.lr}, {self.lam}")
-        if self.init not in INITS:
-            raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
+        check_init(self.init)
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
-
-
-def red_diff_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
-    """range(0, T, T / steps) traversed in descending order (the reference's `ts`)."""
-    if not 1 <= steps <= num_train_timesteps:
-        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
-    skip = num_train_timesteps / steps
-    return [int(i * skip) for i in range(steps)][::-1]
 
 
 @register_sampler("red_diff")
@@ -128,16 +89,13 @@ class REDDiff(Sampler):
         "super_resolution": {"lam": 0.25, "lr": 0.25},
         "deblur": {"lam": 0.25, "lr": 0.25},
         "nonlinear": {"lam": 0.25, "lr": 0.5},
-        # ours: the `black_hole` task; unprojected mu grows fringes far outside [-1, 1] (README). The closure
-        # data term, whitened, is ~1e3 times the regulariser's scale: obs_weight 1e-3 (of 1e-2 / 1e-3 / 1e-4 from
-        # rml), lr 0.03 (of 0.01 / 0.03 / 0.1), init rml (dark / gaussian starts gave 16-19 dB); 4 validation
-        # images (black_holes --seed 777), 1000 steps: 30.2 dB, closure chi-squares 1.4 / 1.1
-        "black_hole": {"lr": 0.03, "box": (-1.0, 1.0), "init": "rml", "obs_weight": 1e-3},
     }
     needs_space = "any"
     needs_operator = "differentiable"
     weighs_noise_level = False  # Gaussian noise: the data term is mean((y - A mu)^2) / 2, not divided by sigma_y^2
     samples_posterior = False  # q(x0 | y) with sigma -> 0: samples differ only through the noise draws
+    SMOKE_OPTIONS: ClassVar[dict] = {"steps": 4}
+    EXACT_OPTIONS: ClassVar[dict | None] = {"steps": 1000}
 
     def nfe(self, prior) -> int:
         return self.config.steps
@@ -146,8 +104,7 @@ class REDDiff(Sampler):
         super().check(prior, op)
         if self.config.box is not None and prior.space == "latent":
             raise ValueError("box projects images in [-1, 1]; it does not apply to a latent prior (use box=None)")
-        if self.config.init in ("rml", "gaussian") and op.name != "interferometry":
-            raise ValueError(f"init={self.config.init!r} is for interferometry; '{op.name}' needs another init")
+        check_init(self.config.init, op)
 
     def _gradient(self, prior, op, y, x0_pred, residual, w_t: float) -> torch.Tensor:
         """d loss / d mu at mu = x0_pred (n, *state): the data term's gradient plus w_t * residual / numel.
@@ -167,10 +124,9 @@ class REDDiff(Sampler):
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
         cfg = self.config
         device = prior.device
-        n = y.shape[0]
         shape = prior.state_shape(image_shape)  # latents for a latent prior
         with torch.no_grad():
-            init = prior.from_image(INITS[cfg.init](op, y, (n, *image_shape), cfg.init_rcond))
+            init = prior.from_image(initial_state(cfg.init, op, y, image_shape, cfg.init_rcond))
         # dense layouts for mu and its gradient (below): fused Adam reads both as plain arrays
         mu = init.float().clone(memory_format=torch.contiguous_format).requires_grad_(True)
         # fused: one kernel per update instead of a dozen (the update is host-bound on a GPU at small batches)
@@ -179,7 +135,6 @@ class REDDiff(Sampler):
         # the schedule's scalars as host floats, computed once: no per-step tensor arithmetic on them
         alpha_bar = prior.alphas_cumprod.double().cpu()[timesteps]
         inverse_snr = ((1 - alpha_bar) / alpha_bar).sqrt()
-        guard = NonFiniteGuard(device)
         scalars = zip(
             timesteps,
             alpha_bar.sqrt().tolist(),
@@ -204,8 +159,6 @@ class REDDiff(Sampler):
             if cfg.box is not None:
                 with torch.no_grad():
                     mu.clamp_(*cfg.box)
-            guard.update(i, mu)
             step_hook({"i": i, "t": t, "x": mu.detach(), "x0_hat": pred.x0_hat})
-        guard.check()
         with torch.no_grad():
             return prior.to_image(mu.detach()), {}

@@ -1,4 +1,4 @@
-"""Schedule helpers shared by the samplers: strided timesteps, DDPM ancestral-step coefficients and DDIM steps.
+"""Every timestep grid and noise-level conversion the samplers use, and the DDPM / DDIM step coefficients.
 
 Notation (Ho et al. 2020; Nichol & Dhariwal 2021): alpha_bar_t = prod(1 - beta); on a strided subsequence
 t_0 > t_1 > ... the step t_i -> t_{i+1} has beta_i = 1 - alpha_bar_{t_i} / alpha_bar_{t_{i+1}} (the respacing
@@ -22,6 +22,33 @@ def strided_timesteps(num_train_timesteps: int, steps: int) -> torch.Tensor:
         return torch.tensor([num_train_timesteps - 1])
     t = torch.linspace(0, num_train_timesteps - 1, steps, dtype=torch.float64).round().long()
     return t.flip(0)
+
+
+def ddrm_timesteps(num_train_timesteps: int, steps: int) -> list[tuple[int, int]]:
+    """(t, t_next) pairs, descending, on DDRM's uniform skip grid range(0, T, T // steps); t_next = -1 is x_0."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
+    seq = list(range(0, num_train_timesteps, num_train_timesteps // steps))[:steps]
+    return list(zip(reversed(seq), reversed([-1, *seq[:-1]]), strict=False))
+
+
+def red_diff_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
+    """range(0, T, T / steps) traversed in descending order (RED-Diff's reference `ts`)."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
+    skip = num_train_timesteps / steps
+    return [int(i * skip) for i in range(steps)][::-1]
+
+
+def sigma_of(alpha_bar: float) -> float:
+    """sigma_t = sqrt(1 - alpha_bar_t) / sqrt(alpha_bar_t), the noise level of x_t / sqrt(alpha_bar_t)."""
+    return ((1 - alpha_bar) / alpha_bar) ** 0.5
+
+
+def timestep_of_variance(alphas_cumprod: torch.Tensor, variance: float) -> int:
+    """The step t whose variance sigma_t^2 = (1 - alpha_bar_t) / alpha_bar_t is nearest to `variance`."""
+    variances = (1 - alphas_cumprod.double()) / alphas_cumprod.double()
+    return int((variances - variance).abs().argmin())
 
 
 @dataclass

@@ -38,7 +38,7 @@ def test_bicubic_keeps_constants_and_errors_name_the_problem():
 @pytest.fixture(scope="module")
 def black_hole_measurement():
     """Two procedural black holes (32x32, [-1, 1]) and their closure data under the black_hole task's gains."""
-    from posterior_diffusion.black_holes import black_hole_images
+    from posterior_diffusion.eht.black_holes import black_hole_images
 
     x = torch.cat([black_hole_images(1, size=32, seed=seed) for seed in (7, 1)]) * 2 - 1
     op = get_operator("interferometry", image_size=32, gain_std=0.1)
@@ -55,7 +55,7 @@ def test_dirty_image_of_a_point_source_peaks_at_its_pixel():
 
 
 def test_rml_fits_the_closures_better_than_its_initial_gaussian(black_hole_measurement):
-    from posterior_diffusion.black_hole_metrics import aligned_psnr, closure_chi_squares
+    from posterior_diffusion.eht.metrics import aligned_psnr, closure_chi_squares
 
     op, x, y = black_hole_measurement
     initial = baseline("rml", op, y[:1], rounds=0)  # no iterations: the centred Gaussian of the measured flux

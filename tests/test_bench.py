@@ -201,14 +201,14 @@ def test_exact_benchmark_command_writes_the_table(tmp_path, monkeypatch):
     import posterior_diffusion.exact as exact
     from posterior_diffusion.cli import main
 
-    monkeypatch.setattr(exact, "REPORT_SETTINGS", {"ddrm": {"steps": 20}})
+    monkeypatch.setattr(exact, "report_settings", lambda: {"ddrm": {"steps": 20}})
     assert main(["bench", "--exact", "--out", str(tmp_path), "--num-samples", "16"]) == 0
     table = (tmp_path / "exact.md").read_text()
     assert table.startswith("| sampler |") and "| ddrm |" in table
 
 
 def test_black_hole_task_reports_the_interferometry_metrics(tmp_path):
-    from posterior_diffusion.black_holes import write_black_hole_folder
+    from posterior_diffusion.eht.black_holes import write_black_hole_folder
     from posterior_diffusion.train import TrainConfig, build_scheduler, build_unet, save_prior
 
     torch.manual_seed(0)
@@ -226,7 +226,7 @@ def test_black_hole_task_reports_the_interferometry_metrics(tmp_path):
 
 
 def test_interferometry_baselines_run_on_both_black_hole_tasks(tmp_path):
-    from posterior_diffusion.black_holes import write_black_hole_folder
+    from posterior_diffusion.eht.black_holes import write_black_hole_folder
 
     images = write_black_hole_folder(tmp_path / "bh", 1, size=32)
     tasks, methods = ("black_hole", "black_hole_vis"), ("dirty", "rml")  # dirty needs visibilities

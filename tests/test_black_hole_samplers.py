@@ -20,10 +20,10 @@ def test_preconditioned_pnp_ula_matches_a_stiff_exact_posterior():
     op = get_operator("gaussian_blur", kernel_size=5, sigma=1.0, boundary="circular", noise_sigma=0.01)
     x = gmm.sample(2, torch.Generator().manual_seed(11))
     case = ExactCase("stiff_blur", gmm, op, x, op.measure(x, torch.Generator().manual_seed(12)))
-    r = evaluate(get_sampler("pnp_ula", preconditioner="gauss_newton", iterations=500), case, num_samples=32)
+    r = evaluate(get_sampler("pnp_ula", preconditioner="gauss_newton", steps=500), case, num_samples=32)
     assert r["mean_err"] < 0.1 * r["prior_err"], r
     assert 0.85 < r["std_ratio"] < 1.2 and r["coverage90"] > 0.8, r
-    plain = evaluate(get_sampler("pnp_ula", iterations=500), case, num_samples=32)
+    plain = evaluate(get_sampler("pnp_ula", steps=500), case, num_samples=32)
     assert plain["mean_err"] > 5 * r["mean_err"], plain
 
 
@@ -81,7 +81,7 @@ def test_rml_initialisation_is_refused_outside_interferometry(name, gmm):
 
 def test_rml_keeps_the_start_of_lowest_objective():
     """Several starts: the result is the fit (from one of them) whose objective is lowest."""
-    from posterior_diffusion.baselines import _rml_one, rml
+    from posterior_diffusion.eht.baselines import _rml_one, rml
 
     op = get_operator("interferometry", image_size=16, stop_gmst=6.0)
     y = op.measure(_ring(16), torch.Generator().manual_seed(0))

@@ -46,7 +46,7 @@ def test_builtin_prior_denoises_a_natural_image(name):
 
 
 def test_black_hole_prior_denoises_held_out_black_holes_and_is_the_interferometry_default():
-    from posterior_diffusion.black_holes import black_hole_images
+    from posterior_diffusion.eht.black_holes import black_hole_images
 
     prior = load_prior("builtin:black-hole")
     x = black_hole_images(4, seed=4242) * 2 - 1  # in [0, 1]; not the training seed 0

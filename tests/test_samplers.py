@@ -1,32 +1,24 @@
 """Every registered sampler: against exact Gaussian-mixture posteriors, end to end on a tiny diffusers UNet,
-batch-size invariance, and refusal of combinations it cannot handle. A new sampler adds one row to SMOKE."""
+batch-size invariance, and refusal of combinations it cannot handle. A new sampler is tested by being registered
+with its `SMOKE_OPTIONS` and `EXACT_OPTIONS`."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
 
 import pytest
 import torch
 
 from posterior_diffusion import sample_posterior
-from posterior_diffusion.exact import REPORT_SETTINGS, evaluate, standard_cases
+from posterior_diffusion.exact import evaluate, report_settings, standard_cases
 from posterior_diffusion.operators import get_operator
 from posterior_diffusion.priors import load_prior
 from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
+from posterior_diffusion.samplers.base import SAMPLERS
 
-SMOKE = {  # the cheapest settings that exercise every branch of each sampler
-    "dps": {"steps": 4},
-    "ddrm": {"steps": 4},
-    "red_diff": {"steps": 4},
-    "pnp_ula": {"iterations": 4, "anneal_iterations": 2},
-    "gibbs_ddrm": {
-        "steps": 2,
-        "sweeps": 2,
-        "model_sigma": 0.1,
-        "kernel_update_start": 1.0,
-        "kernel_updates": 1,
-        "langevin_iters": 2,
-    },
-    "resample": {"steps": 6, "skip": 1, "pixel_max_iters": 2, "latent_max_iters": 2, "patience": 1},
-}
+SMOKE = {name: cls.SMOKE_OPTIONS for name, cls in SAMPLERS.items()}  # each sampler's cheapest full run
+REPORT_SETTINGS = report_settings()
 CASES = {case.name: case for case in standard_cases(num_measurements=2)}
 # the exact posteriors are of pixel-space Gaussian mixtures: samplers that need a latent prior are checked in
 # test_latent_samplers.py
@@ -34,9 +26,26 @@ NON_BLIND = [name for name in list_samplers() if not sampler_class(name).blind]
 EXACT = [name for name in NON_BLIND if sampler_class(name).needs_space != "latent"]
 
 
-def test_every_sampler_has_a_smoke_row_and_report_settings():
-    assert set(SMOKE) == set(list_samplers())
-    assert set(REPORT_SETTINGS) == set(EXACT)
+@pytest.mark.parametrize("name", list_samplers())
+def test_every_sampler_declares_its_smoke_and_exact_report_settings(name):
+    """Declared on the class itself (not inherited), so a new sampler cannot forget them; EXACT_OPTIONS is None
+    exactly where the exact report does not apply (blind or latent-only samplers)."""
+    cls = sampler_class(name)
+    assert "SMOKE_OPTIONS" in vars(cls) and "EXACT_OPTIONS" in vars(cls), f"{name} lacks SMOKE/EXACT_OPTIONS"
+    get_sampler(name, **cls.SMOKE_OPTIONS)
+    assert (cls.EXACT_OPTIONS is not None) == (name in EXACT)
+    assert "steps" in {f.name for f in dataclasses.fields(cls.Config)}, "the step budget is named `steps`"
+
+
+@pytest.mark.parametrize("name", list_samplers())
+def test_sampler_config_round_trips(name):
+    from posterior_diffusion.samplers.base import sampler_from_config
+
+    cls = sampler_class(name)
+    for preset in [None, *cls.PRESETS]:
+        sampler = get_sampler(name, preset=preset, **cls.SMOKE_OPTIONS)
+        rebuilt = sampler_from_config(json.loads(json.dumps(sampler.to_config())))
+        assert rebuilt.config == sampler.config and rebuilt.preset == preset and type(rebuilt) is cls
 
 
 def _supported(name, case_names):
@@ -84,9 +93,9 @@ def test_bimodal_posterior_mode_weights(name):
 
 def test_pnp_ula_with_the_exact_denoiser_matches_closely():
     """Asymptotically exact up to the smoothing eps: long chains on a unimodal posterior are very close."""
-    r = evaluate(get_sampler("pnp_ula", iterations=4000), CASES["inpaint"], num_samples=32)
+    r = evaluate(get_sampler("pnp_ula", steps=4000), CASES["inpaint"], num_samples=32)
     assert r["mean_err"] < 0.08 and 0.85 < r["std_ratio"] < 1.15 and r["coverage90"] > 0.8, r
-    out = get_sampler("pnp_ula", iterations=300, burn_in=100, thinning=4)(
+    out = get_sampler("pnp_ula", steps=300, burn_in=100, thinning=4)(
         CASES["inpaint"].prior, CASES["inpaint"].op, CASES["inpaint"].y, num_samples=2
     )
     assert out.extras["chain_mean"].shape == out.samples.shape == out.extras["chain_std"].shape
@@ -331,7 +340,7 @@ def test_an_operator_serves_an_inference_mode_sampler_then_a_differentiating_one
 def test_non_finite_guard_names_the_first_bad_step_and_reads_flags_in_batches():
     from posterior_diffusion.samplers.base import NonFiniteError, NonFiniteGuard
 
-    guard = NonFiniteGuard("cpu", every=3)
+    guard = NonFiniteGuard(every=3)
     for i in range(4):
         guard.update(i, torch.ones(2, 3))
     assert len(guard.pending) == 1  # steps 0-2 were read on the host at step 2; step 3 waits

@@ -6,7 +6,7 @@ profile of radius `radius_uas` and width `width_uas`, made a crescent by a brigh
 Gaussian, and sometimes an elongated jet-like Gaussian), shifted off centre, blurred by a Gaussian and scaled to
 peak 1. Parameters are drawn uniformly from the ranges of `BlackHoleModel`.
 
-    python -m posterior_diffusion.black_holes --out black_holes/ --num 5000     # 64x64 8-bit PNGs
+    python -m posterior_diffusion.eht.black_holes --out black_holes/ --num 5000     # 64x64 8-bit PNGs
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def write_black_hole_folder(folder: str | Path, num: int, size: int = 64, seed: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m posterior_diffusion.black_holes", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m posterior_diffusion.eht.black_holes", description=__doc__)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--num", type=int, default=5000)
     parser.add_argument("--size", type=int, default=64)

@@ -1,4 +1,4 @@
-"""Metrics of the black-hole imaging task, as InverseBench reports them (shared reference interferometry.md Sec. 5).
+"""Metrics of the black-hole imaging task, as InverseBench reports them (InverseBench, ICLR 2025, black-hole imaging).
 
 - aligned PSNR: closure data fix neither the position nor the flux of the source, so the reconstruction is
   shifted by the integer translation (up to a quarter of the image width each way) that maximises PSNR against
