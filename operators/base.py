@@ -1,8 +1,12 @@
 """The operator ladder (after DeepInverse's physics classes):
 
     Operator        A(x), noiseless and differentiable; `measure` adds noise from `op.noise`
-    LinearOperator  + adjoint (autograd by default), pinv (CGLS by default), dense `matrix`
-    SVDOperator     + A = U diag(s) V^T with cheap V^T, V, U^T, U: exact pinv, DDRM-style samplers
+    LinearOperator  + adjoint, pinv, norm_squared, dense `matrix`: exact from `svd()` where the operator has one,
+                    otherwise autograd (adjoint), CGLS (pinv) and power iteration (norm)
+    SVDOperator     a LinearOperator that always is its own `SVD`: A = U diag(s) V^T with cheap V^T, V, U^T, U
+
+`op.svd()` is the one statement of the spectral capability: the `SVD` (exact pinv, DDRM-style samplers) or
+None. An operator declares the settings under which it has one in `svd_settings`, e.g. {"boundary": "circular"}.
 
 Images are float tensors (B, C, H, W) in [-1, 1]; measurements are (B, *measurement_shape(image_shape)).
 Subclasses store every constructor argument as an attribute of the same name, which is what
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -23,22 +27,63 @@ from posterior_diffusion.tensor_utils import autograd_gradient, conjugate_gradie
 from .noise import GaussianNoise, NoiseModel
 
 
+class SVD(Protocol):
+    """A = U diag(s) V^T with orthonormal V (image -> spectral coefficients) and U (spectral -> measurement).
+
+    Spectral coefficients c = V^T x have the operator's spectral shape; they may be complex (FFT), in
+    which case V(c) takes the real part and noise in the spectral domain must be drawn as V^T(n) with
+    real white n. `singular_values` broadcasts against c and is 0 on unobserved coordinates; U^T y
+    places the measurement on the observed coordinates (zeros elsewhere), U reads them back.
+    """
+
+    def V_t(self, x: torch.Tensor) -> torch.Tensor:
+        """Spectral coefficients c = V^T x of images x (B, C, H, W)."""
+        ...
+
+    def V(self, c: torch.Tensor) -> torch.Tensor:
+        """The real image (B, C, H, W) V c of spectral coefficients c."""
+        ...
+
+    def U_t(self, y: torch.Tensor) -> torch.Tensor:
+        """U^T y: measurements (B, *measurement_shape) on the spectral coordinates (0 where unobserved)."""
+        ...
+
+    def U(self, c: torch.Tensor) -> torch.Tensor:
+        """U c: the measurement (B, *measurement_shape) of spectral coefficients c."""
+        ...
+
+    def singular_values(self, image_shape: tuple[int, ...]) -> torch.Tensor:
+        """Real, non-negative singular values, broadcastable against V_t(x) for x of `image_shape`."""
+        ...
+
+
 class Operator(nn.Module):
     """A measurement operator A: (B, C, H, W) images -> (B, *measurement_shape) measurements."""
 
     name: ClassVar[str] = ""
     is_linear: ClassVar[bool] = False
-    svd_condition: ClassVar[str | None] = None  # when `has_svd` holds: None never, "always", or the setting
+    # the constructor settings under which `svd()` is this operator (None: never; {}: always); the class then
+    # implements the `SVD` methods
+    svd_settings: ClassVar[dict[str, object] | None] = None
     measurement_ndim: ClassVar[int] = 3  # rank of one measurement (3: image-like (C, h, w))
+    own_noise: ClassVar[bool] = False  # True: `noisy_forward` draws the noise; get_operator refuses noise parameters
     default_prior: ClassVar[str | None] = None  # a built-in prior made for this operator's images (by name)
 
     def __init__(self):
         super().__init__()
         self.noise: NoiseModel = GaussianNoise(0.05)
 
+    def svd(self) -> SVD | None:
+        """The singular value decomposition of A in this operator's settings (`svd_settings`), or None."""
+        settings = self.svd_settings
+        if settings is None or any(getattr(self, k) != v for k, v in settings.items()):
+            return None
+        return self
+
     @property
     def has_svd(self) -> bool:
-        return False
+        """Whether `svd()` gives a decomposition (read-only shorthand)."""
+        return self.svd() is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """A(x) without noise, differentiable in x. x: (B, C, H, W) float."""
@@ -112,14 +157,20 @@ class Operator(nn.Module):
 
 
 class LinearOperator(Operator):
-    """A linear A. Adjoint by autograd and pinv by CGLS unless a subclass has a closed form."""
+    """A linear A. Adjoint, pinv and norm from `svd()` where it gives one, else autograd, CGLS and power iteration;
+    a subclass overrides one only for a faster closed form."""
 
     is_linear: ClassVar[bool] = True
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """A^T y: (B, *measurement_shape) -> (B, C, H, W). Exact for any linear `forward` (a VJP); differentiable
-        in y when y requires grad (PSLD's gluing term differentiates A^T A D(z0_hat))."""
-        shape = (y.shape[0], *self.image_shape(tuple(y.shape[1:])))
+        """A^T y: (B, *measurement_shape) -> (B, C, H, W): V diag(s) U^T y with an SVD, else the VJP of `forward`
+        (exact for any linear A). Differentiable in y when y requires grad (PSLD's gluing term differentiates
+        A^T A D(z0_hat))."""
+        image_shape = self.image_shape(tuple(y.shape[1:]))
+        svd = self.svd()
+        if svd is not None:
+            return svd.V(svd.singular_values(image_shape).to(y.real.dtype) * svd.U_t(y))
+        shape = (y.shape[0], *image_shape)
         differentiable = torch.is_grad_enabled() and y.requires_grad
         with torch.inference_mode(False), torch.enable_grad():
             x = torch.zeros(shape, device=y.device, dtype=y.real.dtype, requires_grad=True)
@@ -134,7 +185,11 @@ class LinearOperator(Operator):
         return self.adjoint(self.forward(x))
 
     def norm_squared(self, image_shape: tuple[int, ...], iters: int = 50) -> float:
-        """||A||_2^2, the largest eigenvalue of A^T A, by power iteration on images of `image_shape` (float64)."""
+        """||A||_2^2, the largest eigenvalue of A^T A on images of `image_shape`: max(s)^2 with an SVD (exact), else
+        `iters` steps of power iteration (float64), which approaches it from below."""
+        svd = self.svd()
+        if svd is not None:
+            return float(svd.singular_values(tuple(image_shape)).max()) ** 2
         buffer = next(iter(self.buffers()), None)
         device = buffer.device if buffer is not None else "cpu"
         g = torch.Generator(device=device).manual_seed(0)
@@ -148,12 +203,19 @@ class LinearOperator(Operator):
         return float(value)
 
     def pinv(self, y: torch.Tensor, rcond: float = 1e-6, max_iter: int = 500, tol: float = 1e-7) -> torch.Tensor:
-        """A^+ y by conjugate gradients on the damped normal equations (A^T A + d I) x = A^T y from x = 0 (CGLS).
+        """A^+ y: (B, *measurement_shape) -> (B, C, H, W).
 
-        d = (rcond ||A||)^2: rcond -> 0 gives the minimum-norm least-squares solution (iterates stay in
-        range(A^T)); a larger rcond regularises like discarding singular values below rcond * ||A||.
+        With an SVD, exactly V diag(1/s) U^T y, discarding singular values below rcond * max(s) (max_iter and
+        tol unused). Otherwise conjugate gradients on the damped normal equations (A^T A + d I) x = A^T y from
+        x = 0 (CGLS), d = (rcond ||A||)^2: rcond -> 0 gives the minimum-norm least-squares solution (iterates stay
+        in range(A^T)); a larger rcond regularises like discarding singular values below rcond * ||A||.
         Per-sample step sizes, so each measurement's result is independent of the batch.
         """
+        svd = self.svd()
+        if svd is not None:
+            s = svd.singular_values(self.image_shape(tuple(y.shape[1:]))).to(y.real.dtype)
+            s_inv = torch.where(s > rcond * s.max(), 1.0 / s.clamp(min=1e-30), torch.zeros_like(s))
+            return svd.V(s_inv * svd.U_t(y))
         b = self.adjoint(y)
         damping = rcond**2 * self.norm_squared(tuple(b.shape[1:])) if rcond > 1e-4 else 0.0
         return conjugate_gradient(lambda v: self.normal(v) + damping * v, b, max_iter=max_iter, tol=tol)
@@ -170,19 +232,10 @@ class LinearOperator(Operator):
 
 
 class SVDOperator(LinearOperator):
-    """A = U diag(s) V^T with orthonormal V (image -> spectral coefficients) and U (spectral -> measurement).
+    """A linear operator given by its SVD in every setting (see `SVD`): subclasses implement V_t, V, U_t, U and
+    singular_values; A x = U diag(s) V^T x unless `forward` is overridden with a direct form."""
 
-    Spectral coefficients c = V^T x have the operator's `spectral_shape`; they may be complex (FFT), in
-    which case V(c) takes the real part and noise in the spectral domain must be drawn as V^T(n) with
-    real white n. `singular_values` broadcasts against c and is 0 on unobserved coordinates; U^T y
-    places the measurement on the observed coordinates (zeros elsewhere), U reads them back.
-    """
-
-    svd_condition: ClassVar[str | None] = "always"
-
-    @property
-    def has_svd(self) -> bool:
-        return True
+    svd_settings: ClassVar[dict[str, object] | None] = {}
 
     def V_t(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -197,27 +250,10 @@ class SVDOperator(LinearOperator):
         raise NotImplementedError
 
     def singular_values(self, image_shape: tuple[int, ...]) -> torch.Tensor:
-        """Real, non-negative singular values, broadcastable against V_t(x) for x of `image_shape`."""
         raise NotImplementedError
 
     def forward(self, x):
         return self.U(self.singular_values(tuple(x.shape[1:])).to(x.real.dtype) * self.V_t(x))
-
-    def adjoint(self, y):
-        image_shape = self.image_shape(tuple(y.shape[1:]))
-        return self.V(self.singular_values(image_shape).to(y.real.dtype) * self.U_t(y))
-
-    def norm_squared(self, image_shape: tuple[int, ...], iters: int = 50) -> float:
-        """||A||_2^2 = max(s)^2, exact (power iteration where this setting has no SVD, e.g. reflect-padded blurs)."""
-        if not self.has_svd:
-            return super().norm_squared(image_shape, iters)
-        return float(self.singular_values(tuple(image_shape)).max()) ** 2
-
-    def pinv(self, y, rcond: float = 1e-6, max_iter: int = 0, tol: float = 0.0):
-        """Exact A^+ y = V diag(1/s) U^T y, discarding singular values below rcond * max(s) (CG arguments unused)."""
-        s = self.singular_values(self.image_shape(tuple(y.shape[1:]))).to(y.real.dtype)
-        s_inv = torch.where(s > rcond * s.max(), 1.0 / s.clamp(min=1e-30), torch.zeros_like(s))
-        return self.V(s_inv * self.U_t(y))
 
 
 class DiagonalOperator(SVDOperator):

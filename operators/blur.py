@@ -3,17 +3,19 @@
 Boundary handling, chosen per operator with `boundary`:
 - "reflect" (default; the DPS convention, measurements.py): reflect-pad the image by the kernel
   radius, then a depthwise `conv2d` (a correlation with k), so y has the image's size. Linear; the
-  adjoint is exact (autograd) and pinv is CGLS; no closed-form SVD.
+  adjoint is exact (autograd) and pinv is CGLS; no closed-form SVD (`svd()` is None).
 - "circular": periodic boundary, computed with the FFT. Same interior values as "reflect" but wraps
-  around at the border; it has the exact SVD A = F^* diag(K) F used by DDRM/GibbsDDRM.
+  around at the border; it has the exact SVD A = F^* diag(K) F (`svd()` is the operator) used by DDRM/GibbsDDRM.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
-from .base import SVDOperator
+from .base import LinearOperator
 from .kernels import gaussian_kernel, motion_kernel, uniform_kernel
 from .registry import register_operator
 
@@ -39,7 +41,7 @@ def kernel_spectrum(kernel: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 @register_operator("blur")
-class Blur(SVDOperator):
+class Blur(LinearOperator):
     """Blur with a given kernel (a measured PSF, or a kernel estimate in blind deblurring).
 
     Args:
@@ -52,7 +54,7 @@ class Blur(SVDOperator):
         tensor([1., 1., 1.])
     """
 
-    svd_condition = "boundary='circular'"
+    svd_settings: ClassVar[dict[str, object] | None] = {"boundary": "circular"}
 
     def __init__(self, kernel, boundary: str = "reflect"):
         super().__init__()
@@ -64,10 +66,6 @@ class Blur(SVDOperator):
         self.register_buffer("kernel", kernel)
         self.boundary = boundary
         self._transfer_cache: tuple | None = None
-
-    @property
-    def has_svd(self) -> bool:
-        return self.boundary == "circular"
 
     def with_kernel(self, kernel: torch.Tensor) -> Blur:
         """The same blur (boundary, noise) with another kernel: (kh, kw) or (B, kh, kw)."""
@@ -144,13 +142,8 @@ class Blur(SVDOperator):
 
     def adjoint(self, y):
         if self.boundary == "reflect":
-            return super(SVDOperator, self).adjoint(y)  # autograd VJP of the padded convolution
+            return super().adjoint(y)  # autograd VJP of the padded convolution
         return torch.fft.ifft2(self.transfer_function(tuple(y.shape[1:]), y.dtype).conj() * torch.fft.fft2(y)).real
-
-    def pinv(self, y, rcond: float = 1e-6, max_iter: int = 500, tol: float = 1e-7):
-        if self.boundary == "reflect":
-            return super(SVDOperator, self).pinv(y, rcond=rcond, max_iter=max_iter, tol=tol)
-        return super().pinv(y, rcond=rcond)
 
 
 @register_operator("gaussian_blur")

@@ -76,18 +76,6 @@ def log_closure_amplitudes(vis: torch.Tensor, sets: ClosureSets, eps: float = 1e
     return log_amp[..., 0] + log_amp[..., 1] - log_amp[..., 2] - log_amp[..., 3]
 
 
-def closure_phase_sigmas(vis: torch.Tensor, sigma: torch.Tensor, sets: ClosureSets) -> torch.Tensor:
-    """Propagated thermal errors (radians) of the closure phases: (..., Nt)."""
-    inv_snr2 = (sigma / vis.abs()) ** 2
-    return inv_snr2[..., sets.triangles].sum(-1).sqrt()
-
-
-def log_closure_amplitude_sigmas(vis: torch.Tensor, sigma: torch.Tensor, sets: ClosureSets) -> torch.Tensor:
-    """Propagated thermal errors of the log closure amplitudes: (..., Nq)."""
-    inv_snr2 = (sigma / vis.abs()) ** 2
-    return inv_snr2[..., sets.quadrangles].sum(-1).sqrt()
-
-
 def station_corruption(
     coverage: UVCoverage, gain_std: float = 0.1, generator: torch.Generator | None = None
 ) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Noise models y = A(x) + n, kept apart from the operators (DeepInverse's idea): the operator is noiseless.
 
 Each model draws noise (`sample`) and gives the per-sample residual norm that DPS guides with
-(`residual_norm`) and the negative log-likelihood (`neg_log_likelihood`), all in float32.
+(`residual_norm`) and the negative log-likelihood (`neg_log_likelihood`), all in float32. A registered model
+declares its user-facing parameters in `params` (e.g. noise_sigma -> sigma), so `make_noise` and
+`get_operator(..., noise=name, **those)` build it without knowing it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class NoiseModel:
     """Base class: `sample(y_clean, generator)` -> noisy y of the same shape."""
 
     name: ClassVar[str] = ""
+    params: ClassVar[dict[str, str]] = {}  # user-facing parameter (get_operator, to_config) -> constructor argument
 
     def sample(self, y_clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -44,6 +47,8 @@ class NoiseModel:
 @NOISE_MODELS.register("gaussian")
 class GaussianNoise(NoiseModel):
     """n ~ N(0, sigma^2 I) on the [-1, 1] scale (sigma = 0.05 in DPS Sec. 4 / App. C)."""
+
+    params: ClassVar[dict[str, str]] = {"noise_sigma": "sigma"}
 
     def __init__(self, sigma: float = 0.05):
         if not sigma >= 0:
@@ -85,6 +90,8 @@ class PoissonNoise(NoiseModel):
     case); the reference code's `norm / |y|` then mean is not a norm and divides by zero on dark pixels.
     """
 
+    params: ClassVar[dict[str, str]] = {"poisson_rate": "rate"}
+
     def __init__(self, rate: float = 1.0):
         if not rate > 0:
             raise ValueError(f"poisson_rate must be > 0, got {rate}")
@@ -112,10 +119,18 @@ class PoissonNoise(NoiseModel):
         return {"noise": "poisson", "poisson_rate": self.rate}
 
 
-NOISE_PARAMS = ("noise", "noise_sigma", "poisson_rate")
+def noise_params() -> tuple[str, ...]:
+    """The noise parameters an operator accepts: "noise" (the model's name) and those the registered models declare."""
+    return ("noise", *(p for _, cls in NOISE_MODELS.items() for p in cls.params))
 
 
-def make_noise(noise: str = "gaussian", noise_sigma: float = 0.05, poisson_rate: float = 1.0) -> NoiseModel:
-    """Build a noise model by name: 'gaussian' (noise_sigma) or 'poisson' (poisson_rate)."""
+def make_noise(noise: str = "gaussian", **params: float) -> NoiseModel:
+    """Build the registered noise model `noise` from its declared parameters, e.g. make_noise("gaussian",
+    noise_sigma=0.1) or make_noise("poisson", poisson_rate=2.0); omitted ones take the model's defaults and those
+    of other models are ignored. An unknown model or parameter is a ValueError listing the valid ones."""
     cls = NOISE_MODELS.get(noise)
-    return cls(noise_sigma) if cls is GaussianNoise else cls(poisson_rate)
+    valid = noise_params()[1:]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown noise parameter(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return cls(**{arg: params[p] for p, arg in cls.params.items() if p in params})

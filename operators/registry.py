@@ -7,7 +7,7 @@ import inspect
 from posterior_diffusion.registry import Registry
 
 from .base import Operator
-from .noise import NOISE_PARAMS, make_noise
+from .noise import make_noise, noise_params
 
 OPERATORS = Registry("operator")
 register_operator = OPERATORS.register  # class decorator: @register_operator("gaussian_blur")
@@ -22,23 +22,25 @@ def operator_params(name: str) -> dict[str, object]:
 
 
 def get_operator(name: str, **params) -> Operator:
-    """Build operator `name`. Noise: noise='gaussian' (noise_sigma, default 0.05) or 'poisson' (poisson_rate).
+    """Build operator `name`. Noise: noise=<a registered noise model> with the parameters it declares ('gaussian':
+    noise_sigma, default 0.05; 'poisson': poisson_rate), except for operators that model their own (`own_noise`).
 
     An unknown name or parameter is a ValueError that lists the valid ones.
     """
     cls = operator_class(name)
-    noise_kwargs = {k: params.pop(k) for k in NOISE_PARAMS if k in params}
-    if getattr(cls, "own_noise", False) and noise_kwargs:
+    noise_names = noise_params()
+    noise_kwargs = {k: params.pop(k) for k in noise_names if k in params}
+    if cls.own_noise and noise_kwargs:
         raise ValueError(f"operator {name!r} models its own noise; {', '.join(noise_kwargs)} do not apply")
     valid = operator_params(name)
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ValueError(
             f"unknown parameter(s) {', '.join(unknown)} for operator {name!r}; valid: "
-            f"{', '.join(list(valid) + list(NOISE_PARAMS))}"
+            f"{', '.join(list(valid) + list(noise_names))}"
         )
     op = cls(**params)
-    if not getattr(cls, "own_noise", False):
+    if not cls.own_noise:
         op.noise = make_noise(**noise_kwargs)
     return op
 
@@ -54,9 +56,9 @@ def describe_capable(needs: str) -> str:
     """Registered operators that satisfy `needs` ("differentiable", "linear" or "svd"), with the setting needed."""
     if needs == "svd":
         found = [
-            n if c.svd_condition == "always" else f"{n} ({c.svd_condition})"
+            f"{n} ({', '.join(f'{k}={v!r}' for k, v in c.svd_settings.items())})" if c.svd_settings else n
             for n, c in OPERATORS.items()
-            if c.svd_condition
+            if c.svd_settings is not None
         ]
     else:
         found = [n for n, c in OPERATORS.items() if needs == "differentiable" or c.is_linear]

@@ -1,7 +1,7 @@
 """Super-resolution: y = D(x), a downsampling by an integer `factor`.
 
 - method "bicubic": antialiased bicubic resize (torch `interpolate(..., antialias=True)`, Keys a = -0.5),
-  the kind of Resizer DPS uses for SR x4. Linear; adjoint by autograd, pinv by CGLS.
+  the kind of Resizer DPS uses for SR x4. Linear; adjoint by autograd, pinv by CGLS (`svd()` is None).
 - method "average": block averaging (DDRM/RED-Diff `sr4`). Exact SVD: inside each factor x factor block
   an orthonormal basis whose first vector is constant; that coordinate has singular value 1/factor and
   all others 0.
@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .base import SVDOperator
+from .base import LinearOperator
 from .registry import register_operator
 
 METHODS = ("bicubic", "average")
@@ -28,10 +30,10 @@ def _block_basis(n: int) -> torch.Tensor:
 
 
 @register_operator("super_resolution")
-class SuperResolution(SVDOperator):
+class SuperResolution(LinearOperator):
     """Downsample by `factor` (any integer >= 1) with `method` "bicubic" (DPS) or "average" (DDRM)."""
 
-    svd_condition = "method='average'"
+    svd_settings: ClassVar[dict[str, object] | None] = {"method": "average"}
 
     def __init__(self, factor: int = 4, method: str = "bicubic"):
         super().__init__()
@@ -41,10 +43,6 @@ class SuperResolution(SVDOperator):
             raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
         self.factor, self.method = int(factor), method
         self.register_buffer("basis", _block_basis(self.factor**2))
-
-    @property
-    def has_svd(self) -> bool:
-        return self.method == "average"
 
     def check_image_shape(self, image_shape):
         super().check_image_shape(image_shape)
@@ -85,13 +83,3 @@ class SuperResolution(SVDOperator):
 
     def U(self, c):
         return c[..., 0]
-
-    def adjoint(self, y):
-        if self.method == "bicubic":
-            return super(SVDOperator, self).adjoint(y)
-        return super().adjoint(y)
-
-    def pinv(self, y, rcond: float = 1e-6, max_iter: int = 500, tol: float = 1e-7):
-        if self.method == "bicubic":
-            return super(SVDOperator, self).pinv(y, rcond=rcond, max_iter=max_iter, tol=tol)
-        return super().pinv(y, rcond=rcond)

@@ -206,12 +206,12 @@ def test_dps_runs_on_closure_data():
 
 
 def test_procedural_black_holes_are_rings_around_a_shadow(tmp_path):
-    from posterior_diffusion.black_holes import black_hole_images, write_black_hole_folder
+    from posterior_diffusion.eht.black_holes import black_hole_images, write_black_hole_folder
 
     x = black_hole_images(32, size=64, seed=0)
     assert x.shape == (32, 1, 64, 64) and float(x.min()) >= 0 and torch.allclose(x.amax((1, 2, 3)), torch.ones(32))
     assert torch.equal(x, black_hole_images(32, size=64, seed=0))  # seeded
-    from posterior_diffusion.black_holes import BlackHoleModel
+    from posterior_diffusion.eht.black_holes import BlackHoleModel
 
     centred = black_hole_images(32, size=64, seed=1, model=BlackHoleModel(offset_uas=0.0))[:, 0]
     i, j = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
@@ -225,7 +225,7 @@ def test_procedural_black_holes_are_rings_around_a_shadow(tmp_path):
 
 
 def test_black_hole_metrics():
-    from posterior_diffusion.black_hole_metrics import aligned_psnr, blurred_psnr, closure_chi_squares
+    from posterior_diffusion.eht.metrics import aligned_psnr, blurred_psnr, closure_chi_squares
     from posterior_diffusion.metrics import psnr
     from posterior_diffusion.operators import get_operator
 
@@ -297,7 +297,7 @@ def test_visibilities_and_closures_match_ehtim(tmp_path):
 
 
 def test_black_hole_figure_writes_a_png(tmp_path):
-    from posterior_diffusion.figures import black_hole_figure
+    from posterior_diffusion.eht.figure import black_hole_figure
     from posterior_diffusion.operators import get_operator
 
     op = get_operator("interferometry", image_size=32)  # closure data: the dirty image comes from a "vis" twin
@@ -321,19 +321,20 @@ def test_pnp_ula_asks_for_the_lipschitz_constant_of_a_closure_likelihood(gmm):
 
 def test_samples_of_closure_data_are_aligned_before_averaging():
     """Closure data are shift-invariant: samples that are translated copies align onto the first one exactly,
-    and the bench's mean of such samples is the image, not a blur of copies."""
+    and the bench's mean of such samples (aligned by the black-hole task) is the image, not a blur of copies."""
     from posterior_diffusion.bench import _aligned
-    from posterior_diffusion.black_hole_metrics import align_samples
+    from posterior_diffusion.eht.metrics import align_samples
     from posterior_diffusion.operators import get_operator
+    from posterior_diffusion.tasks import get_task
 
     x = torch.rand(2, 1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     copies = [torch.roll(x[:, 0], shift, dims=(-2, -1)) for shift in [(3, -5), (-7, 2)]]
     samples = torch.cat([x, torch.stack(copies, 1)], 1)  # (2, 3, 1, 16, 16)
     assert torch.equal(align_samples(samples), x.expand_as(samples))
-    result = _aligned({"samples": samples, "mean": samples.mean(1), "std": samples.std(1)})
+    op = get_operator("interferometry", stop_gmst=1.0)
+    assert op.shift_invariant and not op.with_data("vis").shift_invariant
+    result = _aligned({}, get_task("black_hole").align(op, samples))
     assert torch.allclose(result["mean"], x[:, 0]) and result["std"].abs().max() < 1e-6
-    assert get_operator("interferometry", stop_gmst=1.0).shift_invariant
-    assert not get_operator("interferometry", stop_gmst=1.0, data="vis").shift_invariant
 
 
 def test_residual_gradient_of_closure_data_matches_autograd(eht):

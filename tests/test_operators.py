@@ -2,10 +2,16 @@
 
 Each case builds a registered operator at a small size from parameter values chosen by parameter name
 (no per-operator branches); operators with a `boundary` or `method` choice are also tested in the
-spectral (SVD) setting.
+spectral (SVD) setting. Each property picks its cases by what the operators declare: all of them act on
+the test image and compare image-like measurements (`measurement_ndim == 3`), the linear ones
+(`is_linear`) add adjoint, pinv, norm and matrix checks, those with `svd()` the spectral ones. A nonlinear
+operator defined here (`Tanh`) shows that an operator joins exactly the properties it declares.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -13,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from posterior_diffusion.operators import (
+    Operator,
+    describe_capable,
     from_config,
     gaussian_kernel,
     get_operator,
@@ -20,7 +28,9 @@ from posterior_diffusion.operators import (
     motion_kernel,
     operator_class,
     operator_params,
+    register_operator,
 )
+from posterior_diffusion.operators.noise import NOISE_MODELS, NoiseModel, noise_params
 
 IMAGE = (2, 8, 8)
 SMALL = {
@@ -31,13 +41,38 @@ SMALL = {
     "missing": 0.5,
 }
 SPECTRAL = {"boundary": "circular", "method": "average"}
+TANH = "test_tanh"
+
+
+class Tanh(Operator):
+    """y = tanh(x) elementwise: a nonlinear operator with image-like measurements, registered only by these tests."""
+
+    def forward(self, x):
+        return torch.tanh(x)
+
+
+@contextmanager
+def registered(register, name: str, cls: type):
+    """`cls` registered as `name` by `register` (a Registry's `register`, e.g. `register_operator`) for the
+    duration; the Registry has no unregister, so its dict entry is removed afterwards."""
+    register(name)(cls)
+    try:
+        yield
+    finally:
+        del register.__self__._classes[name]
+
+
+@pytest.fixture(autouse=True)
+def tanh_operator():
+    """The test-only operator is registered while each test of this module runs (and at collection), never after."""
+    with registered(register_operator, TANH, Tanh):
+        yield
 
 
 def _cases():
+    """Every registered operator at a small size, and again in its spectral setting where it has one."""
     cases = []
     for name in list_operators():
-        if operator_class(name).measurement_ndim != 3:
-            continue  # interferometry: vector data of its own image size (tests/test_interferometry.py)
         params = {k: v for k, v in SMALL.items() if k in operator_params(name)}
         cases.append(pytest.param(name, params, id=name))
         spectral = {k: v for k, v in SPECTRAL.items() if k in operator_params(name)}
@@ -46,18 +81,54 @@ def _cases():
     return cases
 
 
-CASES = _cases()
-
-
 def make(name, params, **extra):
     return get_operator(name, **params, **extra).double()
+
+
+def _select(cases, *, linear: bool = False, svd: bool = False):
+    """The cases whose operators have image-like measurements and, where asked, are linear or have an SVD."""
+    picked = []
+    for case in cases:
+        cls = operator_class(case.values[0])
+        if cls.measurement_ndim != 3 or (linear and not cls.is_linear):
+            continue
+        if svd and make(*case.values).svd() is None:
+            continue
+        picked.append(case)
+    return picked
+
+
+with registered(register_operator, TANH, Tanh):
+    CASES = _select(_cases())
+    LINEAR = _select(_cases(), linear=True)
+    WITH_SVD = _select(_cases(), linear=True, svd=True)
 
 
 def rand(shape, seed=0):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-@pytest.mark.parametrize("name,params", CASES)
+def test_a_nonlinear_operator_joins_the_generic_properties_only():
+    assert TANH in list_operators()
+    groups = {"all": CASES, "linear": LINEAR, "svd": WITH_SVD}
+    ids = {group: {case.id for case in cases} for group, cases in groups.items()}
+    assert TANH in ids["all"] and TANH not in ids["linear"] | ids["svd"]
+    assert {"gaussian_blur-circular", "super_resolution-average", "denoise"} <= ids["svd"]
+    assert not {"gaussian_blur", "super_resolution"} & ids["svd"] and "gaussian_blur" in ids["linear"]
+    op = get_operator(TANH)
+    assert op.svd() is None and not op.has_svd and TANH not in describe_capable("linear")
+
+
+def test_svd_is_stated_once_and_described_with_its_setting():
+    for case in LINEAR:
+        op = make(*case.values)
+        assert op.has_svd == (op.svd() is not None)
+    text = describe_capable("svd")
+    assert "gaussian_blur (boundary='circular')" in text and "super_resolution (method='average')" in text
+    assert "denoise," in text and TANH not in text
+
+
+@pytest.mark.parametrize("name,params", LINEAR)
 def test_adjoint_identity(name, params):
     op = make(name, params)
     x = rand((3, *IMAGE), 1)
@@ -106,20 +177,25 @@ def test_residual_gradient_of_a_noise_model_without_a_closed_form():
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12) and float(expected.abs().max()) > 0
 
 
-@pytest.mark.parametrize("name,params", CASES)
-def test_norm_squared_is_the_largest_eigenvalue_of_the_normal_operator(name, params):
-    """Operators with an SVD give max(s)^2 exactly; the others the power iteration (50 steps: 0.44 % low for
-    bicubic SR, whose top singular values cluster), which must approach the dense spectral norm from below."""
-    from posterior_diffusion.operators.base import LinearOperator
-
+@pytest.mark.parametrize("name,params", LINEAR)
+def test_norm_squared_approaches_the_largest_eigenvalue_of_the_normal_operator_from_below(name, params):
+    """Power iteration where there is no SVD (50 steps: 0.44 % low for bicubic SR, whose top singular values
+    cluster; 300 steps within 0.1 %), max(s)^2 otherwise; never above the dense spectral norm."""
     op = make(name, params)
     dense = float(torch.linalg.matrix_norm(op.matrix(IMAGE), ord=2)) ** 2
-    assert op.norm_squared(IMAGE) == pytest.approx(dense, rel=1e-6 if op.has_svd else 1e-2)
-    power = LinearOperator.norm_squared(op, IMAGE, iters=300)
+    assert op.norm_squared(IMAGE) == pytest.approx(dense, rel=1e-2)
+    power = op.norm_squared(IMAGE, iters=300)
     assert power <= dense * (1 + 1e-9) and power == pytest.approx(dense, rel=1e-3)
 
 
-@pytest.mark.parametrize("name,params", CASES)
+@pytest.mark.parametrize("name,params", WITH_SVD)
+def test_norm_squared_of_an_svd_is_exact(name, params):
+    op = make(name, params)
+    dense = float(torch.linalg.matrix_norm(op.matrix(IMAGE), ord=2)) ** 2
+    assert op.norm_squared(IMAGE) == pytest.approx(dense, rel=1e-6)
+
+
+@pytest.mark.parametrize("name,params", LINEAR)
 def test_pinv_is_least_squares(name, params):
     op = make(name, params)
     y = rand((2, *op.measurement_shape(IMAGE)), 3)
@@ -131,7 +207,7 @@ def test_pinv_is_least_squares(name, params):
     assert float(op.pinv(op(x0)).norm()) <= float(x0.norm()) * (1 + 1e-6)
 
 
-@pytest.mark.parametrize("name,params", CASES)
+@pytest.mark.parametrize("name,params", LINEAR)
 def test_pinv_in_float32_converges_without_blowing_up(name, params):
     op = get_operator(name, **params)
     x0 = rand((2, *IMAGE), 3).float()
@@ -140,21 +216,22 @@ def test_pinv_in_float32_converges_without_blowing_up(name, params):
     assert float(op.adjoint(op(x) - op(x0)).norm()) <= 1e-3 * float(op.adjoint(op(x0)).norm())
 
 
-@pytest.mark.parametrize("name,params", [c for c in CASES if make(*c.values).has_svd])
+@pytest.mark.parametrize("name,params", WITH_SVD)
 def test_svd_reproduces_operator(name, params):
     op = make(name, params)
+    svd = op.svd()
     x = rand((2, *IMAGE), 5)
-    c = op.V_t(x)
-    assert torch.allclose(op.V(c), x, atol=1e-10), "V is not orthonormal (V V^T x != x)"
+    c = svd.V_t(x)
+    assert torch.allclose(svd.V(c), x, atol=1e-10), "V is not orthonormal (V V^T x != x)"
     assert torch.allclose(c.abs().square().sum(), x.square().sum()), "V^T does not preserve norms"
-    s = op.singular_values(IMAGE)
+    s = svd.singular_values(IMAGE)
     assert (s >= 0).all()
-    assert torch.allclose(op.U(s * c), op(x), atol=1e-10)
+    assert torch.allclose(svd.U(s * c), op(x), atol=1e-10)
     y = rand((2, *op.measurement_shape(IMAGE)), 6)
-    assert torch.allclose(op.U(op.U_t(y)), y, atol=1e-10), "U U^T is not the identity on measurements"
+    assert torch.allclose(svd.U(svd.U_t(y)), y, atol=1e-10), "U U^T is not the identity on measurements"
 
 
-@pytest.mark.parametrize("name,params", CASES)
+@pytest.mark.parametrize("name,params", LINEAR)
 def test_matrix_matches_forward(name, params):
     op = make(name, params)
     x = rand((1, *IMAGE), 7)
@@ -198,6 +275,30 @@ def test_poisson_noise_is_shot_noise():
     counts = (y + 1) / 2 * 255
     assert abs(float(counts.mean()) - 127.5) < 1.0
     assert abs(float(counts.var()) - 127.5) < 8.0  # variance = mean
+
+
+def test_a_registered_noise_model_is_built_from_its_declared_parameters():
+    class Uniform(NoiseModel):
+        params: ClassVar[dict[str, str]] = {"uniform_width": "width"}
+
+        def __init__(self, width: float = 0.1):
+            self.width = width
+
+        def sample(self, y_clean, generator=None):
+            return y_clean + self.width * (2 * torch.rand(y_clean.shape, generator=generator, dtype=y_clean.dtype) - 1)
+
+        def to_config(self):
+            return {"noise": "test_uniform", "uniform_width": self.width}
+
+    with registered(NOISE_MODELS.register, "test_uniform", Uniform):
+        assert noise_params() == ("noise", "noise_sigma", "poisson_rate", "uniform_width")
+        op = get_operator("denoise", noise="test_uniform", uniform_width=0.3)
+        assert op.noise.width == 0.3 and from_config(op.to_config()).noise.width == 0.3
+        y = op.measure(torch.zeros(1, 1, 16, 16), torch.Generator().manual_seed(0))
+        assert 0.2 < float(y.abs().max()) <= 0.3
+        assert get_operator("denoise", noise="test_uniform").noise.width == 0.1  # the model's default
+    with pytest.raises(ValueError, match=r"unknown noise model 'test_uniform'; valid: gaussian, poisson"):
+        get_operator("denoise", noise="test_uniform")
 
 
 def test_unknown_names_and_params_are_listed():
