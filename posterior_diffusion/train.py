@@ -4,7 +4,7 @@ latents of a trained autoencoder (`autoencoder=`, see `train_autoencoder`).
 The objective is the DDPM epsilon loss (Ho et al., 2020, Algorithm 1) on random crops with random flips; the
 loop (accelerate, EMA, checkpoints, exact resume) is `training_loop.fit`.
 
-Output folder (read by `load_prior`; nothing else is needed to use it):
+Output folder (written by `priors.save_prior`, read by `load_prior`; nothing else is needed to use it):
     model_index.json, unet/ (EMA weights, safetensors + config.json), scheduler/ (DDPMScheduler config),
     [vae/ or vqvae/: the autoencoder, its config's scaling_factor set], checkpoint/ (for exact resume),
     train_log.jsonl, train_config.json, and loss.png and samples.png at the end.
@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from posterior_diffusion.images import list_images, read_image_uint8, uint8_to_float
+from posterior_diffusion.priors.saving import export_prior, save_prior  # export_prior: re-exported here too
 from posterior_diffusion.training_loop import LoopConfig, TrainingJob, fit
 
 
 @dataclass
 class TrainConfig(LoopConfig):
-    """Diffusion-prior training. Defaults size a ~7M-parameter fully convolutional UNet for a 2-core CPU.
+    """Diffusion-prior training. The default network is a ~7M-parameter fully convolutional UNet (CPU-sized).
 
     Schedule: linear betas 1e-4..0.02 over 1000 steps (DDPM, Ho et al. 2020, Sec. 4).
     Optimiser: AdamW, lr 2e-4 (DDPM Sec. B, CIFAR10), with a short warm-up.
@@ -114,43 +115,6 @@ class CropDataset:
         return uint8_to_float(batch.to(device, non_blocking=True))
 
 
-def save_prior(folder: str | Path, unet, scheduler, autoencoder=None, scaling_factor: float | None = None) -> None:
-    """Write a DDPMPipeline-layout folder (model_index.json, unet/, scheduler/) that `load_prior` reads; with an
-    autoencoder, a latent prior (+ vae/ or vqvae/, the latent scaling stored as its config's scaling_factor)."""
-    folder = Path(folder)
-    unet.save_pretrained(folder / "unet", safe_serialization=True)
-    scheduler.save_pretrained(folder / "scheduler")
-    index = {
-        "_class_name": "DDPMPipeline",
-        "unet": ["diffusers", "UNet2DModel"],
-        "scheduler": ["diffusers", "DDPMScheduler"],
-    }
-    if autoencoder is not None:
-        key = "vqvae" if type(autoencoder).__name__ == "VQModel" else "vae"
-        autoencoder.register_to_config(scaling_factor=float(scaling_factor))
-        autoencoder.save_pretrained(folder / key, safe_serialization=True)
-        index = {**index, "_class_name": "LatentDiffusionPrior", key: ["diffusers", type(autoencoder).__name__]}
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-
-
-def export_prior(source: str | Path, dest: str | Path, dtype: torch.dtype = torch.float16) -> Path:
-    """Copy the prior of a training folder (EMA weights) to `dest`, weights cast to `dtype` to halve the size;
-    `load_prior` runs it in float32 unless asked otherwise."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel, VQModel
-
-    source, dest = Path(source), Path(dest)
-    unet = UNet2DModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
-    scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
-    index = json.loads((source / "model_index.json").read_text())
-    key = next((k for k in ("vae", "vqvae") if k in index), None)
-    if key is None:
-        save_prior(dest, unet, scheduler)
-    else:
-        autoencoder = {"vae": AutoencoderKL, "vqvae": VQModel}[key].from_pretrained(source / key, torch_dtype=dtype)
-        save_prior(dest, unet, scheduler, autoencoder, autoencoder.config.scaling_factor)
-    return dest
-
-
 def train(
     cfg: TrainConfig, max_steps_this_run: int | None = None, progress: bool = True, time_limit: float | None = None
 ) -> Path:
@@ -162,7 +126,6 @@ def train(
         device = accelerator.device
         data = CropDataset(cfg.data, cfg.channels, cfg.crop_size)
         scheduler = build_scheduler(cfg)
-        alphas_cumprod = scheduler.alphas_cumprod.to(device)
         encoder = LatentEncoder(cfg.autoencoder, data, cfg.seed, device) if cfg.autoencoder else None
         if encoder is None:
             unet = build_unet(cfg)
@@ -178,8 +141,7 @@ def train(
             g = randomness.device
             t = torch.randint(cfg.num_train_timesteps, (cfg.batch_size,), generator=g, device=device)
             noise = torch.randn(x0.shape, generator=g, device=device)
-            alpha_bar = alphas_cumprod[t].view(-1, 1, 1, 1)
-            x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+            x_t = scheduler.add_noise(x0, noise, t)  # sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4)
             with accelerator.autocast():
                 eps_hat = model(x_t, t).sample
             return F.mse_loss(eps_hat.float(), noise)

@@ -1,5 +1,6 @@
-"""The loop every trainer shares: accelerate (device, mixed precision, processes), AdamW with linear warm-up,
-an EMA copy of the weights (the weights that get exported), atomic checkpoints, exact resume and a log.
+"""The loop every trainer shares: accelerate (device, mixed precision, processes, checkpoint state), AdamW with
+diffusers' linear warm-up, an EMA copy of the weights (the weights that get exported), atomic checkpoints, exact
+resume and a log.
 
 Exact resume: everything random in step k comes from generators seeded by (seed, k, process index), and the
 initial weights depend on the seed only, so a resumed run repeats exactly what an uninterrupted one does (on
@@ -7,6 +8,12 @@ the same kind of device).
 Speed: the loss stays on the device and is read back every `LOG_EVERY` steps, so the host never waits for the
 accelerator inside a step; the EMA update uses torch's foreach kernels.
 A trainer supplies a `TrainingJob`: the model, the loss of one step, and how to write its output.
+
+Checkpoint folder (`output/checkpoint`, replaced atomically): accelerate's `save_state` files (model.safetensors,
+optimizer.bin, scheduler.bin, random_states_*.pkl, scaler.pt with fp16), all read back with
+`torch.load(weights_only=True)`; the EMA weights (ema.safetensors) and the step, EMA counters and losses
+(state.json) are written here, not with `register_for_checkpointing`, because accelerate reads registered objects
+with `weights_only=False` (pickled code would run).
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ LOG_EVERY = 25  # steps between reads of the loss (progress bar, train_log.jsonl
 class LoopConfig:
     """Settings every trainer shares (a trainer's config subclasses this and may change the defaults).
 
-    Crops of `crop_size` with flips from the images in `data`; AdamW with `warmup_steps` of linear warm-up;
+    Crops of `crop_size` with flips from the images in `data`; AdamW with `warmup_steps` of linear warm-up
+    (update k, from 0, runs at lr * min(1, (k + 1) / warmup_steps));
     diffusers' EMAModel with warm-up (power `ema_power`, max decay `ema_max_decay`); accelerate mixed precision
     "no", "bf16" or "fp16"; a checkpoint every `checkpoint_every` steps into `output`.
     """
@@ -107,7 +115,8 @@ def fit(
     from tqdm.auto import tqdm
 
     out = Path(cfg.output)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    # the LR schedule counts updates, not per-process batches: one scheduler step per call
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
     config_file = out / "train_config.json"
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -123,8 +132,9 @@ def fit(
     model = job.model
     ema = EMAModel(model.parameters(), decay=cfg.ema_max_decay, use_ema_warmup=True, power=cfg.ema_power, foreach=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    start, losses = _load_checkpoint(out, model, ema, optimizer)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    lr_schedule = warmup_schedule(optimizer, cfg.warmup_steps)
+    model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
+    start, losses = _load_checkpoint(accelerator, out, ema)
     ema.to(accelerator.device)
 
     end = cfg.steps if max_steps_this_run is None else min(cfg.steps, start + max_steps_this_run)
@@ -135,7 +145,7 @@ def fit(
     done = start
     with open(out / "train_log.jsonl", "a") if accelerator.is_main_process else contextlib.nullcontext() as log:
         while done < end:
-            pending.append(one_step(cfg, job, model, optimizer, ema, done, accelerator))
+            pending.append(one_step(cfg, job, model, optimizer, lr_schedule, ema, done, accelerator))
             done += 1
             out_of_time = time_limit is not None and time.time() - tic >= time_limit
             checkpoint = done % cfg.checkpoint_every == 0 or done == end or out_of_time
@@ -152,13 +162,14 @@ def fit(
                         for i, v in enumerate(new)
                     )
                     log.flush()
-            if accelerator.is_main_process and checkpoint:
-                raw = accelerator.unwrap_model(model)
-                _save_checkpoint(out, raw, ema, optimizer, done, losses)
-                ema.store(raw.parameters())
-                ema.copy_to(raw.parameters())
-                job.export(raw)
-                ema.restore(raw.parameters())
+            if checkpoint:
+                _save_checkpoint(accelerator, out, ema, done, losses)
+                if accelerator.is_main_process:
+                    raw = accelerator.unwrap_model(model)
+                    ema.store(raw.parameters())
+                    ema.copy_to(raw.parameters())
+                    job.export(raw)
+                    ema.restore(raw.parameters())
             accelerator.wait_for_everyone()
             if out_of_time:
                 break
@@ -169,46 +180,62 @@ def fit(
     return out
 
 
-def one_step(cfg, job: TrainingJob, model, optimizer, ema, step: int, accelerator) -> torch.Tensor:
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int):
+    """diffusers' constant schedule with linear warm-up, started one position in so that update k (from 0) runs
+    at lr * min(1, (k + 1) / warmup_steps) and no update has rate 0. Step it once after each update."""
+    from diffusers.optimization import get_scheduler
+
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])  # torch's schedulers need it to start past position 0
+    return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup_steps, last_epoch=0)
+
+
+def one_step(cfg, job: TrainingJob, model, optimizer, lr_schedule, ema, step: int, accelerator) -> torch.Tensor:
     """One optimisation step; returns the loss averaged over processes (a 0-d tensor left on the device)."""
     randomness = step_generators(cfg.seed, step, accelerator.process_index, accelerator.device)
     loss = job.loss(model, randomness, accelerator)
     accelerator.backward(loss)
-    for group in optimizer.param_groups:  # linear warm-up, then constant
-        group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
     optimizer.step()
+    lr_schedule.step()
     optimizer.zero_grad(set_to_none=True)
     ema.step(accelerator.unwrap_model(model).parameters())
     return accelerator.gather(loss.detach()[None]).mean()
 
 
-def _save_checkpoint(folder: Path, model, ema, optimizer, step: int, losses: list[float]) -> None:
-    """Atomically replace folder/checkpoint with the current training state (safetensors + weights-only torch)."""
-    tmp = folder / "checkpoint.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    ema_state = ema.state_dict()
-    shadow = ema_state.pop("shadow_params")
-    save_file({f"{i}": p.detach().cpu().contiguous() for i, p in enumerate(shadow)}, tmp / "ema.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "ema": ema_state, "losses": losses}))
-    final, old = folder / "checkpoint", folder / "checkpoint.old"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+def _save_checkpoint(accelerator, folder: Path, ema, step: int, losses: list[float]) -> None:
+    """Atomically replace folder/checkpoint with the training state (called on every process)."""
+    tmp, final, old = folder / "checkpoint.tmp", folder / "checkpoint", folder / "checkpoint.old"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp, safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ema_state = ema.state_dict()
+        shadow = ema_state.pop("shadow_params")
+        save_file({f"{i}": p.detach().cpu().contiguous() for i, p in enumerate(shadow)}, tmp / "ema.safetensors")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "ema": ema_state, "losses": losses}))
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
-def _load_checkpoint(folder: Path, model, ema, optimizer) -> tuple[int, list[float]]:
+def _load_checkpoint(accelerator, folder: Path, ema) -> tuple[int, list[float]]:
+    """Restore the prepared objects and `ema` from folder/checkpoint; returns (step, losses), (0, []) if none."""
     ckpt = folder / "checkpoint"
     if not (ckpt / "state.json").exists():
         return 0, []
+    if not (ckpt / "optimizer.bin").exists():
+        raise ValueError(
+            f"'{ckpt}' is a checkpoint of an older format (optimizer.pt, no accelerate state) and cannot be resumed; "
+            "to go on from its exported weights, train into a new output folder with init_from"
+        )
+    accelerator.load_state(ckpt)
     state = json.loads((ckpt / "state.json").read_text())
-    model.load_state_dict(load_file(ckpt / "model.safetensors"))
     shadow = load_file(ckpt / "ema.safetensors")
     ema.load_state_dict({**state["ema"], "shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     return state["step"], state["losses"]
 
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from accelerate.utils import load  # torch.load(weights_only=True), numpy arrays of RNG states allowed
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -44,10 +45,10 @@ def test_interrupted_run_resumes_exactly(tmp_path, image_folder, monkeypatch):
 
     real_step = loop.one_step
 
-    def interrupted(cfg, job, model, optimizer, ema, step, accelerator):
-        if step == 3:  # after the checkpoint at step 2, before the next one
+    def interrupted(*args):
+        if args[6] == 3:  # the step index: after the checkpoint at step 2, before the next one
             raise KeyboardInterrupt
-        return real_step(cfg, job, model, optimizer, ema, step, accelerator)
+        return real_step(*args)
 
     monkeypatch.setattr(loop, "one_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -71,6 +72,37 @@ def test_interrupted_run_resumes_exactly(tmp_path, image_folder, monkeypatch):
 
     prior = load_prior(tmp_path / "resumed")
     assert torch.isfinite(prior.denoise(torch.randn(1, 3, 16, 16), 100)).all()
+
+
+def test_checkpoint_loads_without_pickled_code(tmp_path, image_folder):
+    """Every file of a checkpoint is safetensors, JSON, or a torch file that loads with weights_only=True."""
+    train(_config(image_folder, tmp_path / "run"), max_steps_this_run=2, progress=False)
+    files = sorted(p.name for p in (tmp_path / "run" / "checkpoint").iterdir())
+    assert {"model.safetensors", "ema.safetensors", "optimizer.bin", "scheduler.bin", "state.json"} <= set(files)
+    for name in files:
+        if not name.endswith((".safetensors", ".json")):
+            assert load(tmp_path / "run" / "checkpoint" / name) is not None, name
+
+
+def test_old_checkpoint_format_is_refused_clearly(tmp_path, image_folder):
+    run = tmp_path / "run"
+    train(_config(image_folder, run), max_steps_this_run=2, progress=False)
+    (run / "checkpoint" / "optimizer.bin").rename(run / "checkpoint" / "optimizer.pt")
+    with pytest.raises(ValueError, match="older format"):
+        train(_config(image_folder, run), progress=False)
+
+
+def test_warmup_schedule_gives_update_k_the_rate_k_plus_one_over_warmup():
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([param], lr=2e-4)
+    schedule = loop.warmup_schedule(optimizer, warmup_steps=3)
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        param.grad = torch.ones(2)
+        optimizer.step()
+        schedule.step()
+    assert rates == [2e-4 * min(1.0, (k + 1) / 3) for k in range(6)]
 
 
 def test_time_limit_ends_a_sitting_that_the_next_one_continues(tmp_path, image_folder):

@@ -1,10 +1,11 @@
-"""Diffusion priors: `load_prior`, the denoiser contract, diffusers UNets and exact Gaussian mixtures."""
+"""Diffusion priors: `load_prior`/`save_prior`, the denoiser contract, diffusers UNets and exact Gaussian mixtures."""
 
 from .adm import ADM_PRESETS, ADMConfig, load_adm_checkpoint
 from .base import PREDICTION_TYPES, DiffusionPrior, Prediction, linear_alphas_cumprod
 from .gaussian_mixture import GaussianMixturePosterior, GaussianMixturePrior
 from .latent import LatentPrior
 from .loading import builtin_priors, default_prior_name, load_prior, resolve_dtype
+from .saving import export_prior, save_prior
 from .unet import UNetPrior
 
 __all__ = [
@@ -19,8 +20,10 @@ __all__ = [
     "UNetPrior",
     "builtin_priors",
     "default_prior_name",
+    "export_prior",
     "linear_alphas_cumprod",
     "load_adm_checkpoint",
     "load_prior",
     "resolve_dtype",
+    "save_prior",
 ]

@@ -3,7 +3,7 @@
 Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image Synthesis" (arXiv:2105.05233), code
 openai/guided-diffusion (guided_diffusion/unet.py `UNetModel`). The papers' priors are ADM state dicts:
 DPS's `ffhq_10m.pt` (DPS2022/diffusion-posterior-sampling) and openai's `256x256_diffusion_uncond.pt`.
-diffusers has no converter (huggingface/diffusers#1197, #6730 open), so the mapping is ours:
+diffusers ships no converter for them; the module mapping:
 
     ADM UNetModel                           diffusers UNet2DModel
     time_embed.0 / .2                       time_embedding.linear_1 / linear_2
@@ -26,8 +26,7 @@ it is (3, heads, head_dim, C). Splitting the legacy layout in thirds gives silen
 Precision: ADM's GroupNorm32 normalises in float32 whatever the network's dtype; in float16/bfloat16
 `load_adm_checkpoint` does the same (`float32_group_norms`). diffusers does not upcast its GroupNorms, but
 torch's half-precision group norm already accumulates its statistics in float32 and differs only by
-rounding the affine weights (bfloat16 on CPU, reduced models of tests/test_adm.py: eps within 1.5 %
-of float32 either way). A folder written by `convert` and loaded in half precision uses torch's norm.
+rounding the affine weights. A folder written by `convert` and loaded in half precision uses torch's norm.
 
     prior = load_prior("ffhq_10m.pt", arch="adm-ffhq-256")
     posterior-diffusion convert ffhq_10m.pt --arch adm-ffhq-256 --out ffhq_prior/
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import linear_alphas_cumprod
+from .saving import save_prior
 from .unet import UNetPrior
 
 
@@ -521,8 +521,6 @@ def convert_checkpoint(path, arch: str | ADMConfig, folder, dtype=torch.float32)
 
     dtype: the stored weights' precision (float16 halves the files; `load_prior` still loads float32 by default).
     """
-    from posterior_diffusion.train import save_prior
-
     from .loading import resolve_dtype
 
     adm = resolve_arch(arch, path)
