@@ -152,12 +152,12 @@ def sample_posterior(
 
 
 def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
     import diffusers
 
-    from posterior_diffusion import __version__
-
     return {
-        "posterior_diffusion": __version__,
+        "posterior_diffusion": version("posterior_diffusion"),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "python": platform.python_version(),

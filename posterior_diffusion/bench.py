@@ -21,10 +21,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -35,7 +35,7 @@ from posterior_diffusion.metrics import kernel_errors, lpips, psnr, ssim
 from posterior_diffusion.perceptual import LPIPSUnavailable
 from posterior_diffusion.samplers import list_samplers, sampler_applies, sampler_class
 from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
-from posterior_diffusion.tensor_utils import sample_moments, seed_for
+from posterior_diffusion.tensor_utils import peak_memory_mb, reset_peak_memory, sample_moments, seed_for
 
 KEY = ("task", "method", "image", "seed")
 METRIC_COLUMNS = ("psnr", "ssim", "lpips")  # first in the tables; then the tasks' own metrics, as the rows have them
@@ -44,29 +44,38 @@ NOT_METRICS = {*KEY, "index", "nfe", "seconds", "peak_mb"}
 
 @dataclass
 class BenchConfig:
-    """images: a folder; out: the output folder (resumed when it holds rows). size: centre-crop side;
-    images_per_call: images sent through a sampler together (each with num_samples chains; batch_size chains
-    per network call); steps: sampler steps (default: each sampler's own); lpips_net: "alex", "vgg" or "none";
-    sampler_options: {"K": v} for every sampler, {"method.K": v} for one sampler or baseline (e.g.
-    "pnp_ula.iterations": 500, "rml.max_iter": 50)."""
+    """Settings of `posterior-diffusion bench grid` (one --option per field)."""
 
-    images: str
-    out: str
-    tasks: tuple[str, ...] = ("sr4", "random_inpaint", "gaussian_deblur")
-    methods: tuple[str, ...] = ("dps", "ddrm", "tikhonov", "bicubic", "harmonic")
-    prior: str | None = None
-    size: int = 128
-    num_images: int | None = None
-    num_samples: int = 1
-    seeds: tuple[int, ...] = (0,)
-    steps: int | None = None
-    images_per_call: int = 8
-    batch_size: int | None = None
-    device: str | None = None
-    dtype: str | None = None
-    lpips_net: str = "alex"
-    tasks_file: str | None = None
-    sampler_options: dict = field(default_factory=dict)
+    images: str = field(metadata={"help": "folder of held-out images (centre-cropped to --size)"})
+    out: str = field(metadata={"help": "output folder (a rerun resumes it)"})
+    tasks: tuple[str, ...] = field(
+        default=("sr4", "random_inpaint", "gaussian_deblur"), metadata={"help": "task names (tasks.TASKS)"}
+    )
+    methods: tuple[str, ...] = field(
+        default=("dps", "ddrm", "tikhonov", "bicubic", "harmonic"), metadata={"help": "samplers and baselines"}
+    )
+    prior: str | None = field(default=None, metadata={"help": "prior spec (default: the built-in RGB prior)"})
+    size: int = field(default=128, metadata={"help": "centre-crop side in pixels"})
+    num_images: int | None = field(default=None, metadata={"help": "the first N images of the folder (default all)"})
+    num_samples: int = field(default=1, metadata={"help": "posterior samples per image"})
+    seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "noise and chain seeds"})
+    steps: int | None = field(default=None, metadata={"help": "sampler steps (default: each sampler's own)"})
+    images_per_call: int = field(
+        default=8, metadata={"help": "images sent through a sampler together (each with num_samples chains)"}
+    )
+    batch_size: int | None = field(default=None, metadata={"help": "chains per network call (default all)"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default cuda if available)"})
+    dtype: str | None = field(default=None, metadata={"help": "network precision: float32, float16 or bfloat16"})
+    lpips: str = field(default="alex", metadata={"help": "LPIPS backbone: alex, vgg or none"})
+    tasks_file: str | None = field(
+        default=None, metadata={"help": "TOML file of extra tasks ([tasks.NAME] operator, params, noise_sigma)"}
+    )
+    # {"K": v} for every sampler, {"method.K": v} for one sampler or baseline ("pnp_ula.steps": 500)
+    sampler_options: dict = field(default_factory=dict, metadata={"help": "sampler options"})
+
+    def __post_init__(self):
+        if self.lpips not in ("alex", "vgg", "none"):
+            raise ValueError(f"unknown LPIPS backbone {self.lpips!r}; valid: alex, vgg, none")
 
 
 def run_bench(cfg: BenchConfig, progress: bool = True) -> list[dict]:
@@ -80,17 +89,14 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[dict]:
     tasks = load_tasks_file(cfg.tasks_file) if cfg.tasks_file else TASKS
     for name in cfg.tasks:
         get_task(name, tasks)
-    for method in cfg.methods:
-        if method not in BASELINES and method not in list_samplers():
-            valid = sorted([*BASELINES, *list_samplers()])
-            raise ValueError(f"unknown method {method!r}; valid: {', '.join(valid)}")
+    methods = [get_method(name) for name in cfg.methods]
     device = torch.device(cfg.device) if cfg.device else state.device
-    prior = _load_prior(cfg, device)
+    prior = _load_prior(cfg, methods, device)
     channels = prior.default_image_shape()[0] if prior is not None else 3
     paths = list_images(cfg.images)[: cfg.num_images]
     x = _load_images(paths, channels, cfg.size)
     done = {tuple(r[k] for k in KEY) for r in read_rows(out)}
-    run = _Run(cfg, out, prior, device, x, paths, done, state.process_index, state.num_processes, progress)
+    run = _Run(cfg, methods, out, prior, device, x, paths, done, state.process_index, state.num_processes, progress)
     for task_name in cfg.tasks:
         for seed in cfg.seeds:
             run.task(task_name, get_task(task_name, tasks), seed)
@@ -107,6 +113,7 @@ class _Run:
     """What one process needs to run its share: its images are those with index % num_processes == rank."""
 
     cfg: BenchConfig
+    methods: list[Method]
     out: Path
     prior: object
     device: torch.device
@@ -128,16 +135,16 @@ class _Run:
             x = _load_images(self.paths, task.channels, self.cfg.size)
         y = torch.cat([op.measure(x[i : i + 1], _generator(seed, i)) for i in mine])
         given = _given_operator(op) if task.blind else op
-        for method in self.cfg.methods:
-            if not _applies(method, self.prior, given, task.preset):
+        for method in self.methods:
+            if not method.applies(self.prior, given, task.preset):
                 continue
-            todo = [k for k, i in enumerate(mine) if (name, method, self.paths[i].name, seed) not in self.done]
+            todo = [k for k, i in enumerate(mine) if (name, method.name, self.paths[i].name, seed) not in self.done]
             for group in _groups(todo, self.cfg.images_per_call):
                 ids = [mine[k] for k in group]
                 result = _run_method(self.cfg, method, task, given, y[group], ids, seed, self.prior, self.device)
                 if task.align is not None:
                     result = _aligned(result, task.align(given, result["samples"]))
-                rows = _score(result, x[ids], self.paths, ids, name, method, seed, self.cfg.lpips_net)
+                rows = _score(result, x[ids], self.paths, ids, name, method.name, seed, self.cfg.lpips)
                 if task.metrics is not None:
                     extra = task.metrics(given, y[group], result["mean"], x[ids])
                     for n, row in enumerate(rows):
@@ -151,13 +158,13 @@ class _Run:
                     f.writelines(json.dumps(r) + "\n" for r in rows)
                 if 0 in ids:
                     k = ids.index(0)
-                    _example_figure(self.out, name, method, task, given, x[0], y[group[k]], result, k)
+                    _example_figure(self.out, name, method.name, task, given, x[0], y[group[k]], result, k)
                 if self.progress:
-                    print(f"[rank {self.rank}] {name} {method} seed {seed}: images {ids} done", flush=True)
+                    print(f"[rank {self.rank}] {name} {method.name} seed {seed}: images {ids} done", flush=True)
 
 
-def _load_prior(cfg: BenchConfig, device):
-    if not any(m in list_samplers() for m in cfg.methods):
+def _load_prior(cfg: BenchConfig, methods: list[Method], device):
+    if not any(m.needs_prior for m in methods):
         return None
     from posterior_diffusion.priors import default_prior_name, load_prior
 
@@ -189,32 +196,61 @@ def _given_operator(op):
     return op.with_kernel(gaussian_kernel(size, size / 8).to(op.kernel))
 
 
-def _applies(method: str, prior, op, preset: str = "") -> bool:
-    """Whether `method` runs on `op`: a sampler is checked with the task's preset where it has one (PnP-ULA's
-    `black_hole` preset supplies the Lipschitz constant that closure data need)."""
-    if method in BASELINES:
-        return BASELINES[method][1](op)
-    return sampler_applies(method, prior, op, preset)
-
-
 def _groups(items: list[int], n: int) -> list[list[int]]:
     return [items[k : k + n] for k in range(0, len(items), max(1, n))]
 
 
-def _run_method(cfg, method, task, op, y, ids, seed, prior, device) -> dict:
-    """{"mean": (n, C, H, W), "samples": (n, S, C, H, W), "std", "nfe", "seconds", "peak_mb"} for images `ids`."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    options = {k.split(".", 1)[1]: v for k, v in cfg.sampler_options.items() if k.startswith(method + ".")}
-    if method in BASELINES:  # "method.K" options only: the shared "K" ones are the samplers'
+class Method(Protocol):
+    """What the bench runs: a sampler or a classical baseline, by name."""
+
+    name: str
+    needs_prior: bool
+
+    def applies(self, prior, op, preset: str) -> bool:
+        """Whether it runs on `op` (with the task's sampler preset where it has one)."""
+
+    def estimate(self, cfg: BenchConfig, task, op, y, ids, seed, prior, device) -> dict:
+        """{"mean", "samples", "std" (CPU tensors), "nfe", "seconds" (all images), optional "kernel"} for y (n, ...)."""
+
+
+def _own_options(cfg: BenchConfig, name: str) -> dict:
+    """The "name.K" entries of sampler_options, as {K: v}."""
+    return {k.split(".", 1)[1]: v for k, v in cfg.sampler_options.items() if k.startswith(name + ".")}
+
+
+@dataclass(frozen=True)
+class BaselineMethod:
+    """A classical baseline (`baselines.BASELINES`): one estimate per image. Takes "name.K" options only."""
+
+    name: str
+    needs_prior: bool = False
+
+    def applies(self, prior, op, preset: str) -> bool:
+        return BASELINES[self.name].applies(op)
+
+    def estimate(self, cfg, task, op, y, ids, seed, prior, device) -> dict:
         start = time.perf_counter()
-        estimate = baseline(method, on_device(op, device), y.to(device), **options).cpu()
+        estimate = baseline(self.name, on_device(op, device), y.to(device), **_own_options(cfg, self.name)).cpu()
         seconds = time.perf_counter() - start
-        result = {"mean": estimate, "samples": estimate[:, None], "std": torch.zeros_like(estimate), "nfe": 0}
-    else:
-        sampler_cls = sampler_class(method)
-        options = {k: v for k, v in cfg.sampler_options.items() if "." not in k} | options  # "K" for all samplers
-        if task.preset in sampler_cls.PRESETS and "preset" not in options:
+        return {"mean": estimate, "samples": estimate[:, None], "std": torch.zeros_like(estimate), "nfe": 0} | {
+            "seconds": seconds
+        }
+
+
+@dataclass(frozen=True)
+class SamplerMethod:
+    """A posterior sampler through `sample_posterior`, with the task's preset where it has one, the bench's steps,
+    and the "K" (every sampler) and "name.K" options."""
+
+    name: str
+    needs_prior: bool = True
+
+    def applies(self, prior, op, preset: str) -> bool:
+        return sampler_applies(self.name, prior, op, preset)
+
+    def estimate(self, cfg, task, op, y, ids, seed, prior, device) -> dict:
+        options = {k: v for k, v in cfg.sampler_options.items() if "." not in k} | _own_options(cfg, self.name)
+        if task.preset in sampler_class(self.name).PRESETS and "preset" not in options:
             options["preset"] = task.preset
         if cfg.steps:
             options["steps"] = cfg.steps
@@ -222,7 +258,7 @@ def _run_method(cfg, method, task, op, y, ids, seed, prior, device) -> dict:
             y,
             op,
             prior=prior,
-            sampler=method,
+            sampler=self.name,
             num_samples=cfg.num_samples,
             batch_size=cfg.batch_size,
             seed=seed,
@@ -232,16 +268,26 @@ def _run_method(cfg, method, task, op, y, ids, seed, prior, device) -> dict:
             measurement_ids=ids,
             **options,
         )
-        seconds = res.seconds
-        result = {"mean": res.mean, "samples": res.samples, "std": res.std, "nfe": res.nfe}
+        result = {"mean": res.mean, "samples": res.samples, "std": res.std, "nfe": res.nfe, "seconds": res.seconds}
         if "kernel" in res.extras:  # blind samplers: (n, S, kh, kw)
             result["kernel"] = res.extras["kernel"].cpu()
-    peak = (
-        torch.cuda.max_memory_allocated(device) / 2**20
-        if device.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-    return result | {"seconds": seconds / len(ids), "peak_mb": round(peak, 1)}
+        return result
+
+
+def get_method(name: str) -> Method:
+    """The baseline or sampler `name`; an unknown name lists the valid ones."""
+    if name in BASELINES:
+        return BaselineMethod(name)
+    if name in list_samplers():
+        return SamplerMethod(name)
+    raise ValueError(f"unknown method {name!r}; valid: {', '.join(sorted([*BASELINES, *list_samplers()]))}")
+
+
+def _run_method(cfg, method: Method, task, op, y, ids, seed, prior, device) -> dict:
+    """The method's result for images `ids` with seconds per image and the peak memory ("peak_mb")."""
+    reset_peak_memory(device)
+    result = method.estimate(cfg, task, op, y, ids, seed, prior, device)
+    return result | {"seconds": result["seconds"] / len(ids), "peak_mb": round(peak_memory_mb(device), 1)}
 
 
 def _aligned(result: dict, samples: torch.Tensor) -> dict:

@@ -4,6 +4,7 @@
     posterior-diffusion degrade photo.png --operator gaussian_blur --op-param sigma=1.5 --out y.png
     posterior-diffusion restore photo.png --simulate --operator super_resolution --op-param factor=4 \
         --sampler dps --num-samples 4 --out results/
+    posterior-diffusion bench grid --images kodak/ --out bench/ --tasks sr4 --methods dps ddrm tikhonov
     posterior-diffusion train --data my_images/ --out my_prior/ --steps 10000
     posterior-diffusion convert ffhq_10m.pt --arch adm-ffhq-256 --out ffhq_prior/
 
@@ -17,6 +18,8 @@ import dataclasses
 import json
 import pickle
 import sys
+import types
+import typing
 import zipfile
 from pathlib import Path
 
@@ -140,9 +143,9 @@ def cmd_degrade(args) -> None:
 
 def cmd_restore(args) -> None:
     from posterior_diffusion.api import sample_posterior
-    from posterior_diffusion.figures import restoration_figure
-    from posterior_diffusion.images import load_image, save_image
+    from posterior_diffusion.images import load_image
     from posterior_diffusion.metrics import psnr
+    from posterior_diffusion.outputs import write_restoration
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -179,118 +182,38 @@ def cmd_restore(args) -> None:
         preset=args.preset,
         **options,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "samples").mkdir(exist_ok=True)
-    for i, sample in enumerate(res.samples):
-        save_image(sample, out / "samples" / f"sample_{i:03d}.png")
-    save_image(res.mean, out / "mean.png")
-    std_map = res.std.mean(0, keepdim=True)
-    save_image(std_map / std_map.max().clamp(min=1e-8) * 2 - 1, out / "std.png")
-    from safetensors.torch import save_file
-
-    tensors = {"samples": res.samples, "mean": res.mean, "std": res.std, "y": y.float().contiguous()}
-    tensors.update({k: v.contiguous() for k, v in res.extras.items() if isinstance(v, torch.Tensor)})
+    info = {"input": str(args.input), "simulate": args.simulate}
+    if args.prior_arch:
+        info |= {"prior": args.prior, "prior_arch": args.prior_arch}
+    write_restoration(out, res, y.float(), truth, overwrite=args.overwrite, run_info=info)
+    summary = f"wrote {out}/ (mean.png, std.png, samples/, figure.png, results.safetensors, run.json)"
+    summary += f" in {res.seconds:.1f} s, {res.nfe} NFE"
     if truth is not None:
-        tensors["truth"] = truth
-    save_file(
-        {k: v.float().contiguous() for k, v in tensors.items() if not v.is_complex()}, out / "results.safetensors"
-    )
-    if y.ndim == 3 and y.shape[0] in (1, 3):
-        save_image(y, out / "measurement.png")
-    if "kernel" in res.extras:  # blind deblurring: the estimated kernel of each sample, scaled to its maximum
-        for i, kernel in enumerate(res.extras["kernel"]):
-            save_image(kernel / kernel.abs().max().clamp(min=1e-12) * 2 - 1, out / f"kernel_{i:03d}.png")
-    restoration_figure(
-        out / "figure.png", y if y.ndim == 3 and y.shape[0] in (1, 3) else None, res.mean, res.std, res.samples, truth
-    )
-    run = {
-        **res.config,
-        **({"prior": args.prior, "prior_arch": args.prior_arch} if args.prior_arch else {}),
-        "input": str(args.input),
-        "simulate": args.simulate,
-        "nfe": res.nfe,
-        "seconds": round(res.seconds, 3),
-    }
-    if truth is not None:
-        run["psnr_mean"] = round(float(psnr(res.mean[None], truth[None])[0]), 3)
-        run["psnr_samples"] = [round(float(v), 3) for v in psnr(res.samples, truth[None].expand_as(res.samples))]
-    (out / "run.json").write_text(json.dumps(run, indent=2))
-    summary = f"wrote {out}/ (mean.png, std.png, samples/, figure.png, run.json) in {res.seconds:.1f} s, {res.nfe} NFE"
-    print(summary + (f"; PSNR of the mean {run['psnr_mean']:.2f} dB" if truth is not None else ""))
+        summary += f"; PSNR of the mean {psnr(res.mean[None], truth[None])[0]:.2f} dB"
+    print(summary)
 
 
-def cmd_bench(args) -> None:
-    from posterior_diffusion.bench import BenchConfig, run_bench, write_summary
-
-    out = Path(args.out)
-    if args.exact:
-        from posterior_diffusion.exact import report
-
-        out.mkdir(parents=True, exist_ok=True)
-        table = report(num_samples=args.num_samples if args.num_samples > 1 else 64)
-        (out / "exact.md").write_text(table + "\n")
-        print(table)
-        return
-    if args.speed:
-        _speed(args, out)
-        return
-    if not args.images:
-        raise ValueError("bench needs --images DIR (or --exact)")
-    cfg = BenchConfig(
-        images=args.images,
-        out=args.out,
-        tasks=tuple(args.tasks),
-        methods=tuple(args.methods or defaults_methods()),
-        prior=args.prior,
-        size=args.size,
-        num_images=args.num_images,
-        num_samples=args.num_samples,
-        seeds=tuple(args.seeds),
-        steps=args.steps,
-        images_per_call=args.images_per_call,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        lpips_net=args.lpips,
-        tasks_file=args.tasks_file,
-        sampler_options=_parse_params(args.sampler_param, "sampler"),
-    )
+def cmd_bench_grid(args) -> None:
     from accelerate import PartialState
 
+    from posterior_diffusion.bench import BenchConfig, run_bench, write_summary
+
+    cfg = config_from_args(BenchConfig, args, sampler_options=_parse_params(args.sampler_param, "--sampler-param"))
     rows = run_bench(cfg, progress=not args.quiet)
     if PartialState().is_main_process:
-        print(write_summary(out, rows))
+        print(write_summary(Path(cfg.out), rows))
 
 
-def defaults_methods() -> tuple[str, ...]:
-    from posterior_diffusion.bench import BenchConfig
+def cmd_bench_exact(args) -> None:
+    from posterior_diffusion.exact import ExactConfig, run_exact
 
-    return BenchConfig(images="", out="").methods
+    print(run_exact(config_from_args(ExactConfig, args)))
 
 
-def _speed(args, out: Path) -> None:
-    from posterior_diffusion.api import default_device
-    from posterior_diffusion.priors import default_prior_name, load_prior
-    from posterior_diffusion.priors.adm import random_adm_prior
-    from posterior_diffusion.samplers import list_samplers
-    from posterior_diffusion.speed import speed_rows, speed_table
+def cmd_bench_speed(args) -> None:
+    from posterior_diffusion.speed import SpeedConfig, run_speed
 
-    samplers = [m for m in args.methods if m in list_samplers()] if args.methods else list_samplers()
-    device = args.device or default_device()
-    rows = []
-    if args.random_init and not args.prior:
-        raise ValueError("--random-init needs --prior ARCH, an ADM architecture such as adm-ffhq-256")
-    for dtype in args.speed_dtypes:
-        if args.random_init:
-            prior = random_adm_prior(args.prior, dtype).to(device)
-        else:
-            prior = load_prior(args.prior or f"builtin:{default_prior_name(3)}", device=device, dtype=dtype)
-        rows += speed_rows(prior, samplers, args.batch_sizes, args.size, args.steps or 20, dtype, args.repeats)
-    out.mkdir(parents=True, exist_ok=True)
-    table = speed_table(rows)
-    (out / "speed.md").write_text(table + "\n")
-    (out / "speed.json").write_text(json.dumps(rows, indent=1))
-    print(table)
+    print(run_speed(config_from_args(SpeedConfig, args)))
 
 
 def cmd_convert(args) -> None:
@@ -324,7 +247,8 @@ def cmd_train(args) -> None:
     from posterior_diffusion.train import TrainConfig, default_threads, train
 
     default_threads()
-    folder = train(_config_from_args(TrainConfig, args), progress=not args.quiet, time_limit=_seconds(args))
+    cfg = config_from_args(TrainConfig, args, skip=TRAIN_FOLDERS, data=args.data, output=args.out)
+    folder = train(cfg, progress=not args.quiet, time_limit=_seconds(args))
     print(f"prior saved in {folder}/ (use it with --prior {folder})")
 
 
@@ -333,38 +257,63 @@ def cmd_train_autoencoder(args) -> None:
     from posterior_diffusion.train_autoencoder import AutoencoderConfig, train_autoencoder
 
     default_threads()
-    cfg = _config_from_args(AutoencoderConfig, args)
+    cfg = config_from_args(AutoencoderConfig, args, skip=TRAIN_FOLDERS, data=args.data, output=args.out)
     folder = train_autoencoder(cfg, progress=not args.quiet, time_limit=_seconds(args))
     print(f"autoencoder saved in {folder}/autoencoder (train a latent prior with --autoencoder {folder}/autoencoder)")
 
 
-_SKIP = ("data", "output")
+TRAIN_FOLDERS = ("data", "output")  # training configs' folders: the --data and --out options
 
 
 def _seconds(args) -> float | None:
     return None if args.time_limit is None else 60.0 * args.time_limit
 
 
-def _config_from_args(config_class, args):
-    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if f.name not in _SKIP}
-    return config_class(data=args.data, output=args.out, **options)
-
-
-def _add_config_options(p: argparse.ArgumentParser, config_class) -> None:
-    """One --option per config field, with the config's default (the dataclass is the single source)."""
-    p.add_argument("--data", required=True, help="folder of training images")
-    p.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
+def config_from_args(config_class, args, skip: tuple[str, ...] = (), **given):
+    """A config dataclass from the parsed options `add_config_options` made (lists back to tuples), `given` added."""
+    options = {}
     for f in dataclasses.fields(config_class):
-        if f.name in _SKIP:
+        if f.name not in skip and f.name not in given and hasattr(args, f.name):
+            value = getattr(args, f.name)
+            options[f.name] = tuple(value) if isinstance(value, list) else value
+    return config_class(**options, **given)
+
+
+def add_config_options(p: argparse.ArgumentParser, config_class, skip: tuple[str, ...] = ()) -> None:
+    """One --option per field of a config dataclass (the dataclass is the single source of names, types, defaults
+    and help): tuples take several values, booleans are switches, fields without a default are required, dict
+    fields are skipped (they have options of their own)."""
+    hints = typing.get_type_hints(config_class)
+    for f in dataclasses.fields(config_class):
+        kind = hints[f.name]
+        if f.name in skip or kind is dict:
             continue
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, tuple):
-            p.add_argument(
-                flag, type=type(f.default[0]), nargs="+", default=list(f.default), help=f"default {f.default}"
-            )
+        kind = _unwrap_optional(kind)
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else f.default
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        text = f.metadata.get("help", "") + ("" if required or default is None else f" (default {shown})")
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif typing.get_origin(kind) is tuple:
+            item = _unwrap_optional(typing.get_args(kind)[0])
+            p.add_argument(flag, type=item, nargs="+", default=default, required=required, help=text)
         else:
-            kind = str if f.default is None else type(f.default)
-            p.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")
+            p.add_argument(flag, type=kind, default=default, required=required, help=text)
+
+
+def _unwrap_optional(kind):
+    """T for `T | None`, else kind itself."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) == 1 else kind
+
+
+def _add_training_options(p: argparse.ArgumentParser, config_class) -> None:
+    """A training command's options: --data, --out, one per config field, --time-limit and --quiet."""
+    p.add_argument("--data", required=True, help="folder of training images")
+    p.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
+    add_config_options(p, config_class, skip=TRAIN_FOLDERS)
     p.add_argument(
         "--time-limit",
         type=float,
@@ -413,42 +362,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_restore)
 
-    p = sub.add_parser("bench", help="tasks x methods x images: per-image rows, summary table, figures")
     from posterior_diffusion.bench import BenchConfig
+    from posterior_diffusion.exact import ExactConfig
+    from posterior_diffusion.speed import SpeedConfig
 
-    defaults = BenchConfig(images="", out="")
-    p.add_argument("--images", help="folder of held-out images (centre-cropped to --size)")
-    p.add_argument("--out", required=True, help="output folder (a rerun resumes it)")
-    p.add_argument("--tasks", nargs="+", default=list(defaults.tasks), help=f"default {' '.join(defaults.tasks)}")
-    p.add_argument("--methods", nargs="+", help=f"samplers and baselines (default {' '.join(defaults.methods)})")
-    p.add_argument("--prior", help="prior spec (default: the built-in RGB prior)")
-    p.add_argument("--size", type=int, default=defaults.size, help=f"crop side (default {defaults.size})")
-    p.add_argument("--num-images", type=int, help="first N images of the folder (default all)")
-    p.add_argument("--num-samples", type=int, default=1, help="posterior samples per image (default 1)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="noise and chain seeds (default 0)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: each sampler's)")
-    p.add_argument("--images-per-call", type=int, default=defaults.images_per_call, help="images per sampler call")
-    p.add_argument("--batch-size", type=int, help="chains per network call (default all)")
-    p.add_argument("--device", help="cpu, cuda, ... (default cuda if available)")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="network precision")
-    p.add_argument("--lpips", choices=("alex", "vgg", "none"), default="alex", help="LPIPS backbone (default alex)")
-    p.add_argument("--tasks-file", help="TOML file of extra tasks ([tasks.NAME] operator, params, noise_sigma)")
+    bench = sub.add_parser("bench", help="benchmarks: grid (tasks x methods x images), exact, speed")
+    modes = bench.add_subparsers(dest="mode", required=True)
+    p = modes.add_parser("grid", help="tasks x methods x images: per-image rows, summary table, figures")
+    add_config_options(p, BenchConfig)
     p.add_argument(
-        "--sampler-param", action="append", metavar="[METHOD.]K=V", help="sampler option, for all or one sampler"
-    )
-    p.add_argument("--exact", action="store_true", help="the exact-posterior benchmark on Gaussian mixtures instead")
-    p.add_argument("--speed", action="store_true", help="sampler time vs bare network time instead (see speed.py)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="--speed: batch sizes (default 1 4)")
-    p.add_argument("--speed-dtypes", nargs="+", default=["float32"], help="--speed: network dtypes (default float32)")
-    p.add_argument("--repeats", type=int, default=3, help="--speed: each time is the fastest of this many (default 3)")
-    p.add_argument(
-        "--random-init",
-        action="store_true",
-        help="--speed: --prior names an ADM architecture (adm-ffhq-256, adm-imagenet-256-uncond), timed with random "
-        "weights (a paper-size network, no download; speed does not depend on the weights)",
+        "--sampler-param", action="append", metavar="[METHOD.]K=V", help="sampler option, for all or one method"
     )
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench_grid)
+    p = modes.add_parser("exact", help="samplers against exact Gaussian-mixture posteriors")
+    add_config_options(p, ExactConfig)
+    p.set_defaults(func=cmd_bench_exact)
+    p = modes.add_parser("speed", help="each sampler's time against its bare network evaluations")
+    add_config_options(p, SpeedConfig)
+    p.set_defaults(func=cmd_bench_speed)
 
     from posterior_diffusion.priors.adm import ADM_PRESETS
 
@@ -479,10 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     from posterior_diffusion.train import TrainConfig
     from posterior_diffusion.train_autoencoder import AutoencoderConfig
 
-    _add_config_options(p, TrainConfig)
+    _add_training_options(p, TrainConfig)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("train-autoencoder", help="train the autoencoder of a latent prior")
-    _add_config_options(p, AutoencoderConfig)
+    _add_training_options(p, AutoencoderConfig)
     p.set_defaults(func=cmd_train_autoencoder)
     return parser
 

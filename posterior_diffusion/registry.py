@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class Registry:
     """`@registry.register("name")` on a class sets `cls.name` and makes it available as `registry.get("name")`."""
@@ -19,6 +22,20 @@ class Registry:
             return cls
 
         return wrap
+
+    def unregister(self, name: str) -> None:
+        """Remove `name` (e.g. a plug-in tried out in a session, or a test's own class)."""
+        self.get(name)  # an unknown name fails, listing the valid ones
+        del self._classes[name]
+
+    @contextmanager
+    def registered(self, name: str, cls: type) -> Iterator[type]:
+        """`cls` registered as `name` for the duration of a `with` block."""
+        self.register(name)(cls)
+        try:
+            yield cls
+        finally:
+            self.unregister(name)
 
     def get(self, name: str) -> type:
         if name not in self._classes:

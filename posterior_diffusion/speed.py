@@ -1,4 +1,4 @@
-"""`posterior-diffusion bench --speed`: what each sampler costs beyond its network evaluations.
+"""`posterior-diffusion bench speed`: what each sampler costs beyond its network evaluations.
 
 For each sampler, dtype and batch size: the wall time of `sample_posterior` for `steps` steps, its network
 evaluations (NFE), and the time of the same number of bare network evaluations on the same batch: forward only
@@ -18,14 +18,17 @@ The sampler's runs and the bare network's alternate, so that a slow spell of the
 
 from __future__ import annotations
 
-import resource
+import json
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from posterior_diffusion.api import sample_posterior
 from posterior_diffusion.samplers import sampler_applies, sampler_class
 from posterior_diffusion.tasks import TASKS, Task
+from posterior_diffusion.tensor_utils import peak_memory_mb, reset_peak_memory
 
 
 def _sync(device: torch.device) -> None:
@@ -89,12 +92,6 @@ def speed_task(name: str, prior, size: int) -> Task | None:
     return None
 
 
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def speed_rows(
     prior, samplers, batch_sizes, size: int, steps: int, dtype: str | None = None, repeats: int = 3
 ) -> list[dict]:
@@ -120,11 +117,10 @@ def speed_rows(
             work = sampler.own_work(prior, op.to(device), y.to(device), state)
             runs, bare_runs, algorithm_runs, peak = [], [], [], 0.0
             for _ in range(repeats):  # sampler and bare network alternate: a slow spell slows both alike
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
+                reset_peak_memory(device)
                 counter.clear()
                 runs.append(sample_posterior(y, op, prior=prior, sampler=name, progress=False, steps=steps))
-                peak = max(peak, _peak_mb(device))
+                peak = max(peak, peak_memory_mb(device))
                 passes = dict(counter)  # each run makes the same passes
                 bare = bare_network_seconds(prior, state, runs[-1].nfe, gradient)
                 bare_runs.append(bare + (autoencoder_seconds(prior, x.to(device), state, passes) if passes else 0.0))
@@ -168,3 +164,51 @@ def speed_table(rows: list[dict]) -> str:
             f"{bare} | {r['overhead']:.2f} | {r['images_per_s']:.2f} | {r['peak_mb']:.0f} |"
         )
     return "\n".join(lines)
+
+
+@dataclass
+class SpeedConfig:
+    """Settings of `posterior-diffusion bench speed` (one --option per field)."""
+
+    out: str = field(metadata={"help": "output folder (speed.md, speed.json)"})
+    prior: str | None = field(default=None, metadata={"help": "prior spec (default: the built-in RGB prior)"})
+    size: int = field(default=64, metadata={"help": "image side in pixels"})
+    batch_sizes: tuple[int, ...] = field(default=(1, 4), metadata={"help": "batch sizes (images per call)"})
+    steps: int = field(default=20, metadata={"help": "sampler steps of each timed run"})
+    dtypes: tuple[str, ...] = field(default=("float32",), metadata={"help": "network dtypes"})
+    methods: tuple[str, ...] | None = field(default=None, metadata={"help": "samplers (default all that apply)"})
+    repeats: int = field(default=3, metadata={"help": "each time is the fastest of this many runs"})
+    random_init: bool = field(
+        default=False,
+        metadata={
+            "help": "--prior names an ADM architecture (adm-ffhq-256, adm-imagenet-256-uncond), timed with random "
+            "weights (a paper-size network, no download; speed does not depend on the weights)"
+        },
+    )
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default cuda if available)"})
+
+
+def run_speed(cfg: SpeedConfig) -> str:
+    """speed_rows for every dtype, written to out/speed.md and out/speed.json; returns the table."""
+    from posterior_diffusion.api import default_device
+    from posterior_diffusion.priors import default_prior_name, load_prior
+    from posterior_diffusion.priors.adm import random_adm_prior
+    from posterior_diffusion.samplers import list_samplers
+
+    if cfg.random_init and not cfg.prior:
+        raise ValueError("--random-init needs --prior ARCH, an ADM architecture such as adm-ffhq-256")
+    samplers = [m for m in cfg.methods if m in list_samplers()] if cfg.methods else list_samplers()
+    device = cfg.device or default_device()
+    rows = []
+    for dtype in cfg.dtypes:
+        if cfg.random_init:
+            prior = random_adm_prior(cfg.prior, dtype).to(device)
+        else:
+            prior = load_prior(cfg.prior or f"builtin:{default_prior_name(3)}", device=device, dtype=dtype)
+        rows += speed_rows(prior, samplers, cfg.batch_sizes, cfg.size, cfg.steps, dtype, cfg.repeats)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = speed_table(rows)
+    (out / "speed.md").write_text(table + "\n")
+    (out / "speed.json").write_text(json.dumps(rows, indent=1))
+    return table

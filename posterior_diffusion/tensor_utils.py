@@ -115,3 +115,19 @@ def sample_moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-measurement mean and std over the sample axis of (B, S, ...) samples; std is 0 for S = 1."""
     mean = samples.mean(1)
     return mean, samples.std(1) if samples.shape[1] > 1 else torch.zeros_like(mean)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement (CUDA allocator; CPUs keep the process's peak, which only grows)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MiB: the CUDA allocator's peak since `reset_peak_memory`, on CPUs the process's peak
+    resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

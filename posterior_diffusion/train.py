@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from posterior_diffusion.images import list_images, read_image_uint8, uint8_to_float
-from posterior_diffusion.priors.saving import export_prior, save_prior  # export_prior: re-exported here too
+from posterior_diffusion.priors.saving import save_prior
 from posterior_diffusion.training_loop import LoopConfig, TrainingJob, fit
 
 
@@ -229,7 +229,5 @@ __all__ = [
     "TrainConfig",
     "build_scheduler",
     "build_unet",
-    "export_prior",
-    "save_prior",
     "train",
 ]

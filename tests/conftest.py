@@ -19,7 +19,8 @@ def gmm():
 @pytest.fixture(scope="session")
 def tiny_unet_folder(tmp_path_factory):
     """A DDPMPipeline-layout folder with a tiny random UNet2DModel (3 channels, downsampling 2)."""
-    from posterior_diffusion.train import TrainConfig, build_scheduler, build_unet, save_prior
+    from posterior_diffusion.priors import save_prior
+    from posterior_diffusion.train import TrainConfig, build_scheduler, build_unet
 
     torch.manual_seed(0)
     cfg = TrainConfig(data=".", output=".", block_out_channels=(8, 16), norm_num_groups=4, crop_size=16)

@@ -402,36 +402,8 @@ def test_random_init_prior_has_the_architecture_and_times_with_bench_speed(tmp_p
     assert torch.isfinite(prior.eps(x_t, t)).all()
 
     monkeypatch.setitem(adm.ADM_PRESETS, "adm-tiny", cfg)
-    argv = ["bench", "--speed", "--random-init", "--prior", "adm-tiny", "--size", "32", "--out", str(tmp_path)]
+    argv = ["bench", "speed", "--random-init", "--prior", "adm-tiny", "--size", "32", "--out", str(tmp_path)]
     assert main([*argv, "--methods", "ddrm", "--steps", "2", "--batch-sizes", "1", "--repeats", "1"]) in (0, None)
     assert "| ddrm | float32 | 1 | 2 | forward |" in (tmp_path / "speed.md").read_text()
-    assert main(["bench", "--speed", "--random-init", "--out", str(tmp_path)]) not in (0, None)
+    assert main(["bench", "speed", "--random-init", "--out", str(tmp_path)]) not in (0, None)
     assert "--random-init needs --prior" in capsys.readouterr().err
-
-
-def test_priors_import_no_higher_layer():
-    """`posterior_diffusion.priors` (with `convert_checkpoint` and `save_prior`) imports no training, CLI, API,
-    benchmark or sampler module."""
-    import ast
-    from pathlib import Path
-
-    import posterior_diffusion.priors as priors
-
-    higher = {"train", "training_loop", "train_autoencoder", "bench", "cli", "api", "samplers"}
-
-    def imported(node) -> list[str]:
-        if isinstance(node, ast.Import):
-            return [a.name for a in node.names]
-        if isinstance(node, ast.ImportFrom) and node.level != 1:  # level 1: inside priors
-            base = ".".join(filter(None, ["posterior_diffusion" if node.level else "", node.module]))
-            return [f"{base}.{a.name}" for a in node.names]
-        return []
-
-    offenders = []
-    for path in Path(priors.__file__).parent.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            for name in imported(node):
-                parts = name.split(".")
-                if (parts[1] if parts[0] == "posterior_diffusion" else parts[0]) in higher:
-                    offenders.append(f"{path.name}: {name}")
-    assert not offenders, offenders

@@ -233,3 +233,30 @@ def test_sampling_on_another_device_leaves_the_callers_operator_where_it_was(nam
     moved = on_device(op, torch.device("meta"))
     assert moved is not op and all(b.device.type == "meta" for b in moved.buffers())
     assert all(b.device.type == "cpu" for b in op.buffers())  # the user keeps measuring on the CPU
+
+
+def test_write_restoration_from_python_and_overwrite_leaves_no_stale_files(tmp_path, gmm):
+    """The library function behind `restore`: a Python run writes the same files; an overwrite with fewer samples
+    leaves exactly the new run's samples, and files that are not a restoration's are kept."""
+    from posterior_diffusion.outputs import write_restoration
+
+    op = get_operator("inpaint_random", image_size=8, missing=0.5, noise_sigma=0.1)
+    x = gmm.sample(1, torch.Generator().manual_seed(0))[0]
+    y = op.measure(x, torch.Generator().manual_seed(1))
+    out = tmp_path / "restored"
+    res = sample_posterior(y, op, prior=gmm, sampler="ddrm", num_samples=3, steps=5, progress=False)
+    written = write_restoration(out, res, y, truth=x)
+    assert {p.relative_to(out).as_posix() for p in written} == {
+        *(f"samples/sample_{i:03d}.png" for i in range(3)),
+        *("mean.png", "std.png", "measurement.png", "figure.png", "results.safetensors", "run.json"),
+    }
+    assert json.loads((out / "run.json").read_text())["sampler"]["name"] == "ddrm"
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_restoration(out, res, y)
+    fewer = sample_posterior(y, op, prior=gmm, sampler="ddrm", num_samples=1, steps=5, progress=False)
+    write_restoration(out, fewer, y, overwrite=True)
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["sample_000.png"]
+    assert (out / "notes.txt").read_text() == "mine" and "psnr_mean" not in json.loads((out / "run.json").read_text())
+    with pytest.raises(ValueError, match="one measurement"):
+        write_restoration(tmp_path / "batched", sample_posterior(y[None], op, prior=gmm, sampler="ddrm", steps=2), y)

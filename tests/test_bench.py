@@ -39,7 +39,7 @@ def _config(images, out, prior, **changes) -> BenchConfig:
         "steps": 2,
         "images_per_call": 2,
         "device": "cpu",
-        "lpips_net": "none",
+        "lpips": "none",
     }
     return BenchConfig(**(settings | changes))
 
@@ -119,7 +119,7 @@ def test_an_interrupted_run_resumes_without_recomputing(tmp_path, images, tiny_u
 def test_two_processes_give_the_rows_of_one(tmp_path, images, tiny_unet_folder):
     one = run_bench(_config(images, tmp_path / "one", tiny_unet_folder, methods=("dps", "tikhonov")), progress=False)
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "posterior_diffusion.cli"]
-    argv += ["bench", "--images", str(images), "--out", str(tmp_path / "two"), "--prior", str(tiny_unet_folder)]
+    argv += ["bench", "grid", "--images", str(images), "--out", str(tmp_path / "two"), "--prior", str(tiny_unet_folder)]
     argv += ["--tasks", "random_inpaint", "gaussian_deblur", "--methods", "dps", "tikhonov", "--size", "16"]
     argv += ["--steps", "2", "--images-per-call", "2", "--device", "cpu", "--lpips", "none", "--quiet"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
@@ -202,14 +202,15 @@ def test_exact_benchmark_command_writes_the_table(tmp_path, monkeypatch):
     from posterior_diffusion.cli import main
 
     monkeypatch.setattr(exact, "report_settings", lambda: {"ddrm": {"steps": 20}})
-    assert main(["bench", "--exact", "--out", str(tmp_path), "--num-samples", "16"]) == 0
+    assert main(["bench", "exact", "--out", str(tmp_path), "--num-samples", "16"]) == 0
     table = (tmp_path / "exact.md").read_text()
     assert table.startswith("| sampler |") and "| ddrm |" in table
 
 
 def test_black_hole_task_reports_the_interferometry_metrics(tmp_path):
     from posterior_diffusion.eht.black_holes import write_black_hole_folder
-    from posterior_diffusion.train import TrainConfig, build_scheduler, build_unet, save_prior
+    from posterior_diffusion.priors import save_prior
+    from posterior_diffusion.train import TrainConfig, build_scheduler, build_unet
 
     torch.manual_seed(0)
     cfg = TrainConfig(data=".", output=".", channels=1, block_out_channels=(8, 16), norm_num_groups=4, crop_size=32)

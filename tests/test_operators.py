@@ -10,7 +10,6 @@ operator defined here (`Tanh`) shows that an operator joins exactly the properti
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import ClassVar
 
 import numpy as np
@@ -28,9 +27,9 @@ from posterior_diffusion.operators import (
     motion_kernel,
     operator_class,
     operator_params,
-    register_operator,
 )
 from posterior_diffusion.operators.noise import NOISE_MODELS, NoiseModel, noise_params
+from posterior_diffusion.operators.registry import OPERATORS
 
 IMAGE = (2, 8, 8)
 SMALL = {
@@ -51,21 +50,10 @@ class Tanh(Operator):
         return torch.tanh(x)
 
 
-@contextmanager
-def registered(register, name: str, cls: type):
-    """`cls` registered as `name` by `register` (a Registry's `register`, e.g. `register_operator`) for the
-    duration; the Registry has no unregister, so its dict entry is removed afterwards."""
-    register(name)(cls)
-    try:
-        yield
-    finally:
-        del register.__self__._classes[name]
-
-
 @pytest.fixture(autouse=True)
 def tanh_operator():
     """The test-only operator is registered while each test of this module runs (and at collection), never after."""
-    with registered(register_operator, TANH, Tanh):
+    with OPERATORS.registered(TANH, Tanh):
         yield
 
 
@@ -98,7 +86,7 @@ def _select(cases, *, linear: bool = False, svd: bool = False):
     return picked
 
 
-with registered(register_operator, TANH, Tanh):
+with OPERATORS.registered(TANH, Tanh):
     CASES = _select(_cases())
     LINEAR = _select(_cases(), linear=True)
     WITH_SVD = _select(_cases(), linear=True, svd=True)
@@ -290,7 +278,7 @@ def test_a_registered_noise_model_is_built_from_its_declared_parameters():
         def to_config(self):
             return {"noise": "test_uniform", "uniform_width": self.width}
 
-    with registered(NOISE_MODELS.register, "test_uniform", Uniform):
+    with NOISE_MODELS.registered("test_uniform", Uniform):
         assert noise_params() == ("noise", "noise_sigma", "poisson_rate", "uniform_width")
         op = get_operator("denoise", noise="test_uniform", uniform_width=0.3)
         assert op.noise.width == 0.3 and from_config(op.to_config()).noise.width == 0.3
