@@ -1,4 +1,4 @@
-"""How good is a prior? Checks on held-out images (issue 3's report), printed as Markdown and saved as JSON.
+"""How good is a prior? Checks on held-out images, printed as Markdown and saved as JSON.
 
     python -m posterior_diffusion.prior_benchmark denoise --prior builtin:natural-rgb --images DIR --sigma 25
         One-step Tweedie denoising: x0_hat(sqrt(a) (x + sigma n), t) at the step t whose noise level matches

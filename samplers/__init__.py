@@ -2,6 +2,9 @@
 
 sampler = get_sampler("dps", steps=1000, step_size=0.5)
 out = sampler(prior, op, y, num_samples=4, seed=0)   # out.samples: (B, S, C, H, W)
+
+A new sampler is one module here (a frozen config whose budget is `steps`, `@register_sampler("name")`,
+SMOKE_OPTIONS and EXACT_OPTIONS) plus its import below, which registers it.
 """
 
 from . import ddrm, dps, gibbs_ddrm, pnp_ula, red_diff, resample  # noqa: F401  (registers the samplers)
@@ -11,9 +14,11 @@ from .base import (
     SamplerOutput,
     get_sampler,
     list_samplers,
+    register_preset,
     register_sampler,
     sampler_applies,
     sampler_class,
+    sampler_from_config,
 )
 from .dps import DPS, DPSConfig
 from .unconditional import sample_unconditional
@@ -26,8 +31,10 @@ __all__ = [
     "SamplerOutput",
     "get_sampler",
     "list_samplers",
+    "register_preset",
     "register_sampler",
     "sample_unconditional",
     "sampler_applies",
     "sampler_class",
+    "sampler_from_config",
 ]

@@ -128,8 +128,8 @@ def cholesky_factors(matrices: torch.Tensor) -> torch.Tensor:
     (cholesky_ex does not check the factorisation: the damping keeps the matrices positive definite, and a failed
     factor would surface as NaN in the chain, which the sampler's guard names).
 
-    On CUDA one call per matrix: torch's batched path took 18.2 ms for 4 matrices of 3721 x 3721 (61 x 61 taps) on
-    an H100, one matrix alone 2.1 ms; on CPUs the batched call is the faster (225 x 225 to 1225 x 1225, 4 matrices).
+    On CUDA one call per matrix, which is faster there than torch's batched path; on CPUs the batched call is the
+    faster (README, "Benchmarks").
     """
     if matrices.device.type != "cuda":
         return torch.linalg.cholesky_ex(matrices).L
@@ -144,8 +144,8 @@ def kernel_gaussian(
     L^-T xi of covariance G^-1 (n, K, draws), and G's Cholesky factor L (n, K, K).
 
     One factorisation and one triangular solve: the Cholesky factor of the bordered [[G, B], [B^T, D]] is
-    [[L, 0], [(L^-1 B)^T, *]], so it brings L^-1 B for B = [A^T y, 1] without a solve (on an H100 each triangular
-    solve of 4 chains at 3721 taps took 4.4-4.7 ms, 2 or 52 right-hand sides alike, about half a factorisation).
+    [[L, 0], [(L^-1 B)^T, *]], so it brings L^-1 B for B = [A^T y, 1] without a solve (a triangular solve costs
+    about half a factorisation on a GPU, whatever the number of right-hand sides).
     D = B^T B / d + I keeps the bordered matrix positive definite (B^T G^-1 B <= B^T B / d since G >= d I).
     """
     system = kernel_normal_equations(x0, y, kh, kw)

@@ -126,7 +126,15 @@ def test_two_processes_give_the_rows_of_one(tmp_path, images, tiny_unet_folder):
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "two").glob("rows-*.jsonl")) == ["rows-0.jsonl", "rows-1.jsonl"]
-    assert _without_timing(read_rows(tmp_path / "two")) == _without_timing(one)
+    two = _without_timing(read_rows(tmp_path / "two"))
+    # the same chains, seeds and metrics; a child process runs one thread where this one may run two, and a
+    # multi-threaded convolution can round differently, so metrics agree to 1e-4, not bit for bit
+    assert [{k: v for k, v in r.items() if isinstance(v, str)} for r in two] == [
+        {k: v for k, v in r.items() if isinstance(v, str)} for r in _without_timing(one)
+    ]
+    assert [{k: v for k, v in r.items() if not isinstance(v, str)} for r in two] == [
+        pytest.approx({k: v for k, v in r.items() if not isinstance(v, str)}, abs=1e-4) for r in _without_timing(one)
+    ]
     assert torch.tensor([r["psnr"] for r in one]).isfinite().all()
 
 
@@ -264,11 +272,15 @@ def test_blind_task_rows_report_the_kernel_estimate_or_the_guess(tmp_path, image
 def test_samplers_are_checked_with_the_task_preset():
     """PnP-ULA refuses closure data unless given the likelihood's Lipschitz constant, which its black_hole preset
     supplies: the bench must check it with the task's preset, not skip it."""
-    from posterior_diffusion.bench import _applies
+    from posterior_diffusion.bench import get_method
     from posterior_diffusion.priors import load_prior
 
     prior = load_prior("builtin:black-hole")
     op = TASKS["black_hole"].build(64)
-    assert not _applies("pnp_ula", prior, op)
-    assert _applies("pnp_ula", prior, op, TASKS["black_hole"].preset)
-    assert _applies("dps", prior, op, TASKS["black_hole"].preset) and not _applies("ddrm", prior, op, "black_hole")
+    pnp_ula, dps, ddrm = (get_method(name) for name in ("pnp_ula", "dps", "ddrm"))
+    assert not pnp_ula.applies(prior, op, "")
+    assert pnp_ula.applies(prior, op, TASKS["black_hole"].preset)
+    assert dps.applies(prior, op, TASKS["black_hole"].preset) and not ddrm.applies(prior, op, "black_hole")
+    assert get_method("rml").applies(None, op, "") and not get_method("tikhonov").applies(None, op, "")
+    with pytest.raises(ValueError, match="unknown method 'dsp'"):
+        get_method("dsp")
