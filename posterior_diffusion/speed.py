@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from posterior_diffusion.api import sample_posterior
+from posterior_diffusion.api import on_device, sample_posterior
 from posterior_diffusion.samplers import sampler_applies, sampler_class
 from posterior_diffusion.tasks import TASKS, Task
 from posterior_diffusion.tensor_utils import peak_memory_mb, reset_peak_memory
@@ -114,7 +114,7 @@ def speed_rows(
                 state = prior.from_image(x.to(device))  # the network's input: x, or its latents
             counter = getattr(prior, "autoencoder_passes", {})
             sampler = sampler_class(name)(steps=steps)
-            work = sampler.own_work(prior, op.to(device), y.to(device), state)
+            work = sampler.own_work(prior, on_device(op, device), y.to(device), state)  # a copy: op stays
             runs, bare_runs, algorithm_runs, peak = [], [], [], 0.0
             for _ in range(repeats):  # sampler and bare network alternate: a slow spell slows both alike
                 reset_peak_memory(device)
