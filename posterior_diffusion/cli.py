@@ -145,7 +145,7 @@ def cmd_restore(args) -> None:
     from posterior_diffusion.api import sample_posterior
     from posterior_diffusion.images import load_image
     from posterior_diffusion.metrics import psnr
-    from posterior_diffusion.outputs import write_restoration
+    from posterior_diffusion.outputs import describe_files, write_restoration
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -185,8 +185,8 @@ def cmd_restore(args) -> None:
     info = {"input": str(args.input), "simulate": args.simulate}
     if args.prior_arch:
         info |= {"prior": args.prior, "prior_arch": args.prior_arch}
-    write_restoration(out, res, y.float(), truth, overwrite=args.overwrite, run_info=info)
-    summary = f"wrote {out}/ (mean.png, std.png, samples/, figure.png, results.safetensors, run.json)"
+    written = write_restoration(out, res, y.float(), truth, overwrite=args.overwrite, run_info=info)
+    summary = f"wrote {out}/ ({describe_files(out, written)})"
     summary += f" in {res.seconds:.1f} s, {res.nfe} NFE"
     if truth is not None:
         summary += f"; PSNR of the mean {psnr(res.mean[None], truth[None])[0]:.2f} dB"
@@ -237,10 +237,11 @@ def cmd_sample(args) -> None:
         raise ValueError(f"'{out}' exists; pass --overwrite to replace it")
     spec = args.prior or f"builtin:{default_prior_name(args.channels)}"
     prior = load_prior(spec, device=args.device or default_device())
-    channels = prior.default_image_shape()[0]
-    images = sample_images(prior, args.num, (channels, args.size, args.size), args.steps, args.seed)
+    channels, height, width = prior.default_image_shape()
+    shape = (channels, args.size or height, args.size or width)
+    images = sample_images(prior, args.num, shape, args.steps, args.seed, progress=not args.quiet)
     save_grid(images.cpu(), out, nrow=args.nrow)
-    print(f"wrote {args.num} samples of {spec} ({args.size}x{args.size}, {args.steps} steps) to {out}")
+    print(f"wrote {args.num} samples of {spec} ({shape[1]}x{shape[2]}, {args.steps} steps) to {out}")
 
 
 def cmd_train(args) -> None:
@@ -248,7 +249,7 @@ def cmd_train(args) -> None:
 
     default_threads()
     cfg = config_from_args(TrainConfig, args, skip=TRAIN_FOLDERS, data=args.data, output=args.out)
-    folder = train(cfg, progress=not args.quiet, time_limit=_seconds(args))
+    folder = train(cfg, progress=not args.quiet, time_limit=_seconds(args), sample_grid=args.sample_grid)
     print(f"prior saved in {folder}/ (use it with --prior {folder})")
 
 
@@ -293,7 +294,7 @@ def add_config_options(p: argparse.ArgumentParser, config_class, skip: tuple[str
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         default = None if required else f.default
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        text = f.metadata.get("help", "") + ("" if required or default is None else f" (default {shown})")
+        text = _field_help(config_class, f.name) + ("" if required or default is None else f" (default {shown})")
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif typing.get_origin(kind) is tuple:
@@ -301,6 +302,17 @@ def add_config_options(p: argparse.ArgumentParser, config_class, skip: tuple[str
             p.add_argument(flag, type=item, nargs="+", default=default, required=required, help=text)
         else:
             p.add_argument(flag, type=kind, default=default, required=required, help=text)
+
+
+def _field_help(config_class, name: str) -> str:
+    """The "help" metadata of field `name`, from the class or the nearest dataclass base that has it (a subclass
+    that only changes a default keeps its base's description)."""
+    for cls in config_class.__mro__:
+        if dataclasses.is_dataclass(cls):
+            text = next((f.metadata.get("help") for f in dataclasses.fields(cls) if f.name == name), None)
+            if text:
+                return text
+    return ""
 
 
 def _unwrap_optional(kind):
@@ -320,7 +332,7 @@ def _add_training_options(p: argparse.ArgumentParser, config_class) -> None:
         metavar="MINUTES",
         help="end this sitting after MINUTES with a checkpoint, loss.png and samples (run again to go on)",
     )
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,18 +412,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="for the default prior (default 3)")
     p.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
     p.add_argument("--nrow", type=int, default=4, help="samples per row (default 4)")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    p.add_argument("--steps", type=int, default=250, help="DDPM steps (default 250)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, help="image side in pixels (default: the prior's training size)")
+    p.add_argument("--steps", type=int, default=100, help="strided DDPM steps (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
     p.add_argument("--device", help="cpu, cuda, ... (default cuda if available)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("train", help="train a diffusion prior (pixel, or latent with --autoencoder)")
-    from posterior_diffusion.train import TrainConfig
+    from posterior_diffusion.train import SAMPLE_GRID, TrainConfig
     from posterior_diffusion.train_autoencoder import AutoencoderConfig
 
     _add_training_options(p, TrainConfig)
+    p.add_argument(
+        "--sample-grid",
+        type=int,
+        default=SAMPLE_GRID,
+        metavar="N",
+        help=f"unconditional samples drawn into samples.png at the end, 0 for none (default {SAMPLE_GRID})",
+    )
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("train-autoencoder", help="train the autoencoder of a latent prior")
     _add_training_options(p, AutoencoderConfig)

@@ -7,6 +7,7 @@ write_restoration("restored/", res, y, truth=x)
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -86,13 +87,37 @@ def write_restoration(
     return written
 
 
+def describe_files(folder: str | Path, paths: list[Path]) -> str:
+    """The files `paths` inside `folder` in one line, numbered runs collapsed, in the order given:
+    "samples/sample_000..003.png, mean.png, run.json"."""
+    entries: list[str | tuple[str, str]] = []
+    numbers: dict[tuple[str, str], list[str]] = {}
+    for path in paths:
+        name = Path(path).relative_to(folder).as_posix()
+        numbered = re.fullmatch(r"(.*?)(\d+)(\.\w+)", name)
+        if numbered is None:
+            entries.append(name)
+            continue
+        key = (numbered[1], numbered[3])
+        if key not in numbers:
+            entries.append(key)
+        numbers.setdefault(key, []).append(numbered[2])
+    return ", ".join(e if isinstance(e, str) else _numbered_run(*e, numbers[e]) for e in entries)
+
+
+def _numbered_run(prefix: str, suffix: str, numbers: list[str]) -> str:
+    span = numbers[0] if len(numbers) == 1 else f"{numbers[0]}..{numbers[-1]}"
+    return f"{prefix}{span}{suffix}"
+
+
 def _write_tensors(path: Path, result: PosteriorResult, y: torch.Tensor, truth: torch.Tensor | None) -> Path:
-    """results.safetensors: the real tensors of the run, float32."""
-    from safetensors.torch import save_file
+    """results.safetensors: the real tensors of the run, float32. Written as bytes with an ordinary `open`, so the
+    file gets the mode of the other outputs (the umask's), not the 0600 of safetensors' `save_file`."""
+    from safetensors.torch import save
 
     tensors = {"samples": result.samples, "mean": result.mean, "std": result.std, "y": y}
     tensors |= {k: v for k, v in result.extras.items() if isinstance(v, torch.Tensor)}
     if truth is not None:
         tensors["truth"] = truth
-    save_file({k: v.float().contiguous() for k, v in tensors.items() if not v.is_complex()}, path)
+    path.write_bytes(save({k: v.float().contiguous() for k, v in tensors.items() if not v.is_complex()}))
     return path
