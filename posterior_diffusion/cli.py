@@ -17,7 +17,9 @@ import argparse
 import dataclasses
 import json
 import pickle
+import shutil
 import sys
+import textwrap
 import types
 import typing
 import zipfile
@@ -110,20 +112,24 @@ def cmd_list(args) -> None:
     def first_line(obj) -> str:
         return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
 
-    print("operators:")
-    for name in list_operators():
-        print(f"  {name:18s} {first_line(operator_class(name))}")
-    print("samplers:")
-    for name in list_samplers():
-        cls = sampler_class(name)
-        presets = f" (presets: {', '.join(sorted(cls.PRESETS))})" if cls.PRESETS else ""
-        print(f"  {name:18s} {first_line(cls)}{presets}")
-    print("built-in priors:")
-    priors = builtin_priors()
-    for name, desc in priors.items():
-        print(f"  builtin:{name:10s} {desc}")
-    if not priors:
-        print("  (none in this installation)")
+    def presets(cls) -> str:
+        return f" (presets: {', '.join(sorted(cls.PRESETS))})" if cls.PRESETS else ""
+
+    sections = {
+        "operators": {name: first_line(operator_class(name)) for name in list_operators()},
+        "samplers": {name: first_line(sampler_class(name)) + presets(sampler_class(name)) for name in list_samplers()},
+        "built-in priors": {f"builtin:{name}": desc for name, desc in builtin_priors().items()},
+    }
+    column = 2 + max(len(name) for entries in sections.values() for name in entries)
+    width = max(column + 40, shutil.get_terminal_size().columns)
+    for title, entries in sections.items():
+        print(f"{title}:")
+        for name, text in entries.items():  # the text wrapped to the terminal beside the name column
+            print(
+                textwrap.fill(text, width, initial_indent=f"  {name:{column}s}", subsequent_indent=" " * (column + 2))
+            )
+        if not entries:
+            print("  (none in this installation)")
 
 
 def cmd_degrade(args) -> None:
@@ -207,13 +213,20 @@ def cmd_bench_grid(args) -> None:
 def cmd_bench_exact(args) -> None:
     from posterior_diffusion.exact import ExactConfig, run_exact
 
-    print(run_exact(config_from_args(ExactConfig, args)))
+    print(run_exact(config_from_args(ExactConfig, args), progress=not args.quiet))
 
 
 def cmd_bench_speed(args) -> None:
     from posterior_diffusion.speed import SpeedConfig, run_speed
 
     print(run_speed(config_from_args(SpeedConfig, args)))
+
+
+def cmd_lpips_weights(args) -> None:
+    from posterior_diffusion.perceptual import fetch_weights
+
+    for net in args.net:
+        print(f"LPIPS ({net}) weights: {fetch_weights(net, args.out)}")
 
 
 def cmd_convert(args) -> None:
@@ -385,14 +398,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sampler-param", action="append", metavar="[METHOD.]K=V", help="sampler option, for all or one method"
     )
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench_grid)
     p = modes.add_parser("exact", help="samplers against exact Gaussian-mixture posteriors")
     add_config_options(p, ExactConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench_exact)
     p = modes.add_parser("speed", help="each sampler's time against its bare network evaluations")
     add_config_options(p, SpeedConfig)
     p.set_defaults(func=cmd_bench_speed)
+
+    p = sub.add_parser(
+        "lpips-weights",
+        help="download the standard LPIPS weights and convert them into the cache (needs the network)",
+        description="Downloads torchvision's AlexNet/VGG16 backbone and the lpips package's v0.1 heads (SHA-256 "
+        "checked) and writes <net>_lpips_v0.1.safetensors where `bench --lpips` looks; a file already there is kept.",
+    )
+    p.add_argument("--net", nargs="+", choices=("alex", "vgg"), default=["alex"], help="backbones (default alex)")
+    p.add_argument("--out", metavar="DIR", help="folder (default: the torch hub cache, $TORCH_HOME/hub/checkpoints)")
+    p.set_defaults(func=cmd_lpips_weights)
 
     from posterior_diffusion.priors.adm import ADM_PRESETS
 

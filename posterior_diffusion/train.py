@@ -13,8 +13,9 @@ Output folder (written by `priors.save_prior`, read by `load_prior`; nothing els
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +24,9 @@ import torch.nn.functional as F
 from posterior_diffusion.images import list_images, read_image_uint8, uint8_to_float
 from posterior_diffusion.priors.saving import save_prior
 from posterior_diffusion.training_loop import LoopConfig, TrainingJob, fit
+
+SAMPLE_GRID = 16  # unconditional samples drawn into samples.png at the end of a run
+SAMPLE_STEPS = 100  # their strided DDPM steps (16 x 64 px x 100 steps: about 2 min on one CPU core)
 
 
 @dataclass
@@ -39,13 +43,15 @@ class TrainConfig(LoopConfig):
     """
 
     block_out_channels: tuple[int, ...] = (48, 96, 128, 192)
-    layers_per_block: int = 1
-    norm_num_groups: int = 16
-    num_train_timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    autoencoder: str | None = None
-    init_from: str | None = None
+    layers_per_block: int = field(default=1, metadata={"help": "ResNet blocks per network level"})
+    norm_num_groups: int = field(default=16, metadata={"help": "groups of the group norms"})
+    num_train_timesteps: int = field(default=1000, metadata={"help": "diffusion steps of the DDPM schedule"})
+    beta_start: float = field(default=1e-4, metadata={"help": "first beta of the linear schedule"})
+    beta_end: float = field(default=0.02, metadata={"help": "last beta of the linear schedule"})
+    autoencoder: str | None = field(
+        default=None, metadata={"help": "autoencoder folder: train a latent prior on its latents"}
+    )
+    init_from: str | None = field(default=None, metadata={"help": "prior whose UNet weights start the run"})
 
 
 def build_unet(cfg: TrainConfig, channels: int | None = None, sample_size: int | None = None):
@@ -116,10 +122,15 @@ class CropDataset:
 
 
 def train(
-    cfg: TrainConfig, max_steps_this_run: int | None = None, progress: bool = True, time_limit: float | None = None
+    cfg: TrainConfig,
+    max_steps_this_run: int | None = None,
+    progress: bool = True,
+    time_limit: float | None = None,
+    sample_grid: int = SAMPLE_GRID,
 ) -> Path:
     """Train (or resume) a prior; returns the output folder. `max_steps_this_run` stops early (tests);
-    `time_limit` (seconds) ends this sitting with a checkpoint and figures (see `training_loop.fit`)."""
+    `time_limit` (seconds) ends this sitting with a checkpoint and figures (see `training_loop.fit`);
+    `sample_grid` unconditional samples go into samples.png at the end (0: none)."""
     out = Path(cfg.output)
 
     def build(accelerator) -> TrainingJob:
@@ -153,7 +164,8 @@ def train(
                 save_prior(out, model, scheduler, encoder.autoencoder, encoder.scaling_factor)
 
         def finish(losses) -> None:
-            _sample_grid(out, cfg, device)
+            if sample_grid > 0:
+                _sample_grid(out, cfg, device, sample_grid, progress)
 
         return TrainingJob(unet, loss, export, finish)
 
@@ -206,15 +218,21 @@ class LatentEncoder:
         return self._encode(x) * self.scaling_factor
 
 
-def _sample_grid(out: Path, cfg: TrainConfig, device) -> None:
-    """samples.png: 16 unconditional DDPM samples (250 strided steps) of the exported prior at twice the crop size."""
+def _sample_grid(out: Path, cfg: TrainConfig, device, num: int, progress: bool) -> None:
+    """samples.png: `num` unconditional DDPM samples (SAMPLE_STEPS strided steps) of the exported prior at the
+    crop size."""
+    from tqdm.auto import tqdm
+
     from posterior_diffusion.figures import save_grid
     from posterior_diffusion.priors import load_prior
     from posterior_diffusion.samplers.unconditional import sample_images
 
+    if progress:
+        tqdm.write(f"drawing {num} samples of the prior for samples.png ({SAMPLE_STEPS} steps; --sample-grid 0 skips)")
     prior = load_prior(str(out), device=device)
-    size = cfg.crop_size * 2
-    save_grid(sample_images(prior, 16, (cfg.channels, size, size)), out / "samples.png", nrow=4)
+    shape = (cfg.channels, cfg.crop_size, cfg.crop_size)
+    images = sample_images(prior, num, shape, SAMPLE_STEPS, progress=progress)
+    save_grid(images, out / "samples.png", nrow=math.ceil(math.sqrt(num)))
 
 
 def default_threads() -> None:

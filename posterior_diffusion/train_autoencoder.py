@@ -9,7 +9,7 @@ The loop is `training_loop.fit` (EMA, checkpoints, exact resume). Output: autoen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,11 +36,11 @@ class AutoencoderConfig(LoopConfig):
     warmup_steps: int = 100
     ema_max_decay: float = 0.999
     block_out_channels: tuple[int, ...] = (64, 128, 128)
-    latent_channels: int = 3
-    layers_per_block: int = 1
-    norm_num_groups: int = 32
-    kl_weight: float = 1e-6
-    init_from: str | None = None
+    latent_channels: int = field(default=3, metadata={"help": "channels of the latents"})
+    layers_per_block: int = field(default=1, metadata={"help": "ResNet blocks per network level"})
+    norm_num_groups: int = field(default=32, metadata={"help": "groups of the group norms"})
+    kl_weight: float = field(default=1e-6, metadata={"help": "weight of the KL term against the L1 loss"})
+    init_from: str | None = field(default=None, metadata={"help": "AutoencoderKL folder whose weights start the run"})
 
 
 def build_autoencoder(cfg: AutoencoderConfig):

@@ -23,7 +23,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,20 +43,20 @@ class LoopConfig:
     "no", "bf16" or "fp16"; a checkpoint every `checkpoint_every` steps into `output`.
     """
 
-    data: str
-    output: str
-    channels: int = 3
-    crop_size: int = 64
-    batch_size: int = 32
-    steps: int = 10000
-    lr: float = 2e-4
-    warmup_steps: int = 200
-    ema_max_decay: float = 0.9999
-    ema_power: float = 0.75
-    block_out_channels: tuple[int, ...] = ()
-    mixed_precision: str = "bf16"
-    checkpoint_every: int = 250
-    seed: int = 0
+    data: str = field(metadata={"help": "folder of training images"})
+    output: str = field(metadata={"help": "output folder (resumes if it holds a checkpoint)"})
+    channels: int = field(default=3, metadata={"help": "1 (gray) or 3 (RGB)"})
+    crop_size: int = field(default=64, metadata={"help": "side of the random training crops in pixels"})
+    batch_size: int = field(default=32, metadata={"help": "crops per step"})
+    steps: int = field(default=10000, metadata={"help": "total optimisation steps of the run"})
+    lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate after the warm-up"})
+    warmup_steps: int = field(default=200, metadata={"help": "steps of linear learning-rate warm-up"})
+    ema_max_decay: float = field(default=0.9999, metadata={"help": "largest decay of the exported EMA weights"})
+    ema_power: float = field(default=0.75, metadata={"help": "EMA warm-up power"})
+    block_out_channels: tuple[int, ...] = field(default=(), metadata={"help": "channels of each network level"})
+    mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 or fp16 (accelerate autocast)"})
+    checkpoint_every: int = field(default=250, metadata={"help": "steps between checkpoints and exports"})
+    seed: int = field(default=0, metadata={"help": "seed of the initial weights, crops, noise and timesteps"})
 
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)
@@ -154,13 +154,11 @@ def fit(
                 pending.clear()
                 losses.extend(new)
                 bar.update(len(new))
-                bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+                bar.set_postfix(loss=f"{new[-1]:.4f}", loss_mean100=f"{np.mean(losses[-100:]):.4f}")
                 if log is not None:
                     seconds = round(time.time() - tic, 3)
-                    log.writelines(
-                        json.dumps({"step": done - len(new) + i + 1, "loss": v, "seconds": seconds}) + "\n"
-                        for i, v in enumerate(new)
-                    )
+                    first = len(losses) - len(new)  # index of new[0] in losses (step = index + 1)
+                    log.writelines(json.dumps(_log_record(losses, first + i, seconds)) + "\n" for i in range(len(new)))
                     log.flush()
             if checkpoint:
                 _save_checkpoint(accelerator, out, ema, done, losses)
@@ -178,6 +176,13 @@ def fit(
         save_loss_curve(out / "loss.png", losses)
         job.finish(losses)
     return out
+
+
+def _log_record(losses: list[float], index: int, seconds: float) -> dict:
+    """The train_log.jsonl line of step index + 1: its loss and loss_mean100, the mean over the last 100 steps up
+    to it (the two numbers the progress bar shows)."""
+    window = losses[max(0, index - 99) : index + 1]
+    return {"step": index + 1, "loss": losses[index], "loss_mean100": float(np.mean(window)), "seconds": seconds}
 
 
 def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int):

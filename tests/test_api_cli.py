@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import torch
 from PIL import Image
 
 from posterior_diffusion import sample_posterior
-from posterior_diffusion.cli import main
+from posterior_diffusion.cli import build_parser, main
 from posterior_diffusion.operators import get_operator
 
 
@@ -208,10 +210,27 @@ def test_cli_errors_are_one_line_with_exit_code(tmp_path, image_file, argv, mess
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
-def test_cli_list(capsys):
+def test_cli_list_fits_the_terminal(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "gaussian_blur" in out and "dps" in out and "built-in priors:" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    entries = [re.match(r"  \S+ +", line) for line in out.splitlines() if re.match(r"  \S", line)]
+    continued = [len(line) - len(line.lstrip()) for line in out.splitlines() if line.startswith("   ")]
+    assert len({m.end() for m in entries} | set(continued)) == 1  # every description starts in the same column
+
+
+def test_every_command_line_option_has_a_description():
+    def undescribed(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from undescribed(sub, f"{path} {name}")
+            elif not action.help:
+                yield f"{path} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(undescribed(build_parser(), "posterior-diffusion")) == []
 
 
 def test_cli_sample_writes_a_grid_and_keeps_existing_files(tmp_path, tiny_unet_folder, capsys):
@@ -220,8 +239,11 @@ def test_cli_sample_writes_a_grid_and_keeps_existing_files(tmp_path, tiny_unet_f
     assert main([*argv, "--out", str(out), "--device", "cpu"]) == 0
     grid = np.asarray(Image.open(out))
     assert grid.shape[0] < grid.shape[1] and grid.std() > 0  # 2 rows of 3 distinct samples
+    assert "sample" in capsys.readouterr().err  # the progress bar over the steps
     assert main([*argv, "--out", str(out)]) == 1
     assert "exists" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "quiet.png"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("name", ["gaussian_blur", "inpaint_random", "super_resolution", "interferometry"])

@@ -193,3 +193,17 @@ def test_autoencoder_init_from_copies_the_weights(tmp_path, image_folder):
     )
     with pytest.raises(ValueError, match="does not match this run's network"):
         train_autoencoder(other, progress=False)
+
+
+def test_sample_grid_zero_skips_it_and_the_log_holds_what_the_bar_shows(tmp_path, image_folder, capsys):
+    run = tmp_path / "run"
+    train(_config(image_folder, run), progress=True, sample_grid=0)
+    assert (run / "loss.png").exists() and not (run / "samples.png").exists()
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log]
+    assert [r["loss_mean100"] for r in log] == pytest.approx([np.mean(losses[: i + 1]) for i in range(len(log))])
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]  # the bar's last state
+    assert f"loss={losses[-1]:.4f}" in bar and f"loss_mean100={np.mean(losses):.4f}" in bar
+    train(_config(image_folder, tmp_path / "grid"), progress=True, sample_grid=2)
+    assert "drawing 2 samples" in capsys.readouterr().out
+    assert (tmp_path / "grid" / "samples.png").exists()
