@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from typing import ClassVar, Protocol
 
 import torch
@@ -103,11 +104,15 @@ class Operator(nn.Module):
         if len(image_shape) != 3:
             raise ValueError(f"images must have shape (C, H, W), got {tuple(image_shape)}")
 
+    def check_batch(self, batch: int) -> None:
+        """Raise ValueError if this operator cannot act on a batch of `batch` images (per-image parameters)."""
+
     def measure(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """y = A(x) + noise. x: (B, C, H, W) or (C, H, W) in [-1, 1]; noise drawn from `generator`."""
         unbatched = x.ndim == 3
         x = x.unsqueeze(0) if unbatched else x
         self.check_image_shape(tuple(x.shape[1:]))
+        self.check_batch(x.shape[0])
         if not torch.isfinite(x).all():
             raise ValueError("the image contains NaN or Inf")
         with torch.no_grad():
@@ -119,12 +124,19 @@ class Operator(nn.Module):
         return self.noise.sample(self.forward(x), generator)
 
     def check_measurement_values(self, y: torch.Tensor) -> None:
-        """Refuse measurements on the wrong scale: image-like y must be about [-1, 1] (noise allowed)."""
+        """Refuse measurements on the wrong scale: image-like y must be about [-1, 1] (noise allowed); warn when
+        y looks like it is on [0, 1] (no negative value, nothing above 1)."""
         peak = float(y.abs().max()) if y.numel() else 0.0
         if peak > 10:
             raise ValueError(
                 f"y has values up to {peak:.4g}; image measurements must be scaled to [-1, 1] "
                 "(an 8-bit image v maps to v / 127.5 - 1)"
+            )
+        if y.numel() and float(y.min()) >= 0 and peak <= 1:
+            warnings.warn(
+                "y has no negative values and none above 1: it looks like an image on [0, 1], but measurements "
+                "are on the [-1, 1] scale (map v in [0, 1] to 2 v - 1)",
+                stacklevel=3,
             )
 
     def restrict(self, y: torch.Tensor) -> torch.Tensor:

@@ -58,9 +58,16 @@ class Blur(LinearOperator):
 
     def __init__(self, kernel, boundary: str = "reflect"):
         super().__init__()
-        kernel = torch.as_tensor(kernel, dtype=torch.float32)
+        try:
+            kernel = torch.as_tensor(kernel, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"kernel must be a (kh, kw) or (B, kh, kw) array of numbers, got {str(kernel)[:40]}"
+            ) from None
         if kernel.ndim not in (2, 3) or not torch.isfinite(kernel).all():
             raise ValueError(f"kernel must be a finite (kh, kw) or (B, kh, kw) tensor, got shape {tuple(kernel.shape)}")
+        if (kernel.flatten(-2).abs().amax(-1) == 0).any():
+            raise ValueError("the blur kernel is all zeros (it would erase the image); a kernel usually sums to 1")
         if boundary not in BOUNDARIES:
             raise ValueError(f"unknown boundary {boundary!r}; valid: {', '.join(BOUNDARIES)}")
         self.register_buffer("kernel", kernel)
@@ -86,16 +93,17 @@ class Blur(LinearOperator):
                 f"{image_shape[1]}x{image_shape[2]} image; use a smaller kernel or boundary='circular'"
             )
 
-    def _batched_kernel(self, batch: int, dtype) -> torch.Tensor:
-        k = self.kernel.to(dtype)
-        if k.ndim == 3 and k.shape[0] not in (1, batch):
-            raise ValueError(f"{k.shape[0]} kernels for a batch of {batch} images")
-        return k
+    def check_batch(self, batch: int) -> None:
+        if self.kernel.ndim == 3 and self.kernel.shape[0] not in (1, batch):
+            raise ValueError(
+                f"the blur has {self.kernel.shape[0]} kernels (one per image) but the batch has {batch} images; "
+                "give one kernel (kh, kw) for all, or one per image"
+            )
 
     # "reflect": padded depthwise correlation ------------------------------------------------------
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        k = self._batched_kernel(b, x.dtype)
+        k = self.kernel.to(x.dtype)
         x = F.pad(x, self._pads(), mode="reflect")
         if k.ndim == 2:
             return F.conv2d(x, k.expand(c, 1, *k.shape), groups=c)
@@ -136,6 +144,7 @@ class Blur(LinearOperator):
         return torch.fft.ifft2(self._phase(tuple(c.shape[1:]), c.real.dtype) * c, norm="ortho").real
 
     def forward(self, x):
+        self.check_batch(x.shape[0])
         if self.boundary == "reflect":
             return self._conv(x)
         return torch.fft.ifft2(self.transfer_function(tuple(x.shape[1:]), x.dtype) * torch.fft.fft2(x)).real

@@ -15,6 +15,8 @@ import torch
 from posterior_diffusion.registry import Registry
 from posterior_diffusion.tensor_utils import autograd_gradient, per_sample_norm
 
+from .params import check_params
+
 NOISE_MODELS = Registry("noise model")
 
 
@@ -133,4 +135,6 @@ def make_noise(noise: str = "gaussian", **params: float) -> NoiseModel:
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ValueError(f"unknown noise parameter(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
-    return cls(**{arg: params[p] for p, arg in cls.params.items() if p in params})
+    kwargs = {arg: params[p] for p, arg in cls.params.items() if p in params}
+    check_params(f"noise model {noise!r}", cls.__init__, kwargs, {arg: p for p, arg in cls.params.items()})
+    return cls(**kwargs)

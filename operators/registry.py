@@ -8,6 +8,7 @@ from posterior_diffusion.registry import Registry
 
 from .base import Operator
 from .noise import make_noise, noise_params
+from .params import check_params
 
 OPERATORS = Registry("operator")
 register_operator = OPERATORS.register  # class decorator: @register_operator("gaussian_blur")
@@ -25,7 +26,8 @@ def get_operator(name: str, **params) -> Operator:
     """Build operator `name`. Noise: noise=<a registered noise model> with the parameters it declares ('gaussian':
     noise_sigma, default 0.05; 'poisson': poisson_rate), except for operators that model their own (`own_noise`).
 
-    An unknown name or parameter is a ValueError that lists the valid ones.
+    An unknown name or parameter is a ValueError that lists the valid ones; a value of the wrong kind for its
+    annotation (kernel_size="five", factor=True, sigma=inf) is refused before the constructor runs (`check_params`).
     """
     cls = operator_class(name)
     noise_names = noise_params()
@@ -39,6 +41,7 @@ def get_operator(name: str, **params) -> Operator:
             f"unknown parameter(s) {', '.join(unknown)} for operator {name!r}; valid: "
             f"{', '.join(list(valid) + list(noise_names))}"
         )
+    check_params(f"operator {name!r}", cls.__init__, params)
     op = cls(**params)
     if not cls.own_noise:
         op.noise = make_noise(**noise_kwargs)
@@ -46,7 +49,12 @@ def get_operator(name: str, **params) -> Operator:
 
 
 def from_config(config: dict) -> Operator:
-    """Rebuild an operator from `op.to_config()`."""
+    """Rebuild an operator from `op.to_config()` (a dict with "name", "params" and the noise parameters)."""
+    if not isinstance(config, dict) or "name" not in config:
+        raise ValueError(
+            f'an operator config is a JSON object with a "name" (one of {", ".join(list_operators())}), '
+            f'"params" and noise settings, as `degrade` writes it; got {str(config)[:80]}'
+        )
     config = dict(config)
     name = config.pop("name")
     return get_operator(name, **config.pop("params", {}), **config)

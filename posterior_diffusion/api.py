@@ -7,13 +7,16 @@ res.samples (B, S, C, H, W); res.mean, res.std (B, C, H, W); res.nfe; res.second
 from __future__ import annotations
 
 import copy
+import math
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from posterior_diffusion import guards
 from posterior_diffusion.operators import Operator, get_operator
 from posterior_diffusion.priors import DiffusionPrior, default_prior_name, load_prior, resolve_dtype
 from posterior_diffusion.samplers import Sampler, get_sampler
@@ -40,8 +43,55 @@ class PosteriorResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+WORKING_COPIES = 4  # image-sized tensors a chain holds at least (x_t, x0_hat, a gradient, noise), for memory estimates
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """The device to run on (None: `default_device()`); an unknown name or a GPU that is not there is a one-line
+    ValueError (e.g. "cuda" on a machine or a torch build without CUDA)."""
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "a CPU-only torch build" if torch.version.cuda is None else "no CUDA GPU visible"
+            raise ValueError(f"device {str(device)!r} was asked for but there is no GPU ({build}); use cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {str(device)!r} does not exist: this machine has {count} CUDA GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' was asked for but Apple's MPS backend is not available here; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {str(device)!r}; use cpu, cuda, cuda:N or mps")
+    return device
+
+
+def check_seed(seed) -> int:
+    """`seed` if it is an integer in [0, 2^63), else a one-line ValueError."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2^63), got {seed!r}")
+    return seed
+
+
+def check_measurement_dtype(y: torch.Tensor) -> None:
+    """Refuse a complex or integer y (the API would otherwise drop imaginary parts or misread 8-bit values)."""
+    if y.is_complex():
+        raise ValueError(
+            f"y is complex ({str(y.dtype).replace('torch.', '')}); measurements are real (interferometry "
+            "visibilities as (Re, Im) with data='vis'); pass y.real or torch.view_as_real(y) as the operator expects"
+        )
+    if not y.is_floating_point():
+        raise ValueError(
+            f"y has integer dtype {str(y.dtype).replace('torch.', '')}; measurements are float on the [-1, 1] scale "
+            "(an 8-bit image v maps to v / 127.5 - 1)"
+        )
 
 
 def on_device(op: Operator, device: torch.device) -> Operator:
@@ -73,7 +123,9 @@ def sample_posterior(
     """Draw `num_samples` samples of p(x | y) for each measurement in y.
 
     Args:
-        y: (B, *op.measurement_shape) or one unbatched measurement, finite; image-like measurements in [-1, 1].
+        y: (B, *op.measurement_shape) or one unbatched measurement, real float, finite; image-like measurements
+            on the [-1, 1] scale (a y with no negative value and nothing above 1 gets a warning: [0, 1] data?).
+            Complex or integer y, an empty batch, batch_size or seed out of range: a one-line ValueError.
         op: an operator (see `posterior_diffusion.operators`) or the name of one with default settings.
         prior: a DiffusionPrior, a `load_prior` spec, or None for the built-in prior matching the channels.
         sampler: a Sampler or a registered name; `sampler_options` go to its config (e.g. steps, step_size, preset).
@@ -82,11 +134,12 @@ def sample_posterior(
         seed: chain (b, s) is seeded from (seed, b, s): results do not depend on batch_size.
         measurement_ids: integers replacing b in that seed (e.g. image indices of a data set), so that a
             measurement's samples do not depend on which other measurements share the call.
-        device: default cuda when available, else cpu. dtype: the network's dtype (float32, float16, bfloat16).
+        device: default cuda when available, else cpu. dtype: the network's dtype (float32, float16, bfloat16);
+            a prior object given with another device or dtype is converted as a copy, never in place.
         image_shape: (C, H, W) of x; default op.image_shape(measurement shape).
         callback: called after each sampler step with a dict {"i", "t", "x", "x0_hat", ...}.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     dtype = resolve_dtype(dtype)
     if isinstance(op, str):
         op = get_operator(op)
@@ -94,22 +147,37 @@ def sample_posterior(
         raise TypeError(f"op must be an Operator or an operator name, got {type(op).__name__}")
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    check_measurement_dtype(y)
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_seed(seed)
     if isinstance(sampler, str):
         sampler = get_sampler(sampler, **sampler_options)
     elif sampler_options:
         raise ValueError("sampler options are given to get_sampler(...) when a Sampler object is passed")
 
     y, unbatched = as_batch(y, op.measurement_ndim, "y")
+    if y.shape[0] == 0:
+        raise ValueError("y is an empty batch (0 measurements); give at least one")
     shape = tuple(image_shape) if image_shape is not None else tuple(op.image_shape(tuple(y.shape[1:])))
     validate_measurement(y, op, shape)
+    chains = min(batch_size or y.shape[0] * num_samples, y.shape[0] * num_samples)
+    op.check_batch(y.shape[0])
+    op.check_batch(chains)
+    _check_memory(y.shape[0] * num_samples, chains, shape, device)
 
     prior_spec = (
         prior if isinstance(prior, str) else ("builtin:" + default_prior_name(shape[0], op) if prior is None else None)
     )
     prior = load_prior(prior_spec if prior_spec is not None else prior, device=device, dtype=dtype)
     prior.check_image_shape(shape)
+    if device.type == "cpu" and getattr(prior, "dtype", None) == torch.float16:
+        warnings.warn(
+            "float16 on the CPU is about 90x slower than bfloat16 (no native half-precision kernels); "
+            "use dtype='bfloat16' (--dtype bfloat16) or float32",
+            stacklevel=2,
+        )
     op = on_device(op, device)
     y = op.restrict(y.to(device))
 
@@ -149,6 +217,21 @@ def sample_posterior(
         "versions": _versions(),
     }
     return PosteriorResult(samples, mean, std, out.nfe, seconds, config, extras)
+
+
+def _check_memory(total: int, chains: int, shape: tuple[int, ...], device: torch.device) -> None:
+    """Refuse, before any work, a run whose samples (`total` images of `shape`, kept on the CPU) and the working
+    tensors of `chains` chains per call (on `device`) exceed the available memory: a lower bound (the network's
+    activations come on top), so what is refused can never run."""
+    image_bytes = 4 * math.prod(shape)
+    kept, working = total * image_bytes, chains * image_bytes * WORKING_COPIES
+    what = f"sampling {total} images of shape {tuple(shape)} ({chains} per network call)"
+    fix = "use a smaller batch_size (--batch-size), fewer samples or a smaller image"
+    if device.type == "cpu":
+        guards.check_memory(kept + working, device, what, fix)
+    else:
+        guards.check_memory(working, device, what, fix)
+        guards.check_memory(kept, "cpu", what, fix)
 
 
 def _versions() -> dict[str, str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import pickle
 import shutil
 import sys
 import textwrap
@@ -50,31 +49,34 @@ def _parse_params(pairs: list[str] | None, what: str) -> dict:
 
 
 def _read_measurement(path: Path, channels: int | None) -> torch.Tensor:
-    """An image file (-> (C, H, W) in [-1, 1]), a .pt tensor (weights_only) or a .npz array ('y' or the only one)."""
+    """An image file (-> (C, H, W) in [-1, 1]), a .pt tensor (weights_only) or a .npz array ('y' or the only one),
+    as float32; complex or integer data is refused (`check_measurement_dtype`)."""
+    from posterior_diffusion.api import check_measurement_dtype
+    from posterior_diffusion.guards import load_torch_file
     from posterior_diffusion.images import load_image
 
     if not path.exists():
         raise FileNotFoundError(f"input file '{path}' does not exist")
     if path.suffix == ".pt":
-        try:
-            value = torch.load(path, weights_only=True, map_location="cpu")
-        except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
-            raise ValueError(f"cannot read '{path}' as a tensor file: {err}") from None
+        value = load_torch_file(path, "measurement file")
         if isinstance(value, dict):
             value = value.get("y")
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"'{path}' must hold a tensor (or a dict with key 'y')")
-        return value
-    if path.suffix == ".npz":
+    elif path.suffix == ".npz":
         try:
             arrays = np.load(path, allow_pickle=False)
+            names = list(arrays.keys())
+            array = arrays["y" if "y" in names else names[0]] if "y" in names or len(names) == 1 else None
         except (OSError, ValueError, zipfile.BadZipFile) as err:
-            raise ValueError(f"cannot read '{path}' as an .npz file: {err}") from None
-        names = list(arrays.keys())
-        if "y" not in names and len(names) != 1:
-            raise ValueError(f"'{path}' must hold an array named 'y' (it has {', '.join(names)})")
-        return torch.from_numpy(arrays["y" if "y" in names else names[0]])
-    return load_image(path, channels)
+            raise ValueError(f"cannot read '{path}' as an .npz file of arrays: {err}") from None
+        if array is None:
+            raise ValueError(f"'{path}' must hold an array named 'y' (it has {', '.join(names) or 'none'})")
+        value = torch.from_numpy(array)
+    else:
+        return load_image(path, channels)
+    check_measurement_dtype(value)
+    return value.float()
 
 
 def _build_operator(args, image_shape: tuple[int, ...] | None):
@@ -82,7 +84,7 @@ def _build_operator(args, image_shape: tuple[int, ...] | None):
     from posterior_diffusion.operators import from_config, get_operator, operator_params
 
     if args.operator_config:
-        return from_config(json.loads(Path(args.operator_config).read_text()))
+        return from_config(_read_json(Path(args.operator_config), "--operator-config"))
     if not args.operator:
         raise ValueError("give --operator NAME (see `posterior-diffusion list`) or --operator-config FILE")
     params = _parse_params(args.op_param, "--op-param")
@@ -91,6 +93,20 @@ def _build_operator(args, image_shape: tuple[int, ...] | None):
     if image_shape is not None and "image_size" in operator_params(args.operator) and "image_size" not in params:
         params["image_size"] = list(image_shape[1:])
     return get_operator(args.operator, **params)
+
+
+def _read_json(path: Path, what: str):
+    """The JSON value in `path`; a missing file or a syntax error is one line naming the file and the line."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} file '{path}' does not exist") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} file '{path}' is not a text (JSON) file") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{what} file '{path}' is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
+        ) from None
 
 
 def _write_measurement(y: torch.Tensor, path: Path) -> None:
@@ -133,22 +149,24 @@ def cmd_list(args) -> None:
 
 
 def cmd_degrade(args) -> None:
+    from posterior_diffusion.api import check_seed
     from posterior_diffusion.images import load_image
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"'{out}' exists; pass --overwrite to replace it")
+    config_path = out.with_suffix(out.suffix + ".json")
+    for path in (out, config_path):
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"'{path}' exists; pass --overwrite to replace it")
     x = load_image(args.input, args.channels)
     op = _build_operator(args, tuple(x.shape))
-    y = op.measure(x, generator=torch.Generator().manual_seed(args.seed))
+    y = op.measure(x, generator=torch.Generator().manual_seed(check_seed(args.seed)))
     _write_measurement(y, out)
-    config_path = out.with_suffix(out.suffix + ".json")
     config_path.write_text(json.dumps(op.to_config()))
     print(f"wrote {out} (operator config: {config_path})")
 
 
 def cmd_restore(args) -> None:
-    from posterior_diffusion.api import sample_posterior
+    from posterior_diffusion.api import check_seed, resolve_device, sample_posterior
     from posterior_diffusion.images import load_image
     from posterior_diffusion.metrics import psnr
     from posterior_diffusion.outputs import describe_files, write_restoration
@@ -156,13 +174,15 @@ def cmd_restore(args) -> None:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"output folder '{out}' is not empty; pass --overwrite to replace its files")
+    check_seed(args.seed)
+    device = resolve_device(args.device)  # an unknown device or a missing GPU: refused before any work
     truth = None
     if args.simulate:
         truth = load_image(args.input, args.channels)
         op = _build_operator(args, tuple(truth.shape))
         y = op.measure(truth, generator=torch.Generator().manual_seed(args.seed))
     else:
-        y = _read_measurement(Path(args.input), args.channels).float()
+        y = _read_measurement(Path(args.input), args.channels)
         op = _build_operator(args, tuple(y.shape) if y.ndim == 3 else None)
     options = _parse_params(args.sampler_param, "--sampler-param")
     if args.steps is not None:
@@ -182,7 +202,7 @@ def cmd_restore(args) -> None:
         num_samples=args.num_samples,
         batch_size=args.batch_size,
         seed=args.seed,
-        device=args.device,
+        device=device,
         dtype=dtype,
         progress=not args.quiet,
         preset=args.preset,

@@ -19,7 +19,7 @@ PACKAGES = {  # folder -> installed package name (pyproject's package-dir mappin
 }
 # operators <- priors <- samplers <- api <- bench / cli; a module may import its own layer or lower ones
 LAYERS = [
-    ("foundation", ["registry", "tensor_utils", "images", "metrics", "perceptual", "figures"]),
+    ("foundation", ["registry", "tensor_utils", "guards", "images", "metrics", "perceptual", "figures"]),
     ("operators", ["operators", "tasks", "baselines"]),
     ("priors", ["priors"]),
     ("samplers", ["samplers"]),

@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from posterior_diffusion.guards import load_torch_file
 
 from .base import linear_alphas_cumprod
 from .saving import save_prior
@@ -414,18 +414,7 @@ def read_adm_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(path)
         except Exception as err:  # safetensors raises its own SafetensorError
             raise ValueError(f"cannot read '{path}' as a safetensors file: {err}") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        what = f" (it refers to {found.group(1)})" if found else ""
-        raise ValueError(
-            f"'{path}' contains pickled code, not a plain state dict{what}: it is not loaded "
-            "(torch.load with weights_only=True). If you trust its source, re-save its state_dict() as a plain "
-            "dict of tensors or as .safetensors"
-        ) from None
-    except (RuntimeError, OSError, EOFError) as err:
-        raise ValueError(f"cannot read '{path}' as a torch checkpoint: {err}") from None
+    state = load_torch_file(path, "checkpoint")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -11,12 +11,16 @@ a DiffusionPrior   returned as is (moved to device/dtype)
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os
 from importlib.resources import files
 from pathlib import Path
 
 import torch
+
+from posterior_diffusion.images import IMAGE_SUFFIXES
 
 from .base import DiffusionPrior, linear_alphas_cumprod
 from .latent import LatentPrior
@@ -84,22 +88,57 @@ def load_prior(spec, device=None, dtype=None, scaling_factor: float | None = Non
     requested = resolve_dtype(dtype)
     dtype = requested or torch.float32
     if isinstance(spec, DiffusionPrior):
-        prior = spec
-        if requested is not None and isinstance(prior, UNetPrior):
-            prior.net.to(requested)
-    elif not isinstance(spec, (str, os.PathLike)):
+        return _converted(spec, device, requested)
+    if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"prior must be a DiffusionPrior or a string, got {type(spec).__name__}")
-    elif str(spec).startswith("builtin:"):
-        prior = _load_builtin(str(spec)[len("builtin:") :], dtype)
-    elif arch is not None or Path(spec).is_file():  # a guided-diffusion checkpoint (a folder with arch: an error)
-        from .adm import load_adm_checkpoint
+    if Path(spec).suffix.lower() in IMAGE_SUFFIXES and Path(spec).is_file():
+        raise ValueError(
+            f"'{spec}' is an image file, not a prior; a prior is builtin:NAME, a diffusers folder, a hub id or a "
+            "guided-diffusion checkpoint (.pt with arch=... / --prior-arch)"
+        )
+    with _quiet_diffusers(spec):
+        if str(spec).startswith("builtin:"):
+            prior = _load_builtin(str(spec)[len("builtin:") :], dtype)
+        elif arch is not None or Path(spec).is_file():  # a guided-diffusion checkpoint (a folder with arch: an error)
+            from .adm import load_adm_checkpoint
 
-        prior = load_adm_checkpoint(spec, arch, dtype)
-    elif Path(spec).is_dir():
-        prior = _load_folder(Path(spec), dtype, scaling_factor)
-    else:
-        prior = _load_hub(str(spec), dtype, scaling_factor)
+            prior = load_adm_checkpoint(spec, arch, dtype)
+        elif Path(spec).is_dir():
+            prior = _load_folder(Path(spec), dtype, scaling_factor)
+        else:
+            prior = _load_hub(str(spec), dtype, scaling_factor)
     return prior.to(device or prior.device)
+
+
+def _converted(prior: DiffusionPrior, device, dtype: torch.dtype | None) -> DiffusionPrior:
+    """`prior` itself when it is on `device` (None: anywhere) with its network in `dtype` (None: any), else a
+    converted copy: the caller's prior object is never moved or cast behind its back."""
+    target = torch.device(device) if device is not None else prior.device
+    if target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", torch.cuda.current_device())
+    cast = dtype is not None and isinstance(prior, UNetPrior) and prior.net.dtype != dtype
+    if prior.device == target and not cast:
+        return prior
+    prior = copy.deepcopy(prior)
+    if cast:
+        prior.net.to(dtype)
+    return prior.to(target)
+
+
+@contextlib.contextmanager
+def _quiet_diffusers(spec):
+    """Silence diffusers' log lines while a prior loads (e.g. "Defaulting to unsafe serialization" before a missing
+    weights file, notes on float32 modules): what matters reaches the user as our own one-line error."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL + 10)
+    try:
+        yield
+    except OSError as err:  # diffusers' missing-file errors; one line naming the folder
+        raise ValueError(f"cannot load the prior '{spec}': {str(err).strip().splitlines()[0]}") from None
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def _load_builtin(name: str, dtype: torch.dtype) -> DiffusionPrior:
