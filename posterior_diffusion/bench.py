@@ -2,26 +2,36 @@
 
 Methods are samplers (`samplers.SAMPLERS`) and the classical baselines (`baselines.BASELINES`: pinv, tikhonov,
 bicubic, harmonic, and those applications add), so every table shows what the diffusion prior buys. A method that
-does not apply to a task (e.g. bicubic for deblurring) is skipped.
+does not apply to a task (e.g. bicubic for deblurring) is skipped, with one line saying why. Method names and
+every option of every method are checked before any work.
 
 Reproducible and resumable:
 - image i is centre-cropped to `size`; its measurement noise is seeded by (seed, i) and its chains by
   (seed, i, sample), so a row does not depend on the batching or on the number of processes;
 - each process (accelerate / torchrun: images i with i % num_processes == rank) appends its rows to
   rows-<rank>.jsonl as soon as a group of images is done; a rerun skips every (task, method, image, seed) that
-  any rows file already holds, so an interrupted run loses at most the group in progress.
+  any rows file already holds, so an interrupted run loses at most the group in progress. A line cut by a kill
+  is dropped with a warning (file and line) and its row recomputed; a missing example figure is drawn again;
+- one run at a time per folder: the run holds out/.bench.lock (an flock, gone with its process), and a second
+  run on the same folder stops at once, naming the holder.
 
 Outputs in `out/`: rows-*.jsonl, summary.md and summary.csv (mean +- std over images and seeds), and figures/
-(per task and method: truth | measurement | mean | std | samples of the first image, or the task's own figure;
-per task: PSNR vs NFE).
+(per task and method: truth | measurement | mean | std | samples of the first image with the first seed, or the
+task's own figure; per task: PSNR vs NFE, from the rows at the end).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
+import inspect
 import io
 import json
+import os
+import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -30,10 +40,11 @@ import torch
 
 from posterior_diffusion.api import on_device, sample_posterior
 from posterior_diffusion.baselines import BASELINES, baseline
+from posterior_diffusion.figures import save_figure
 from posterior_diffusion.images import list_images, load_image
 from posterior_diffusion.metrics import kernel_errors, lpips, psnr, ssim
-from posterior_diffusion.perceptual import LPIPSUnavailable
-from posterior_diffusion.samplers import list_samplers, sampler_applies, sampler_class
+from posterior_diffusion.perceptual import MIN_SIZE, LPIPSUnavailable, find_weights
+from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
 from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
 from posterior_diffusion.tensor_utils import peak_memory_mb, reset_peak_memory, sample_moments, seed_for
 
@@ -90,22 +101,121 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[dict]:
     for name in cfg.tasks:
         get_task(name, tasks)
     methods = [get_method(name) for name in cfg.methods]
-    device = torch.device(cfg.device) if cfg.device else state.device
-    prior = _load_prior(cfg, methods, device)
-    channels = prior.default_image_shape()[0] if prior is not None else 3
-    paths = list_images(cfg.images)[: cfg.num_images]
-    x = _load_images(paths, channels, cfg.size)
-    done = {tuple(r[k] for k in KEY) for r in read_rows(out)}
-    run = _Run(cfg, methods, out, prior, device, x, paths, done, state.process_index, state.num_processes, progress)
-    for task_name in cfg.tasks:
-        for seed in cfg.seeds:
-            run.task(task_name, get_task(task_name, tasks), seed)
-    state.wait_for_everyone()
-    rows = read_rows(out)
-    if state.is_main_process:
-        write_summary(out, rows)
-        _cost_figures(out, rows)
+    check_options(cfg, methods)
+    with folder_lock(out, state):
+        device = torch.device(cfg.device) if cfg.device else state.device
+        prior = _load_prior(cfg, methods, device)
+        plan = _plan(cfg, tasks, methods, prior, announce=progress and state.is_main_process)
+        lpips_net = _lpips_net(cfg, announce=state.is_main_process)
+        channels = prior.default_image_shape()[0] if prior is not None else 3
+        paths = list_images(cfg.images)[: cfg.num_images]
+        x = _load_images(paths, channels, cfg.size)
+        if state.is_main_process:
+            _drop_malformed_rows(out)
+        state.wait_for_everyone()
+        done = {tuple(r[k] for k in KEY) for r in read_rows(out)}
+        run = _Run(cfg, out, prior, device, x, paths, done, state.process_index, state.num_processes, progress)
+        for name, task, op, applicable in plan:
+            for seed in cfg.seeds:
+                run.task(name, task, op, applicable, seed, lpips_net)
+        state.wait_for_everyone()
+        rows = read_rows(out)
+        if state.is_main_process:
+            write_summary(out, rows)
+            _cost_figures(out, rows)
     return rows
+
+
+def check_options(cfg: BenchConfig, methods: list[Method]) -> None:
+    """Every --sampler-param, before any work: "method.K" names a method of this bench and one of its options,
+    "K" one that every sampler of the bench takes; the samplers' configs check the values."""
+    names = [m.name for m in methods]
+    for key in cfg.sampler_options:
+        method = key.split(".", 1)[0] if "." in key else None
+        if method is not None and method not in names:
+            raise ValueError(f"option {key!r} names no method of this bench; methods: {', '.join(names)}")
+        if method is None and not any(isinstance(m, SamplerMethod) for m in methods):
+            raise ValueError(f"option {key!r} is for every sampler and this bench has none; write METHOD.{key}")
+    for method in methods:
+        method.check_options(cfg)
+
+
+def _plan(cfg: BenchConfig, tasks: dict, methods: list[Method], prior, announce: bool) -> list[tuple]:
+    """(name, task, operator as the methods get it, the methods that apply) per task; each (task, method) pair
+    left out gets one line saying why when `announce`."""
+    plan = []
+    for name in cfg.tasks:
+        task = get_task(name, tasks)
+        op = task.build(cfg.size)
+        given = _given_operator(op) if task.blind else op
+        applicable = []
+        for method in methods:
+            refusal = method.refusal(cfg, task, prior, given)
+            if refusal is None:
+                applicable.append(method)
+            elif announce:
+                print(f"skipped: {method.name} on {name}: {refusal}", flush=True)
+        plan.append((name, task, op, applicable))
+    return plan
+
+
+def _lpips_net(cfg: BenchConfig, announce: bool) -> str:
+    """cfg.lpips, or "none" (with one warning when `announce`) when its weights are missing or the crops are
+    smaller than its backbone accepts."""
+    if cfg.lpips == "none":
+        return "none"
+    try:
+        find_weights(cfg.lpips)
+        if cfg.size < MIN_SIZE[cfg.lpips]:
+            raise ValueError(f"LPIPS ({cfg.lpips}) needs crops of at least {MIN_SIZE[cfg.lpips]} px (--size)")
+    except (LPIPSUnavailable, ValueError) as err:
+        if announce:
+            warnings.warn(f"{err}; the rows have no LPIPS", UserWarning, stacklevel=3)
+        return "none"
+    return cfg.lpips
+
+
+LOCK_NAME = ".bench.lock"
+
+
+class BenchFolderBusy(OSError):
+    """Another bench holds the output folder's lock."""
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path, state):
+    """Hold `out`/.bench.lock while this run works in `out`: an flock, which the kernel drops when its process
+    ends (a killed run leaves no stale lock), taken by the main process for all the ranks of its run. Another
+    run on the same folder stops, before any work, with a one-line BenchFolderBusy naming the lock's holder."""
+    handle, refusal = None, None
+    if state.is_main_process:
+        handle = open(out / LOCK_NAME, "a+")  # noqa: SIM115 (held until the end of the run)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not written its id yet"
+            handle.close()
+            handle = None
+            refusal = (
+                f"bench folder '{out}' is in use by another bench ({holder}; lock file {out / LOCK_NAME}): "
+                f"wait for it to finish or give another --out"
+            )
+        else:
+            handle.truncate(0)
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal is not None:
+        raise BenchFolderBusy(refusal)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # closing the file releases the flock
 
 
 @dataclass
@@ -113,7 +223,6 @@ class _Run:
     """What one process needs to run its share: its images are those with index % num_processes == rank."""
 
     cfg: BenchConfig
-    methods: list[Method]
     out: Path
     prior: object
     device: torch.device
@@ -124,43 +233,52 @@ class _Run:
     num_processes: int
     progress: bool
 
-    def task(self, name: str, task, seed: int) -> None:
-        """Every applicable method on this process's images of task `name` with noise and chain seed `seed`."""
+    def task(self, name: str, task, op, methods: list[Method], seed: int, lpips_net: str) -> None:
+        """`methods` on this process's images of task `name` (operator `op`) with noise and chain seed `seed`.
+        The example figure (first image, first seed) is drawn before that image's rows are written, and a figure
+        missing beside written rows (deleted, lost to a kill or a full disk) is drawn again from image 0."""
         mine = list(range(self.rank, len(self.paths), self.num_processes))
         if not mine:
             return
-        op = task.build(self.cfg.size)
         x = self.x
         if task.channels not in (None, x.shape[1]):  # e.g. 1-channel black-hole images with no prior to fix it
             x = _load_images(self.paths, task.channels, self.cfg.size)
         y = torch.cat([op.measure(x[i : i + 1], _generator(seed, i)) for i in mine])
         given = _given_operator(op) if task.blind else op
-        for method in self.methods:
-            if not method.applies(self.prior, given, task.preset):
-                continue
+        draws_figure = mine[0] == 0 and seed == self.cfg.seeds[0]
+        for method in methods:
             todo = [k for k, i in enumerate(mine) if (name, method.name, self.paths[i].name, seed) not in self.done]
-            for group in _groups(todo, self.cfg.images_per_call):
+            figure = _figure_path(self.out, name, method.name)
+            jobs = [(group, True) for group in _groups(todo, self.cfg.images_per_call)]  # (positions, write rows)
+            if draws_figure and 0 not in todo and not figure.exists():
+                jobs.insert(0, ([0], False))  # the rows are written, the figure is not: image 0 again for it
+            for group, writes_rows in jobs:
                 ids = [mine[k] for k in group]
                 result = _run_method(self.cfg, method, task, given, y[group], ids, seed, self.prior, self.device)
                 if task.align is not None:
                     result = _aligned(result, task.align(given, result["samples"]))
-                rows = _score(result, x[ids], self.paths, ids, name, method.name, seed, self.cfg.lpips)
-                if task.metrics is not None:
-                    extra = task.metrics(given, y[group], result["mean"], x[ids])
-                    for n, row in enumerate(rows):
-                        row.update({k: round(float(v[n]), 5) for k, v in extra.items()})
-                if task.blind:  # the method's kernel estimate (mean over samples), or the guess it was given
-                    kernel = result.get("kernel", given.kernel.expand(len(group), 1, *given.kernel.shape[-2:]))
-                    errors = kernel_errors(kernel, op.kernel)
-                    for n, row in enumerate(rows):
-                        row.update({k: round(float(v[n].mean()), 5) for k, v in errors.items()})
-                with open(self.out / f"rows-{self.rank}.jsonl", "a") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in rows)
-                if 0 in ids:
-                    k = ids.index(0)
-                    _example_figure(self.out, name, method.name, task, given, x[0], y[group[k]], result, k)
+                if draws_figure and ids[0] == 0:
+                    _example_figure(figure, task, given, x[0], y[group[0]], result)
+                if writes_rows:
+                    self._write_rows(result, x, y, op, given, task, name, method.name, seed, group, ids, lpips_net)
                 if self.progress:
-                    print(f"[rank {self.rank}] {name} {method.name} seed {seed}: images {ids} done", flush=True)
+                    what = "done" if writes_rows else "drawn again for the missing figure"
+                    print(f"[rank {self.rank}] {name} {method.name} seed {seed}: images {ids} {what}", flush=True)
+
+    def _write_rows(self, result, x, y, op, given, task, name, method, seed, group, ids, lpips_net) -> None:
+        """Score `result` for images `ids` and append their rows to this process's rows file."""
+        rows = _score(result, x[ids], self.paths, ids, name, method, seed, lpips_net)
+        if task.metrics is not None:
+            extra = task.metrics(given, y[group], result["mean"], x[ids])
+            for n, row in enumerate(rows):
+                row.update({k: round(float(v[n]), 5) for k, v in extra.items()})
+        if task.blind:  # the method's kernel estimate (mean over samples), or the guess it was given
+            kernel = result.get("kernel", given.kernel.expand(len(group), 1, *given.kernel.shape[-2:]))
+            errors = kernel_errors(kernel, op.kernel)
+            for n, row in enumerate(rows):
+                row.update({k: round(float(v[n].mean()), 5) for k, v in errors.items()})
+        with open(self.out / f"rows-{self.rank}.jsonl", "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def _load_prior(cfg: BenchConfig, methods: list[Method], device):
@@ -206,8 +324,11 @@ class Method(Protocol):
     name: str
     needs_prior: bool
 
-    def applies(self, prior, op, preset: str) -> bool:
-        """Whether it runs on `op` (with the task's sampler preset where it has one)."""
+    def check_options(self, cfg: BenchConfig) -> None:
+        """Raise ValueError, before any work, for an option in cfg.sampler_options that it does not take."""
+
+    def refusal(self, cfg: BenchConfig, task, prior, op) -> str | None:
+        """Why it does not run on `op` (with the task's sampler preset and the bench's options), or None."""
 
     def estimate(self, cfg: BenchConfig, task, op, y, ids, seed, prior, device) -> dict:
         """{"mean", "samples", "std" (CPU tensors), "nfe", "seconds" (all images), optional "kernel"} for y (n, ...)."""
@@ -225,8 +346,19 @@ class BaselineMethod:
     name: str
     needs_prior: bool = False
 
-    def applies(self, prior, op, preset: str) -> bool:
-        return BASELINES[self.name].applies(op)
+    def check_options(self, cfg) -> None:
+        parameters = list(inspect.signature(BASELINES[self.name].fn).parameters.values())[2:]  # after (op, y)
+        if any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return
+        valid = [p.name for p in parameters]
+        unknown = sorted(set(_own_options(cfg, self.name)) - set(valid))
+        if unknown:
+            valid_text = ", ".join(valid) or "none"
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} for baseline {self.name!r}; valid: {valid_text}")
+
+    def refusal(self, cfg, task, prior, op) -> str | None:
+        entry = BASELINES[self.name]
+        return None if entry.applies(op) else f"{self.name} needs {entry.needs}"
 
     def estimate(self, cfg, task, op, y, ids, seed, prior, device) -> dict:
         start = time.perf_counter()
@@ -245,15 +377,27 @@ class SamplerMethod:
     name: str
     needs_prior: bool = True
 
-    def applies(self, prior, op, preset: str) -> bool:
-        return sampler_applies(self.name, prior, op, preset)
-
-    def estimate(self, cfg, task, op, y, ids, seed, prior, device) -> dict:
+    def options(self, cfg: BenchConfig, preset: str | None) -> dict:
+        """The sampler options for a task with sampler preset `preset` (None: no task's)."""
         options = {k: v for k, v in cfg.sampler_options.items() if "." not in k} | _own_options(cfg, self.name)
-        if task.preset in sampler_class(self.name).PRESETS and "preset" not in options:
-            options["preset"] = task.preset
+        if preset in sampler_class(self.name).PRESETS and "preset" not in options:
+            options["preset"] = preset
         if cfg.steps:
             options["steps"] = cfg.steps
+        return options
+
+    def check_options(self, cfg) -> None:
+        get_sampler(self.name, **self.options(cfg, None))  # an unknown option or a bad value raises
+
+    def refusal(self, cfg, task, prior, op) -> str | None:
+        sampler = get_sampler(self.name, **self.options(cfg, task.preset))
+        try:
+            sampler.check(prior, op)
+        except ValueError as err:
+            return str(err)
+        return None
+
+    def estimate(self, cfg, task, op, y, ids, seed, prior, device) -> dict:
         res = sample_posterior(
             y,
             op,
@@ -266,7 +410,7 @@ class SamplerMethod:
             dtype=cfg.dtype,
             progress=False,
             measurement_ids=ids,
-            **options,
+            **self.options(cfg, task.preset),
         )
         result = {"mean": res.mean, "samples": res.samples, "std": res.std, "nfe": res.nfe, "seconds": res.seconds}
         if "kernel" in res.extras:  # blind samplers: (n, S, kh, kw)
@@ -300,10 +444,7 @@ def _score(result, x, paths, ids, task, method, seed, lpips_net: str) -> list[di
     estimate = result["mean"].float()
     scores = {"psnr": psnr(estimate, x).tolist(), "ssim": ssim(estimate, x).tolist()}
     if lpips_net != "none":
-        try:
-            scores["lpips"] = lpips(estimate, x, net=lpips_net).tolist()
-        except (LPIPSUnavailable, ValueError) as err:  # no weights file, or images too small for the backbone
-            print(f"note: {err}; rows have no LPIPS", flush=True)
+        scores["lpips"] = lpips(estimate, x, net=lpips_net).tolist()
     return [
         {
             "task": task,
@@ -321,14 +462,42 @@ def _score(result, x, paths, ids, task, method, seed, lpips_net: str) -> list[di
 
 
 def read_rows(out: Path) -> list[dict]:
-    """All rows of every process in `out`, deduplicated by (task, method, image, seed), sorted."""
+    """All rows of every process in `out`, deduplicated by (task, method, image, seed), sorted; a line that is
+    not a row (cut by a killed run) is skipped with a warning naming its file and line."""
     rows = {}
     for path in sorted(Path(out).glob("rows-*.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                rows[tuple(r[k] for k in KEY)] = r
+        for r in _rows_in(path)[0]:
+            rows[tuple(r[k] for k in KEY)] = r
     return sorted(rows.values(), key=lambda r: (r["task"], r["method"], r["index"], r["seed"]))
+
+
+def _rows_in(path: Path) -> tuple[list[dict], int]:
+    """The rows of one rows file and how many of its lines were not rows (each with a warning)."""
+    rows, bad = [], 0
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not (isinstance(row, dict) and all(k in row for k in (*KEY, "index"))):
+            warnings.warn(f"{path} line {number} is not a complete row (cut by a killed run?): skipped", stacklevel=3)
+            bad += 1
+            continue
+        rows.append(row)
+    return rows, bad
+
+
+def _drop_malformed_rows(out: Path) -> None:
+    """Rewrite each rows file that has lines which are not rows without them (atomically), so that the rows
+    appended next start on a line of their own; the rows those lines held are recomputed, as missing ones."""
+    for path in sorted(out.glob("rows-*.jsonl")):
+        rows, bad = _rows_in(path)
+        if bad:
+            temporary = path.with_name(path.name + ".tmp")
+            temporary.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(temporary, path)
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -378,13 +547,16 @@ def write_summary(out: Path, rows: list[dict]) -> str:
     return markdown
 
 
-def _example_figure(out: Path, name: str, method: str, task, op, truth, y, result, k: int) -> None:
+def _figure_path(out: Path, task: str, method: str) -> Path:
+    return out / "figures" / f"{task}_{method}.png"
+
+
+def _example_figure(path: Path, task, op, truth, y, result) -> None:
+    """The first image's figure (the task's own, or truth | measurement | mean | std | samples) at `path`."""
     from posterior_diffusion.figures import restoration_figure
 
-    folder = out / "figures"
-    folder.mkdir(exist_ok=True)
-    path = folder / f"{name}_{method}.png"
-    mean, std, samples = result["mean"][k], result["std"][k], result["samples"][k]
+    path.parent.mkdir(exist_ok=True)
+    mean, std, samples = result["mean"][0], result["std"][0], result["samples"][0]
     if task.figure is not None:
         task.figure(path, op, truth, y, mean, std, samples)
         return
@@ -412,5 +584,4 @@ def _cost_figures(out: Path, rows: list[dict]) -> None:
         ax.set_title(task)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(folder / f"psnr_vs_nfe_{task}.png", dpi=100)
-        plt.close(fig)
+        save_figure(fig, folder / f"psnr_vs_nfe_{task}.png", dpi=100)

@@ -132,26 +132,35 @@ def report_settings() -> dict[str, dict]:
     return {name: cls.EXACT_OPTIONS for name, cls in SAMPLERS.items() if cls.EXACT_OPTIONS is not None}
 
 
-def report(settings: dict[str, dict] | None = None, num_samples: int = 64) -> str:
-    """A Markdown table of `evaluate` for each sampler and case it supports."""
+def report(settings: dict[str, dict] | None = None, num_samples: int = 64, progress: bool = False) -> str:
+    """A Markdown table of `evaluate` for each sampler and case it supports; `progress`: a bar over the pairs
+    (stderr), naming the one in progress (the whole report takes minutes on a CPU)."""
+    from tqdm.auto import tqdm
+
     settings = report_settings() if settings is None else settings
-    lines = [
-        "| sampler | settings | case | mean err (prior) | std ratio | SW (prior) | 90 % coverage | NFE | s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    cases = standard_cases()
+    pairs = []
     for name, options in settings.items():
         sampler = get_sampler(name, **options)
-        for case in standard_cases():
+        for case in cases:
             try:
                 sampler.check(case.prior, case.op)
             except ValueError:
                 continue
-            r = evaluate(sampler, case, num_samples)
-            lines.append(
-                f"| {name} | {', '.join(f'{k}={v}' for k, v in options.items())} | {case.name} | "
-                f"{r['mean_err']:.3f} ({r['prior_err']:.3f}) | {r['std_ratio']:.2f} | "
-                f"{r['sw']:.3f} ({r['sw_prior']:.3f}) | {r['coverage90']:.2f} | {r['nfe']} | {r['seconds']:.1f} |"
-            )
+            pairs.append((name, options, sampler, case))
+    lines = [
+        "| sampler | settings | case | mean err (prior) | std ratio | SW (prior) | 90 % coverage | NFE | s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    bar = tqdm(pairs, desc="bench exact", unit="case", disable=not progress)
+    for name, options, sampler, case in bar:
+        bar.set_postfix_str(f"{name} on {case.name}")
+        r = evaluate(sampler, case, num_samples)
+        lines.append(
+            f"| {name} | {', '.join(f'{k}={v}' for k, v in options.items())} | {case.name} | "
+            f"{r['mean_err']:.3f} ({r['prior_err']:.3f}) | {r['std_ratio']:.2f} | "
+            f"{r['sw']:.3f} ({r['sw_prior']:.3f}) | {r['coverage90']:.2f} | {r['nfe']} | {r['seconds']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -163,10 +172,10 @@ class ExactConfig:
     num_samples: int = field(default=64, metadata={"help": "samples per measurement, sampler's and exact alike"})
 
 
-def run_exact(cfg: ExactConfig) -> str:
+def run_exact(cfg: ExactConfig, progress: bool = True) -> str:
     """The report of every sampler with EXACT_OPTIONS, written to out/exact.md; returns the table."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = report(num_samples=cfg.num_samples)
+    table = report(num_samples=cfg.num_samples, progress=progress)
     (out / "exact.md").write_text(table + "\n")
     return table

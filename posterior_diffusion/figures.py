@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -78,5 +79,19 @@ def save_panels(path: str | Path, panels: list, draw_first=None) -> None:
     for ax, (title, image, kwargs) in zip(axes[count - len(panels) :], panels, strict=True):
         _show(ax, image, title, **kwargs)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig, path: str | Path, dpi: int) -> None:
+    """Save a matplotlib figure to `path` atomically (a temporary file beside it, then a rename: a kill or a full
+    disk leaves the old file or none, never a truncated one) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(temporary, dpi=dpi, format=path.suffix.lstrip(".") or None)
+        os.replace(temporary, path)
+    finally:
+        plt.close(fig)
+        temporary.unlink(missing_ok=True)

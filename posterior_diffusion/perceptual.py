@@ -12,17 +12,23 @@ Weights are looked up, first found wins (`find_weights`):
        torchvision's backbone checkpoint (alexnet-owt-7be5be79.pth / vgg16-397923af.pth) together with the heads
        of an installed `lpips` package (lpips/weights/v0.1/alex.pth / vgg.pth);
     4. shared/data/lpips/ beside the repository checkout (the project's CI data).
+Nothing is downloaded implicitly; `fetch_weights` (`posterior-diffusion lpips-weights`), called explicitly where
+the network is available, downloads the standard weights (torchvision's backbone and the lpips package's heads,
+checked against their SHA-256) and converts them into the hub cache's file.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.error import URLError
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
+from torch.hub import download_url_to_file
 
 
 @dataclass(frozen=True)
@@ -32,8 +38,9 @@ class Backbone:
 
     layers: tuple[tuple, ...]
     taps: tuple[int, ...]
-    torchvision_file: str
+    torchvision_file: str  # <name>-<first 8 hex digits of its SHA-256>.pth
     lpips_heads_file: str
+    lpips_heads_sha256: str
 
 
 def _vgg16_layers() -> tuple[tuple, ...]:
@@ -61,18 +68,22 @@ BACKBONES = {
         taps=(1, 4, 7, 9, 11),
         torchvision_file="alexnet-owt-7be5be79.pth",
         lpips_heads_file="alex.pth",
+        lpips_heads_sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
     ),
     "vgg": Backbone(
         layers=_vgg16_layers(),
         taps=(3, 8, 15, 22, 29),
         torchvision_file="vgg16-397923af.pth",
         lpips_heads_file="vgg.pth",
+        lpips_heads_sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
     ),
 }
 MIN_SIZE = {"alex": 32, "vgg": 16}  # smallest image side the backbone's pooling accepts
 FILE_NAMES = {"alex": "alexnet_lpips_v0.1.safetensors", "vgg": "vgg16_lpips_v0.1.safetensors"}
 SHIFT = (-0.030, -0.088, -0.188)  # the lpips package's ScalingLayer
 SCALE = (0.458, 0.448, 0.450)
+TORCHVISION_URL = "https://download.pytorch.org/models/"  # the backbones torchvision's model zoo downloads
+HEADS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/"  # lpips 0.1.4's
 
 
 class LPIPSUnavailable(FileNotFoundError):
@@ -112,8 +123,12 @@ def find_weights(net: str = "alex", weights: str | Path | None = None) -> dict[s
     for folder in _shared_folders():
         if (folder / name).is_file():
             return load_file(folder / name)
+    backbone = BACKBONES[net]
     raise LPIPSUnavailable(
-        f"LPIPS ({net}) is unavailable: put {name} in $POSTERIOR_DIFFUSION_LPIPS_DIR or {_hub_checkpoints()}"
+        f"LPIPS ({net}) weights not found: looked for {name} in $POSTERIOR_DIFFUSION_LPIPS_DIR, {_hub_checkpoints()} "
+        f"and shared/data/lpips/, and for {backbone.torchvision_file} there with an installed lpips package; "
+        f"`posterior-diffusion lpips-weights --net {net}` downloads and converts the standard weights into the cache "
+        f"(needs the network), or copy {name} into one of those folders"
     )
 
 
@@ -128,8 +143,49 @@ def _torchvision_and_lpips_package(net: str) -> dict[str, torch.Tensor] | None:
     heads = Path(lpips_package.__file__).parent / "weights" / "v0.1" / backbone.lpips_heads_file
     if not (trunk.is_file() and heads.is_file()):
         return None
-    state = {k: v for k, v in torch.load(trunk, weights_only=True).items() if k.startswith("features.")}
-    return state | torch.load(heads, weights_only=True, map_location="cpu")
+    return _merge(trunk, heads)
+
+
+def _merge(trunk: Path, heads: Path) -> dict[str, torch.Tensor]:
+    """The LPIPS state dict: the `features.*` tensors of a torchvision checkpoint and the lpips package's heads."""
+    state = torch.load(trunk, weights_only=True, map_location="cpu")
+    return {k: v for k, v in state.items() if k.startswith("features.")} | torch.load(
+        heads, weights_only=True, map_location="cpu"
+    )
+
+
+def fetch_weights(net: str = "alex", folder: str | Path | None = None) -> Path:
+    """Download the standard weights of `net` (torchvision's backbone from TORCHVISION_URL, the lpips package's
+    v0.1 heads from HEADS_URL, each checked against its SHA-256), convert them to `<net>_lpips_v0.1.safetensors`
+    in `folder` (default: the torch hub cache, where `find_weights` looks) and return its path; a file already
+    there is kept. Needs the network: ConnectionError without it. Only ever called explicitly."""
+    if net not in BACKBONES:
+        raise ValueError(f"unknown LPIPS network {net!r}; valid: {', '.join(BACKBONES)}")
+    backbone = BACKBONES[net]
+    path = Path(folder) / FILE_NAMES[net] if folder is not None else _hub_checkpoints() / FILE_NAMES[net]
+    if path.is_file():
+        return path
+    downloads = [
+        (TORCHVISION_URL + backbone.torchvision_file, backbone.torchvision_file.rsplit("-", 1)[1].split(".")[0]),
+        (HEADS_URL + backbone.lpips_heads_file, backbone.lpips_heads_sha256),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for url, sha256 in downloads:
+            files.append(Path(tmp) / url.rsplit("/", 1)[1])
+            try:
+                download_url_to_file(url, str(files[-1]), hash_prefix=sha256)
+            except (URLError, OSError) as err:
+                raise ConnectionError(
+                    f"cannot download {url} ({getattr(err, 'reason', err)}); without a network, copy "
+                    f"{FILE_NAMES[net]} from a machine that has it into {path.parent} or $POSTERIOR_DIFFUSION_LPIPS_DIR"
+                ) from None
+            except RuntimeError as err:  # torch.hub's "invalid hash value"
+                raise ValueError(f"{url} is not the expected file: {err}") from None
+        state = _merge(*files)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(save({k: v.contiguous() for k, v in state.items()}))
+    return path
 
 
 class LPIPS(torch.nn.Module):

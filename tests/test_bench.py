@@ -205,7 +205,7 @@ def test_speed_rows_of_gibbs_ddrm_count_its_kernel_conditional(tiny_unet_folder,
     assert f"({row['bare_seconds'] - row['algorithm_seconds']:.2f} + " in speed_table([row])
 
 
-def test_exact_benchmark_command_writes_the_table(tmp_path, monkeypatch):
+def test_exact_benchmark_command_writes_the_table(tmp_path, monkeypatch, capsys):
     import posterior_diffusion.exact as exact
     from posterior_diffusion.cli import main
 
@@ -213,6 +213,11 @@ def test_exact_benchmark_command_writes_the_table(tmp_path, monkeypatch):
     assert main(["bench", "exact", "--out", str(tmp_path), "--num-samples", "16"]) == 0
     table = (tmp_path / "exact.md").read_text()
     assert table.startswith("| sampler |") and "| ddrm |" in table
+    # it used to be silent for minutes: a progress bar on stderr names the pair in progress, unless --quiet
+    progress = capsys.readouterr().err
+    assert "bench exact" in progress and "ddrm on bimodal" in progress and f"{table.count('| ddrm |')}/" in progress
+    assert main(["bench", "exact", "--out", str(tmp_path), "--num-samples", "16", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_black_hole_task_reports_the_interferometry_metrics(tmp_path):
@@ -271,16 +276,129 @@ def test_blind_task_rows_report_the_kernel_estimate_or_the_guess(tmp_path, image
 
 def test_samplers_are_checked_with_the_task_preset():
     """PnP-ULA refuses closure data unless given the likelihood's Lipschitz constant, which its black_hole preset
-    supplies: the bench must check it with the task's preset, not skip it."""
+    supplies: the bench must check it with the task's preset, not skip it; a refusal says why."""
     from posterior_diffusion.bench import get_method
     from posterior_diffusion.priors import load_prior
 
     prior = load_prior("builtin:black-hole")
     op = TASKS["black_hole"].build(64)
+    cfg, task, no_preset = BenchConfig(images=".", out="."), TASKS["black_hole"], SimpleNamespace(preset="")
     pnp_ula, dps, ddrm = (get_method(name) for name in ("pnp_ula", "dps", "ddrm"))
-    assert not pnp_ula.applies(prior, op, "")
-    assert pnp_ula.applies(prior, op, TASKS["black_hole"].preset)
-    assert dps.applies(prior, op, TASKS["black_hole"].preset) and not ddrm.applies(prior, op, "black_hole")
-    assert get_method("rml").applies(None, op, "") and not get_method("tikhonov").applies(None, op, "")
+    assert "pnp_ula" in pnp_ula.refusal(cfg, no_preset, prior, op)
+    assert pnp_ula.refusal(cfg, task, prior, op) is None and dps.refusal(cfg, task, prior, op) is None
+    assert "ddrm needs a linear operator" in ddrm.refusal(cfg, task, prior, op)
+    assert get_method("rml").refusal(cfg, no_preset, None, op) is None
+    assert get_method("tikhonov").refusal(cfg, no_preset, None, op) == "tikhonov needs a linear operator"
     with pytest.raises(ValueError, match="unknown method 'dsp'"):
         get_method("dsp")
+
+
+def _baselines_only(images, out, **changes) -> BenchConfig:
+    """A bench of two baselines on one task: seconds, no prior."""
+    return _config(images, out, out, tasks=("random_inpaint",), methods=("tikhonov", "harmonic"), **changes)
+
+
+def test_a_cut_row_line_is_skipped_with_a_warning_and_recomputed(tmp_path, images, recwarn):
+    """A line cut by a kill used to stop every rerun with a JSON error naming no file."""
+    straight = run_bench(_baselines_only(images, tmp_path / "straight"), progress=False)
+    rows_file = tmp_path / "cut" / "rows-0.jsonl"
+    run_bench(_baselines_only(images, tmp_path / "cut"), progress=False)
+    lines = rows_file.read_text().splitlines()
+    rows_file.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # the 4th row cut, the rest lost
+    with pytest.warns(UserWarning, match=r"rows-0\.jsonl line 4 is not a complete row"):
+        resumed = run_bench(_baselines_only(images, tmp_path / "cut"), progress=False)
+    assert _without_timing(resumed) == _without_timing(straight)
+    assert len(rows_file.read_text().splitlines()) == len(lines)  # the cut line is gone, its row recomputed
+    recwarn.clear()
+    run_bench(_baselines_only(images, tmp_path / "cut"), progress=False)
+    assert not [w for w in recwarn if "row" in str(w.message)]
+
+
+def test_a_missing_figure_is_drawn_again(tmp_path, images, monkeypatch):
+    """A figure lost after its rows were written (a kill, a full disk, a deletion) used to be gone for good."""
+    out = tmp_path / "out"
+    run_bench(_baselines_only(images, out), progress=False)
+    (out / "figures" / "random_inpaint_harmonic.png").unlink()
+    (out / "figures" / "psnr_vs_nfe_random_inpaint.png").unlink()
+    rows = (out / "rows-0.jsonl").read_text()
+    calls = []
+    real = bench._run_method
+    monkeypatch.setattr(bench, "_run_method", lambda *a, **k: calls.append((a[1].name, a[5])) or real(*a, **k))
+    run_bench(_baselines_only(images, out), progress=False)
+    assert calls == [("harmonic", [0])]  # the first image again, for its figure only
+    assert (out / "figures" / "random_inpaint_harmonic.png").exists()
+    assert (out / "figures" / "psnr_vs_nfe_random_inpaint.png").exists()
+    assert (out / "rows-0.jsonl").read_text() == rows
+
+
+def _hold_lock(out, holder: str):
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / bench.LOCK_NAME, "w")  # noqa: SIM115
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    handle.write(holder)
+    handle.flush()
+    return handle
+
+
+def test_a_second_bench_on_the_same_folder_stops_naming_the_holder(tmp_path, images, monkeypatch, capsys):
+    """Two benches on one --out both computed everything; now the second stops before any work."""
+    from posterior_diffusion.cli import main
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(bench, "_run_method", lambda *a, **k: pytest.fail("no work while the folder is held"))
+    handle = _hold_lock(out, "pid 4242 on host-a")
+    with pytest.raises(bench.BenchFolderBusy, match=r"in use by another bench \(pid 4242 on host-a; lock file"):
+        run_bench(_baselines_only(images, out), progress=False)
+    argv = ["bench", "grid", "--images", str(images), "--out", str(out), "--methods", "tikhonov", "--size", "16"]
+    assert main([*argv, "--lpips", "none", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pid 4242" in err and ".bench.lock" in err
+    handle.close()  # the holder ends (a killed process's lock goes the same way): the folder is free again
+    monkeypatch.undo()
+    assert len(run_bench(_baselines_only(images, out), progress=False)) == 10
+    assert f"pid {os.getpid()}" in (out / bench.LOCK_NAME).read_text()
+
+
+def test_every_option_of_every_method_is_checked_before_any_work(tmp_path, images, tiny_unet_folder, monkeypatch):
+    """A misspelled baseline option was found only after the methods before it had run."""
+    monkeypatch.setattr(bench, "_run_method", lambda *a, **k: pytest.fail("an option was checked after work"))
+    cases = {
+        "tikhonov.wieght": r"unknown option\(s\) wieght for baseline 'tikhonov'; valid: reg, max_iter",
+        "dps.step_sise": r"unknown option\(s\) step_sise for sampler 'dps'",
+        "step_sise": r"unknown option\(s\) step_sise for sampler 'dps'",
+        "dsp.steps": r"option 'dsp.steps' names no method of this bench",
+    }
+    for key, message in cases.items():
+        cfg = _config(images, tmp_path / "out", tiny_unet_folder, methods=("dps", "tikhonov"))
+        cfg.sampler_options = {key: 3}
+        with pytest.raises(ValueError, match=message):
+            run_bench(cfg, progress=False)
+    cfg = _baselines_only(images, tmp_path / "out", sampler_options={"steps": 3})
+    with pytest.raises(ValueError, match="is for every sampler and this bench has none"):
+        run_bench(cfg, progress=False)
+    options = {"dps.step_size": -1.0}
+    cfg = _config(images, tmp_path / "out", tiny_unet_folder, methods=("tikhonov", "dps"), sampler_options=options)
+    with pytest.raises(ValueError, match="step_size must be >= 0"):  # a bad value, from the sampler's config
+        run_bench(cfg, progress=False)
+
+
+def test_each_method_left_out_of_a_task_is_announced_once(tmp_path, images, capsys):
+    cfg = _config(images, tmp_path / "out", tmp_path, tasks=("gaussian_deblur",), methods=("tikhonov", "bicubic"))
+    cfg.seeds = (0, 1)
+    run_bench(cfg, progress=True)
+    printed = capsys.readouterr().out
+    assert printed.count("skipped:") == 1
+    assert "skipped: bicubic on gaussian_deblur: bicubic needs super_resolution" in printed
+
+
+def test_a_missing_lpips_is_one_warning_that_says_how_to_get_it(tmp_path, images, monkeypatch, recwarn):
+    """The note used to be printed for every (task, method) group and did not say where the weights come from."""
+    monkeypatch.setenv("POSTERIOR_DIFFUSION_LPIPS_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr("posterior_diffusion.perceptual._shared_folders", lambda: [tmp_path])
+    rows = run_bench(_baselines_only(images, tmp_path / "out", lpips="alex", images_per_call=1), progress=False)
+    notes = [str(w.message) for w in recwarn if "LPIPS" in str(w.message)]
+    assert len(notes) == 1 and all("lpips" not in r for r in rows)
+    assert "posterior-diffusion lpips-weights --net alex" in notes[0] and str(tmp_path) in notes[0]

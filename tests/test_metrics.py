@@ -80,3 +80,42 @@ def test_kernel_errors_l2_and_normalised_cross_correlation():
     # by hand, in units of 1/75: centred taps are 22 on the line and -3 elsewhere; the inner product is
     # 22^2 (centre) - 4 * 66 (taps on one line only) + 20 * 9 = 400 and each squared norm 3 * 22^2 + 22 * 9 = 1650
     assert abs(float(e["kernel_ncc"][0, 2]) - 400 / 1650) < 1e-9
+
+
+def test_lpips_weights_command_without_a_network_says_how_to_get_them(monkeypatch, tmp_path, capsys):
+    """The explicit download; here only its offline path (the download is replaced: tests never touch a network)."""
+    from urllib.error import URLError
+
+    from posterior_diffusion.cli import main
+
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr("posterior_diffusion.perceptual.download_url_to_file", offline)
+    assert main(["lpips-weights", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: cannot download https://download.pytorch.org/models/alex")
+    assert "Temporary failure in name resolution" in err and "alexnet_lpips_v0.1.safetensors from a machine" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_lpips_data
+def test_lpips_weights_are_converted_from_torchvision_and_the_lpips_heads(monkeypatch, tmp_path):
+    """The conversion, fed local files shaped like the downloads (torchvision's full AlexNet, the lpips heads):
+    the result is the reference weights file."""
+    from safetensors.torch import load_file
+
+    from posterior_diffusion.perceptual import fetch_weights
+
+    reference = load_file(SHARED_LPIPS / "alexnet_lpips_v0.1.safetensors")
+    trunk = {k: v for k, v in reference.items() if k.startswith("features.")} | {"classifier.1.weight": torch.ones(3)}
+    heads = {k: v for k, v in reference.items() if k.startswith("lin")}
+    served = {"alexnet-owt-7be5be79.pth": trunk, "alex.pth": heads}
+    monkeypatch.setattr(
+        "posterior_diffusion.perceptual.download_url_to_file",
+        lambda url, dst, hash_prefix=None: torch.save(served[url.rsplit("/", 1)[1]], dst),
+    )
+    path = fetch_weights("alex", tmp_path)
+    converted = load_file(path)
+    assert path.name == "alexnet_lpips_v0.1.safetensors" and converted.keys() == reference.keys()
+    assert all(torch.equal(converted[k], reference[k]) for k in reference)
