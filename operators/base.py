@@ -125,14 +125,14 @@ class Operator(nn.Module):
 
     def check_measurement_values(self, y: torch.Tensor) -> None:
         """Refuse measurements on the wrong scale: image-like y must be about [-1, 1] (noise allowed); warn when
-        y looks like it is on [0, 1] (no negative value, nothing above 1)."""
+        y looks like it is on [0, 1] (not constant, no negative value, nothing above 1)."""
         peak = float(y.abs().max()) if y.numel() else 0.0
         if peak > 10:
             raise ValueError(
                 f"y has values up to {peak:.4g}; image measurements must be scaled to [-1, 1] "
                 "(an 8-bit image v maps to v / 127.5 - 1)"
             )
-        if y.numel() and float(y.min()) >= 0 and peak <= 1:
+        if y.numel() and 0 <= float(y.min()) < peak <= 1:
             warnings.warn(
                 "y has no negative values and none above 1: it looks like an image on [0, 1], but measurements "
                 "are on the [-1, 1] scale (map v in [0, 1] to 2 v - 1)",
