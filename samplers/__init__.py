@@ -9,6 +9,7 @@ SMOKE_OPTIONS and EXACT_OPTIONS) plus its import below, which registers it.
 
 from . import ddrm, dps, gibbs_ddrm, pnp_ula, red_diff, resample  # noqa: F401  (registers the samplers)
 from .base import (
+    DivergenceError,
     NonFiniteError,
     Sampler,
     SamplerOutput,
@@ -26,6 +27,7 @@ from .unconditional import sample_unconditional
 __all__ = [
     "DPS",
     "DPSConfig",
+    "DivergenceError",
     "NonFiniteError",
     "Sampler",
     "SamplerOutput",

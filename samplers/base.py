@@ -1,5 +1,6 @@
 """What every sampler shares: the registry, capability checks, per-chain generators, chunked batching,
-progress, and the non-finite guard. A sampler module only writes its config and `sample_chunk`.
+progress, and the divergence guard (NaN, explosion, saturation). A sampler module only writes its config and
+`sample_chunk`.
 
     sampler = get_sampler("dps", steps=1000, step_size=0.5)
     out = sampler(prior, op, y, num_samples=4, seed=0)   # out.samples: (B, S, C, H, W)
@@ -72,42 +73,70 @@ class SamplerOutput:
 
 
 class NonFiniteError(FloatingPointError):
-    pass
+    """A sampler's state became NaN or Inf."""
 
 
-class NonFiniteGuard:
-    """Records, on the device, whether each step's chains are finite; reads the flags on the host only every
-    `every` steps (no per-step host-device sync) and at the end, and names the first step that was NaN/Inf.
+class DivergenceError(FloatingPointError):
+    """A sampler's state exploded (|x| >= `DivergenceGuard.bound`) or every pixel of a sample sat at the clip value."""
+
+
+class DivergenceGuard:
+    """Records, on the device, each step's largest |x| and whether some chain sits entirely at the clip value
+    (every element exactly -1 or +1: what a clamp leaves of a run pushed out of range); reads the flags on the host
+    only every `every` steps (no per-step host-device sync) and at the end, and names the first bad step.
+
+    A state is bad when it is NaN/Inf (`NonFiniteError`), when |x| >= `bound` (`DivergenceError`: images are on
+    [-1, 1] and diffusion states and latents are about unit scale, so 1e3 is far outside any run that works), or
+    when a chain is saturated (`DivergenceError`; exactly +-1 everywhere, which a continuous state never is).
+    `sampler` and `step_option` (the option that sets the step length, or "" for none) make the message.
     The base sampler owns one per chunk and feeds it from the step hook."""
 
-    def __init__(self, every: int = 50):
-        self.pending: list[tuple[int, torch.Tensor]] = []  # (step, 0-d bool on the device)
-        self.every = every
+    bound: ClassVar[float] = 1e3
+
+    def __init__(self, sampler: str = "sampling", step_option: str = "", every: int = 50):
+        self.pending: list[tuple[int | str, torch.Tensor]] = []  # (step, (2,) float on the device)
+        self.sampler, self.step_option, self.every = sampler, step_option, every
 
     def update(self, i: int | str, x: torch.Tensor) -> None:
-        self.pending.append((i, torch.isfinite(x).all()))
+        """Record step i's state x (n, ...) (n chains); read the pending records every `every` steps."""
+        magnitude = x.detach().abs()
+        saturated = (magnitude == 1).flatten(1).all(1).any()
+        self.pending.append((i, torch.stack([magnitude.amax().float(), saturated.float()])))  # amax keeps NaN
         if len(self.pending) >= self.every:
             self.check()
 
     def check(self) -> None:
+        """Raise for the first bad step among the pending ones."""
         if not self.pending:
             return
-        steps, finite = zip(*self.pending, strict=True)
+        steps, records = zip(*self.pending, strict=True)
         self.pending = []
-        finite = torch.stack(finite).cpu()  # the one host-device sync
-        if not finite.all():
-            step = steps[int((~finite).nonzero()[0])]
-            where = f"step {step}" if isinstance(step, int) else step
-            raise NonFiniteError(
-                f"sampling produced NaN/Inf at {where}; try dtype=float32, a smaller step size or more steps"
+        records = torch.stack(records).cpu()  # the one host-device sync
+        largest, saturated = records[:, 0], records[:, 1] > 0
+        bad = ~torch.isfinite(largest) | (largest >= self.bound) | saturated
+        if not bad.any():
+            return
+        k = int(bad.nonzero()[0])
+        where = f"step {steps[k]}" if isinstance(steps[k], int) else steps[k]
+        lower = f"a smaller {self.step_option} or more steps" if self.step_option else "more steps"
+        if not torch.isfinite(largest[k]):
+            raise NonFiniteError(f"{self.sampler} produced NaN/Inf at {where}; try dtype=float32, {lower}")
+        if largest[k] >= self.bound:
+            raise DivergenceError(
+                f"{self.sampler} diverged at {where}: |x| reached {float(largest[k]):.3g} (images are on [-1, 1]); "
+                f"try {lower}"
             )
+        raise DivergenceError(
+            f"{self.sampler} saturated at {where}: every pixel of a sample is exactly -1 or +1 (the clip value); "
+            f"try {lower}"
+        )
 
 
 class Sampler:
     """Base class. Subclasses set `Config` (a frozen dataclass with cited defaults, whose step budget is `steps`),
     `PRESETS`, the capabilities they need, `SMOKE_OPTIONS` and `EXACT_OPTIONS`, and implement `sample_chunk` and
     `nfe`. The base class owns everything else: capability checks, per-chain generators, chunking, progress and
-    the non-finite guard."""
+    the divergence guard."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type]
@@ -123,6 +152,7 @@ class Sampler:
     blind: ClassVar[bool] = False  # True: estimates operator parameters too (returned in extras)
     weighs_noise_level: ClassVar[bool] = True  # False: the data term ignores sigma_y (DPS, RED-Diff)
     network_gradient: ClassVar[bool] = False  # True: each step backpropagates through the network (DPS)
+    step_option: ClassVar[str] = ""  # the option whose decrease shortens the steps (named when a run diverges)
 
     def __init__(self, preset: str | None = None, **options):
         if preset is not None and preset not in self.PRESETS:
@@ -200,7 +230,8 @@ class Sampler:
             batch_size: chains per network call (default: all).
             image_shape: (C, H, W) of x; default op.image_shape(measurement shape).
             callback: called after every step with {"i", "t", "x", "x0_hat", ...} of the current chunk ("nfe": the
-                step's network evaluations when it is not 1). Each step's x is checked for NaN/Inf (`NonFiniteGuard`).
+                step's network evaluations when it is not 1). Each step's x is checked for NaN/Inf, explosion and
+                saturation (`DivergenceGuard`).
         """
         from tqdm.auto import tqdm
 
@@ -224,7 +255,7 @@ class Sampler:
         samples, extras = [], []
         try:
             for chunk in chunks:
-                guard = NonFiniteGuard()
+                guard = DivergenceGuard(self.name, self.step_option)
 
                 def step_hook(info: dict, guard=guard) -> None:
                     guard.update(info["i"], info["x"])
@@ -246,7 +277,7 @@ class Sampler:
 
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook) -> tuple[torch.Tensor, dict]:
         """Run the algorithm on n chains. y: (n, *meas), one generator per chain; step_hook(info) after every step
-        with at least {"i": step, "x": the state (n, ...)} (progress, callback and the non-finite guard). Returns
+        with at least {"i": step, "x": the state (n, ...)} (progress, callback and the divergence guard). Returns
         x (n, C, H, W) and extras {name: (n, ...) tensor}."""
         raise NotImplementedError
 

@@ -96,6 +96,7 @@ class DPS(Sampler):
     }
     needs_space = "any"
     needs_operator = "differentiable"
+    step_option = "step_size"
     network_gradient = True  # the gradient of ||y - A(x0_hat(x_t))|| with respect to x_t
     weighs_noise_level = False  # the step uses ||y - A(x0_hat)||, not its sigma_y-weighted square
     SMOKE_OPTIONS: ClassVar[dict] = {"steps": 4}

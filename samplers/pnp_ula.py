@@ -160,6 +160,7 @@ class PnPULA(Sampler):
         "deblur": {"alpha": 1.0},  # pnpula_experiment: alpha 1
         "deblur_strong_prior": {"alpha": 0.3},  # Laumont et al. also report alpha 0.3
     }
+    step_option = "step_fraction"
     needs_operator = "differentiable"
     SMOKE_OPTIONS: ClassVar[dict] = {"steps": 4, "anneal_iterations": 2}
     EXACT_OPTIONS: ClassVar[dict | None] = {"steps": 2000, "anneal_iterations": 1000}

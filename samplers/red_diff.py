@@ -90,6 +90,7 @@ class REDDiff(Sampler):
         "deblur": {"lam": 0.25, "lr": 0.25},
         "nonlinear": {"lam": 0.25, "lr": 0.5},
     }
+    step_option = "lr"
     needs_space = "any"
     needs_operator = "differentiable"
     weighs_noise_level = False  # Gaussian noise: the data term is mean((y - A mu)^2) / 2, not divided by sigma_y^2

@@ -186,6 +186,7 @@ class ReSample(Sampler):
     }
     needs_space = "latent"
     needs_operator = "differentiable"
+    step_option = "latent_lr"
     network_gradient = True  # the latent DPS step backpropagates through the UNet and the decoder
     weighs_noise_level = False  # ||y - A(D(z0_hat))|| and mean squared residuals, not sigma_y-weighted
     SMOKE_OPTIONS: ClassVar[dict] = {

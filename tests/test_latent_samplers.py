@@ -192,9 +192,14 @@ def test_cli_restore_with_resample_on_a_latent_prior_folder(tmp_path, tiny_ldm_f
 
 
 @pytest.mark.parametrize("run", ["dps", "resample"])
-def test_compvis_style_vq_ldm_folder_runs_end_to_end(tmp_path, run):
+def test_compvis_style_vq_ldm_folder_runs_end_to_end(tmp_path, run, monkeypatch):
     """A CompVis-layout LDMPipeline (VQModel, unscaled latents, quantised in the decoder) works as well."""
+    from posterior_diffusion.samplers.base import DivergenceGuard
     from tests.conftest import build_ldm_folder
+
+    # the random UNet's noise predictions, divided by sqrt(alpha_bar_T) = 0.006, put these latents at ~1e4: a
+    # divergence that a trained network does not have; the run is checked for its shapes and plumbing only
+    monkeypatch.setattr(DivergenceGuard, "bound", float("inf"))
 
     prior = load_prior(build_ldm_folder(tmp_path / "vq_ldm", "vqvae"))
     op = OPERATORS["box"]()

@@ -15,7 +15,7 @@ from posterior_diffusion.exact import evaluate, report_settings, standard_cases
 from posterior_diffusion.operators import get_operator
 from posterior_diffusion.priors import load_prior
 from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
-from posterior_diffusion.samplers.base import SAMPLERS
+from posterior_diffusion.samplers.base import SAMPLERS, DivergenceError, DivergenceGuard, NonFiniteError
 
 SMOKE = {name: cls.SMOKE_OPTIONS for name, cls in SAMPLERS.items()}  # each sampler's cheapest full run
 REPORT_SETTINGS = report_settings()
@@ -337,15 +337,57 @@ def test_an_operator_serves_an_inference_mode_sampler_then_a_differentiating_one
         assert torch.isfinite(res.samples).all(), name
 
 
-def test_non_finite_guard_names_the_first_bad_step_and_reads_flags_in_batches():
-    from posterior_diffusion.samplers.base import NonFiniteError, NonFiniteGuard
-
-    guard = NonFiniteGuard(every=3)
+def test_divergence_guard_names_the_first_bad_step_and_reads_flags_in_batches():
+    guard = DivergenceGuard("dps", "step_size", every=3)
     for i in range(4):
-        guard.update(i, torch.ones(2, 3))
+        guard.update(i, torch.full((2, 3), 0.5))
     assert len(guard.pending) == 1  # steps 0-2 were read on the host at step 2; step 3 waits
-    guard.update(4, torch.tensor([1.0, float("nan")]))
-    with pytest.raises(NonFiniteError, match="at step 4"):
-        guard.update(5, torch.tensor([float("inf")]))
-    guard.update(6, torch.ones(1))
+    guard.update(4, torch.tensor([[1.0], [float("nan")]]))
+    with pytest.raises(NonFiniteError, match=r"dps produced NaN/Inf at step 4.*float32, a smaller step_size"):
+        guard.update(5, torch.tensor([[float("inf")]]))
+    guard.update(6, torch.full((1, 2), 0.5))
     guard.check()  # nothing pending is bad
+
+
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        (torch.full((2, 4), 2e3), r"red_diff diverged at step 7: \|x\| reached 2e\+03.*a smaller lr"),
+        (torch.tensor([[0.3, -0.2], [-1.0, 1.0]]), r"red_diff saturated at step 7: every pixel of a sample"),
+    ],
+)
+def test_divergence_guard_stops_exploded_and_saturated_states(state, message):
+    guard = DivergenceGuard("red_diff", "lr")
+    guard.update(6, torch.zeros(2, 4))
+    guard.update(7, state)
+    with pytest.raises(DivergenceError, match=message):
+        guard.check()
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        torch.full((2, 8), 999.0),  # large, under the bound
+        torch.tensor([[-1.0, -1.0, -1.0, -0.99], [-1.0, 1.0, 1.0, 1.0 - 2**-20]]),  # mostly at the clip
+        torch.full((2, 16, 16), -1.0).index_put_((torch.tensor([0, 1]), torch.tensor([3, 9])), torch.tensor(-0.9)),
+    ],
+    ids=["large", "mostly_clipped", "dark_sky"],
+)
+def test_divergence_guard_passes_large_and_mostly_clipped_states(state):
+    guard = DivergenceGuard("red_diff", "lr")
+    guard.update(0, state)
+    guard.check()
+
+
+def test_a_step_size_that_explodes_stops_with_the_step_and_the_option(gmm):
+    op = get_operator("inpaint_random", image_size=8, missing=0.5, noise_sigma=0.05)
+    y = op.measure(gmm.sample(1, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
+    with pytest.raises(DivergenceError, match=r"dps diverged at step \d+: .*a smaller step_size"):
+        sample_posterior(y, op, prior=gmm, sampler="dps", steps=20, step_size=1e6, progress=False)
+
+
+def test_a_learning_rate_that_saturates_the_box_stops_with_the_step_and_the_option(gmm):
+    op = get_operator("inpaint_random", image_size=8, missing=0.5, noise_sigma=0.05)
+    y = op.measure(gmm.sample(1, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
+    with pytest.raises(DivergenceError, match=r"red_diff saturated at step \d+: .*a smaller lr"):
+        sample_posterior(y, op, prior=gmm, sampler="red_diff", steps=20, lr=1e6, box=(-1.0, 1.0), progress=False)
