@@ -21,6 +21,7 @@ import sys
 import textwrap
 import types
 import typing
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -239,7 +240,7 @@ def cmd_bench_exact(args) -> None:
 def cmd_bench_speed(args) -> None:
     from posterior_diffusion.speed import SpeedConfig, run_speed
 
-    print(run_speed(config_from_args(SpeedConfig, args)))
+    print(run_speed(config_from_args(SpeedConfig, args), progress=not args.quiet))
 
 
 def cmd_lpips_weights(args) -> None:
@@ -426,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_exact)
     p = modes.add_parser("speed", help="each sampler's time against its bare network evaluations")
     add_config_options(p, SpeedConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_bench_speed)
 
     p = sub.add_parser(
@@ -483,8 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line: "warning: <message>", without the source file and line Python adds."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    format_warning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         args.func(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError, OSError) as err:
@@ -493,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = format_warning
     return 0
 
 

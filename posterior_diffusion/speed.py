@@ -86,27 +86,41 @@ def speed_task(name: str, prior, size: int) -> Task | None:
     order = sorted(TASKS.items(), key=lambda item: (item[1].blind != blind, item[0] != "random_inpaint", item[0]))
     for _, task in order:
         if task.channels in (None, prior.default_image_shape()[0]) and sampler_applies(
-            name, prior, task.build(size), task.preset
+            name, prior, task.build(size), task.presets.get(name, "")
         ):
             return task
     return None
 
 
 def speed_rows(
-    prior, samplers, batch_sizes, size: int, steps: int, dtype: str | None = None, repeats: int = 3
+    prior,
+    samplers,
+    batch_sizes,
+    size: int,
+    steps: int,
+    dtype: str | None = None,
+    repeats: int = 3,
+    progress: bool = False,
 ) -> list[dict]:
     """One row per (sampler, batch size) on `prior` (already on its device) with images of side `size`;
-    every time is the fastest of `repeats` runs."""
+    every time is the fastest of `repeats` runs. `progress`: a line per row being timed and per sampler left out."""
     device = prior.device
     channels = prior.default_image_shape()[0]
     rows = []
     for name in samplers:
         task = speed_task(name, prior, size)
-        if task is None:
-            continue  # e.g. a sampler that needs a latent prior, on a pixel prior
+        if task is None:  # e.g. a sampler that needs a latent prior, on a pixel prior
+            if progress:
+                print(f"skipped: {name}: no task it applies to with this prior ({prior.space} space)", flush=True)
+            continue
         op = task.build(size)
         gradient = sampler_class(name).network_gradient
         for batch in batch_sizes:
+            if progress:
+                print(
+                    f"timing {name} on {task.operator}, batch {batch}, {dtype or 'float32'} ({repeats} runs)",
+                    flush=True,
+                )
             x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
             y = op.measure(x, torch.Generator().manual_seed(1))
             sample_posterior(y, op, prior=prior, sampler=name, progress=False, steps=2)  # warm-up
@@ -188,7 +202,7 @@ class SpeedConfig:
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default cuda if available)"})
 
 
-def run_speed(cfg: SpeedConfig) -> str:
+def run_speed(cfg: SpeedConfig, progress: bool = True) -> str:
     """speed_rows for every dtype, written to out/speed.md and out/speed.json; returns the table."""
     from posterior_diffusion.api import default_device
     from posterior_diffusion.priors import default_prior_name, load_prior
@@ -197,7 +211,9 @@ def run_speed(cfg: SpeedConfig) -> str:
 
     if cfg.random_init and not cfg.prior:
         raise ValueError("--random-init needs --prior ARCH, an ADM architecture such as adm-ffhq-256")
-    samplers = [m for m in cfg.methods if m in list_samplers()] if cfg.methods else list_samplers()
+    for name in cfg.methods or ():
+        sampler_class(name)  # an unknown name is an error listing the valid ones, not left out
+    samplers = list(cfg.methods) if cfg.methods else list_samplers()
     device = cfg.device or default_device()
     rows = []
     for dtype in cfg.dtypes:
@@ -205,7 +221,7 @@ def run_speed(cfg: SpeedConfig) -> str:
             prior = random_adm_prior(cfg.prior, dtype).to(device)
         else:
             prior = load_prior(cfg.prior or f"builtin:{default_prior_name(3)}", device=device, dtype=dtype)
-        rows += speed_rows(prior, samplers, cfg.batch_sizes, cfg.size, cfg.steps, dtype, cfg.repeats)
+        rows += speed_rows(prior, samplers, cfg.batch_sizes, cfg.size, cfg.steps, dtype, cfg.repeats, progress)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     table = speed_table(rows)

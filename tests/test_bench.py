@@ -150,6 +150,20 @@ def test_speed_rows_time_the_sampler_against_the_bare_network(tiny_unet_folder):
     assert speed_table(rows).count("\n") == 5
 
 
+def test_bench_speed_says_what_it_times_and_refuses_unknown_samplers(tmp_path, tiny_unet_folder, capsys):
+    """It was silent while timing, left out samplers without a word and ignored a misspelled one."""
+    from posterior_diffusion.cli import main
+
+    argv = ["bench", "speed", "--prior", str(tiny_unet_folder), "--size", "16", "--steps", "2", "--batch-sizes", "1"]
+    argv += ["--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
+    assert main([*argv, "--methods", "ddrm", "resample"]) == 0
+    printed = capsys.readouterr().out
+    assert "timing ddrm on inpaint_random, batch 1, float32 (1 runs)" in printed
+    assert "skipped: resample: no task it applies to with this prior (pixel space)" in printed
+    assert main([*argv, "--methods", "ddrm", "dsp"]) == 1
+    assert "unknown sampler 'dsp'" in capsys.readouterr().err
+
+
 def test_speed_times_are_the_fastest_of_alternating_repeats(monkeypatch, gmm):
     """Sampler run and bare network timing alternate (a slow spell slows both alike); each time is the fastest."""
     import posterior_diffusion.speed as speed
@@ -282,7 +296,7 @@ def test_samplers_are_checked_with_the_task_preset():
 
     prior = load_prior("builtin:black-hole")
     op = TASKS["black_hole"].build(64)
-    cfg, task, no_preset = BenchConfig(images=".", out="."), TASKS["black_hole"], SimpleNamespace(preset="")
+    cfg, task, no_preset = BenchConfig(images=".", out="."), TASKS["black_hole"], SimpleNamespace(presets={})
     pnp_ula, dps, ddrm = (get_method(name) for name in ("pnp_ula", "dps", "ddrm"))
     assert "pnp_ula" in pnp_ula.refusal(cfg, no_preset, prior, op)
     assert pnp_ula.refusal(cfg, task, prior, op) is None and dps.refusal(cfg, task, prior, op) is None
@@ -359,6 +373,19 @@ def test_a_second_bench_on_the_same_folder_stops_naming_the_holder(tmp_path, ima
     monkeypatch.undo()
     assert len(run_bench(_baselines_only(images, out), progress=False)) == 10
     assert f"pid {os.getpid()}" in (out / bench.LOCK_NAME).read_text()
+
+
+def test_all_ranks_of_a_second_sharded_run_stop(tmp_path, images):
+    """The main process's refusal reaches every rank of its run (none hangs or works alone)."""
+    out = tmp_path / "out"
+    handle = _hold_lock(out, "pid 4242 on host-a")
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "posterior_diffusion.cli"]
+    argv += ["bench", "grid", "--images", str(images), "--out", str(out), "--methods", "tikhonov", "--size", "16"]
+    argv += ["--lpips", "none", "--device", "cpu", "--quiet"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    handle.close()
+    assert done.returncode != 0 and done.stderr.count("in use by another bench (pid 4242") == 2, done.stderr[-2000:]
+    assert not list(out.glob("rows-*.jsonl"))
 
 
 def test_every_option_of_every_method_is_checked_before_any_work(tmp_path, images, tiny_unet_folder, monkeypatch):

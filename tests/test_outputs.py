@@ -49,8 +49,8 @@ def test_restore_names_every_file_it_wrote(tmp_path, tiny_unet_folder, capsys):
     save_image(torch.rand(3, 16, 16) * 2 - 1, clean)
     out = tmp_path / "restored"
     argv = ["restore", str(clean), "--simulate", "--operator", "denoise", "--prior", str(tiny_unet_folder)]
-    argv += ["--sampler", "ddrm", "--steps", "2", "--num-samples", "3", "--out", str(out), "--quiet"]
-    assert main(argv) == 0
+    argv += ["--sampler", "ddrm", "--steps", "2", "--out", str(out), "--quiet"]
+    assert main([*argv, "--num-samples", "3"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert len(files) == 9
@@ -58,6 +58,10 @@ def test_restore_names_every_file_it_wrote(tmp_path, tiny_unet_folder, capsys):
     for name in files:
         if not name.startswith("samples/"):
             assert name in line, (name, line)
+    # --overwrite with fewer samples: exactly the new run's samples (the fix is tested in test_api_cli too)
+    assert main([*argv, "--num-samples", "1", "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["sample_000.png"]
+    assert "samples/sample_000.png," in capsys.readouterr().out
 
 
 def test_the_readme_first_command_output_is_ignored_by_git():
