@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import sys
 import warnings
 import zlib
 
@@ -333,3 +334,20 @@ def test_float_images_outside_0_1_and_32bit_integers_are_refused(tmp_path):
     Image.fromarray(np.full((4, 4), 2**20, np.int32), "I").save(tmp_path / "i.tif")
     with pytest.raises(ValueError, match="integer images of at most 16 bits"):
         load_image(tmp_path / "i.tif")
+
+
+def test_cli_warnings_are_one_line(tmp_path, capsys, monkeypatch):
+    """A warning on the command line is "warning: ..." on one line, without Python's file and source line."""
+
+    def show(message, category, filename, lineno, file=None, line=None):  # Python's own display, not pytest's record
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    Image.fromarray(np.dstack([np.zeros((8, 8, 3), np.uint8), np.full((8, 8), 100, np.uint8)])).save(tmp_path / "a.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        monkeypatch.setattr(warnings, "showwarning", show)
+        assert (
+            main(["degrade", str(tmp_path / "a.png"), "--operator", "denoise", "--out", str(tmp_path / "y.png")]) == 0
+        )
+    err = capsys.readouterr().err
+    assert err.startswith("warning: image file") and "alpha channel is dropped" in err and err.count("\n") == 1
