@@ -44,7 +44,7 @@ from posterior_diffusion.figures import save_figure
 from posterior_diffusion.images import list_images, load_image
 from posterior_diffusion.metrics import kernel_errors, lpips, psnr, ssim
 from posterior_diffusion.perceptual import MIN_SIZE, LPIPSUnavailable, find_weights
-from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
+from posterior_diffusion.samplers import get_sampler, list_samplers
 from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
 from posterior_diffusion.tensor_utils import peak_memory_mb, reset_peak_memory, sample_moments, seed_for
 
@@ -153,6 +153,12 @@ def _plan(cfg: BenchConfig, tasks: dict, methods: list[Method], prior, announce:
             refusal = method.refusal(cfg, task, prior, given)
             if refusal is None:
                 applicable.append(method)
+                if (
+                    announce
+                    and isinstance(method, SamplerMethod)
+                    and "preset" not in method.options(cfg, task.presets.get(method.name))
+                ):
+                    print(f"note: {method.name} has no preset for {name}; it runs with its default options", flush=True)
             elif announce:
                 print(f"skipped: {method.name} on {name}: {refusal}", flush=True)
         plan.append((name, task, op, applicable))
@@ -380,7 +386,7 @@ class SamplerMethod:
     def options(self, cfg: BenchConfig, preset: str | None) -> dict:
         """The sampler options for a task with sampler preset `preset` (None: no task's)."""
         options = {k: v for k, v in cfg.sampler_options.items() if "." not in k} | _own_options(cfg, self.name)
-        if preset in sampler_class(self.name).PRESETS and "preset" not in options:
+        if preset is not None and "preset" not in options:
             options["preset"] = preset
         if cfg.steps:
             options["steps"] = cfg.steps
@@ -390,7 +396,7 @@ class SamplerMethod:
         get_sampler(self.name, **self.options(cfg, None))  # an unknown option or a bad value raises
 
     def refusal(self, cfg, task, prior, op) -> str | None:
-        sampler = get_sampler(self.name, **self.options(cfg, task.preset))
+        sampler = get_sampler(self.name, **self.options(cfg, task.presets.get(self.name)))
         try:
             sampler.check(prior, op)
         except ValueError as err:
@@ -410,7 +416,7 @@ class SamplerMethod:
             dtype=cfg.dtype,
             progress=False,
             measurement_ids=ids,
-            **self.options(cfg, task.preset),
+            **self.options(cfg, task.presets.get(self.name)),
         )
         result = {"mean": res.mean, "samples": res.samples, "std": res.std, "nfe": res.nfe, "seconds": res.seconds}
         if "kernel" in res.extras:  # blind samplers: (n, S, kh, kw)

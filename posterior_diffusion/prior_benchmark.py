@@ -30,11 +30,6 @@ from posterior_diffusion.priors import load_prior
 from posterior_diffusion.tasks import get_task
 
 CLASSICAL = {"gaussian_deblur": "tikhonov", "sr4": "bicubic", "random_inpaint": "harmonic"}  # task -> baseline
-TASK_PRESETS = {  # sampler preset names of each task (the DPS paper's FFHQ step sizes)
-    "gaussian_deblur": "gaussian_deblur",
-    "sr4": "super_resolution",
-    "random_inpaint": "inpainting",
-}
 TIKHONOV_GRID = [10.0**e for e in (-4, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0)]
 
 
@@ -75,7 +70,7 @@ def restore_benchmark(
     """Per-crop rows {task, method, crop, psnr, ssim, seconds} for the sampler and each task's baseline.
 
     All crops of a task go through the sampler together (`batch_size` chains per network call); the sampler
-    uses its preset for the task (`TASK_PRESETS`) unless `options` say otherwise. `on_task(rows)` is called
+    uses its preset for the task (the task's `presets`) unless `options` say otherwise. `on_task(rows)` is called
     after each task with the rows so far (to save partial results)."""
     prior = load_prior(prior_spec, device=device)
     channels = prior.default_image_shape()[0]
@@ -95,7 +90,8 @@ def restore_benchmark(
         estimate = baseline(classical, op, y.to(device), **params)
         seconds = (time.perf_counter() - start) / crops
         rows += _rows(task, classical, estimate, x, seconds, params)
-        settings = {"preset": TASK_PRESETS[task]} if TASK_PRESETS.get(task) and "preset" not in options else {}
+        preset = get_task(task).presets.get(sampler)
+        settings = {"preset": preset} if preset and "preset" not in options else {}
         settings |= {"steps": steps} if steps else {}
         res = sample_posterior(
             y,

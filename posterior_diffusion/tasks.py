@@ -10,6 +10,7 @@ side (kernel sizes rounded to the nearest odd integer). Users add tasks in a TOM
     noise_sigma = 0.01
     # sized = true: the operator takes the image side as image_size (inpainting masks)
     # blind = true: samplers get the blur with a Gaussian guess of std kernel_size / 8 instead of the kernel
+    presets = { dps = "gaussian_deblur", red_diff = "deblur" }   # the preset each sampler uses on this task
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class Task:
     """An operator with its settings at REFERENCE_SIZE. `scaled`: parameters that are lengths in pixels (scaled
     with the image side; kernel_size rounded to an odd integer, other integers rounded); `sized`: the operator
     takes image_size; `blind`: the benchmark gives samplers a Gaussian guess instead of the true kernel;
-    `preset`: the samplers' preset of the task (used where a sampler has one, e.g. DPS's step size).
+    `presets`: sampler name -> the name of its preset for this task (e.g. {"red_diff": "deblur"}: preset names
+    are the reference codes' and differ between samplers, so they are mapped here, never matched by name); a
+    sampler not listed runs with its default options (the bench says so).
 
     Hooks through which an application scores and shows its task (None: the general behaviour):
     `metrics(op, y, estimate, truth)` -> {name: (B,) tensor}, extra per-image metrics beside PSNR / SSIM / LPIPS;
@@ -47,7 +50,7 @@ class Task:
     scaled: tuple[str, ...] = ()
     sized: bool = False
     blind: bool = False
-    preset: str = ""
+    presets: dict[str, str] = field(default_factory=dict)
     description: str = ""
     channels: int | None = None  # the image channels the operator takes (None: any, e.g. the prior's)
     metrics: Callable[..., dict[str, torch.Tensor]] | None = None
@@ -75,37 +78,45 @@ def _odd(value: float) -> int:
     return max(1, round((value - 1) / 2) * 2 + 1)
 
 
+# sampler presets of the built-in tasks (tests/test_samplers.py checks every (task, sampler) pair against this)
+_SR = {
+    "dps": "super_resolution",
+    "red_diff": "super_resolution",
+    "ddrm": "super_resolution",
+    "resample": "super_resolution",
+}
+_INPAINT = {"dps": "inpainting", "red_diff": "inpainting", "ddrm": "inpainting", "resample": "inpainting"}
+_DEBLUR = {"red_diff": "deblur", "ddrm": "deblur", "pnp_ula": "deblur"}
+
 TASKS: dict[str, Task] = {
-    "sr4": Task(
-        "super_resolution", {"factor": 4}, preset="super_resolution", description="x4 bicubic downsampling (DPS Sec. 4)"
-    ),
+    "sr4": Task("super_resolution", {"factor": 4}, presets=_SR, description="x4 bicubic downsampling (DPS Sec. 4)"),
     "box_inpaint": Task(
         "inpaint_box",
         {"box_size": 128},
         scaled=("box_size",),
         sized=True,
-        preset="inpainting",
+        presets=_INPAINT,
         description="128x128 box at 256 px",
     ),
     "random_inpaint": Task(
         "inpaint_random",
         {"missing": 0.7},
         sized=True,
-        preset="inpainting",
+        presets=_INPAINT,
         description="70 % of the pixels missing (DPS Sec. 4)",
     ),
     "gaussian_deblur": Task(
         "gaussian_blur",
         {"kernel_size": 61, "sigma": 3.0},
         scaled=("kernel_size", "sigma"),
-        preset="gaussian_deblur",
+        presets=_DEBLUR | {"dps": "gaussian_deblur", "resample": "gaussian_deblur"},
         description="61 px Gaussian kernel, std 3.0 at 256 px",
     ),
     "motion_deblur": Task(
         "motion_blur",
         {"kernel_size": 61, "intensity": 0.5},
         scaled=("kernel_size",),
-        preset="motion_deblur",
+        presets=_DEBLUR | {"dps": "motion_deblur", "resample": "motion_deblur"},
         description="61 px motion kernel, intensity 0.5 at 256 px",
     ),
     "blind_motion_deblur": Task(
@@ -113,9 +124,15 @@ TASKS: dict[str, Task] = {
         {"kernel_size": 61, "intensity": 0.5, "boundary": "circular"},
         scaled=("kernel_size",),
         blind=True,
+        presets={"gibbs_ddrm": "ffhq"},  # the paper's settings (the defaults); `natural` suits the built-in priors
         description="the same blur, kernel unknown to the sampler (BlindDPS / GibbsDDRM)",
     ),
-    "denoise": Task("denoise", noise_sigma=2 * 25 / 255, description="Gaussian noise, sigma 25/255 on [0, 1]"),
+    "denoise": Task(
+        "denoise",
+        noise_sigma=2 * 25 / 255,
+        presets={"ddrm": "denoise"},
+        description="Gaussian noise, sigma 25/255 on [0, 1]",
+    ),
 }
 
 
@@ -134,7 +151,7 @@ def get_task(name: str, tasks: dict[str, Task] | None = None) -> Task:
 
 
 def load_tasks_file(path: str | Path) -> dict[str, Task]:
-    """The built-in tasks plus those of a TOML file ([tasks.NAME] with operator, params, noise_sigma)."""
+    """The built-in tasks plus those of a TOML file ([tasks.NAME] with operator, params, noise_sigma, presets)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -142,7 +159,7 @@ def load_tasks_file(path: str | Path) -> dict[str, Task]:
         raise ValueError(f"cannot read tasks file '{path}': {err}") from None
     tasks = dict(TASKS)
     for name, entry in data.get("tasks", {}).items():
-        unknown = sorted(set(entry) - {"operator", "params", "noise_sigma", "sized", "blind", "description"})
+        unknown = sorted(set(entry) - {"operator", "params", "noise_sigma", "sized", "blind", "presets", "description"})
         if "operator" not in entry or unknown:
             raise ValueError(f"task {name!r} in '{path}': needs 'operator'; unknown keys: {unknown or 'none'}")
         task = Task(
@@ -151,6 +168,7 @@ def load_tasks_file(path: str | Path) -> dict[str, Task]:
             noise_sigma=float(entry.get("noise_sigma", 0.05)),
             sized=bool(entry.get("sized", False)),
             blind=bool(entry.get("blind", False)),
+            presets={str(k): str(v) for k, v in entry.get("presets", {}).items()},
             description=entry.get("description", ""),
         )
         task.build(REFERENCE_SIZE)  # an unknown operator or parameter fails here, naming the valid ones

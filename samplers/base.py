@@ -53,11 +53,11 @@ def register_preset(name: str, preset: str, options: dict) -> None:
 
 
 def sampler_applies(name: str, prior, op, preset: str = "") -> bool:
-    """Whether sampler `name` accepts (prior, op), built with `preset` where it has one (a task's preset can supply
-    what the operator needs, e.g. PnP-ULA's Lipschitz constant for closure data)."""
-    options = {"preset": preset} if preset in sampler_class(name).PRESETS else {}
+    """Whether sampler `name` accepts (prior, op), built with `preset` ("" for none; a task's preset can supply
+    what the operator needs, e.g. PnP-ULA's Lipschitz constant for closure data). An unknown preset raises."""
+    sampler = get_sampler(name, **({"preset": preset} if preset else {}))
     try:
-        get_sampler(name, **options).check(prior, op)
+        sampler.check(prior, op)
     except ValueError:
         return False
     return True

@@ -55,7 +55,7 @@ register_task(
         noise_sigma=None,
         sized=True,
         channels=1,
-        preset="black_hole",
+        presets={name: "black_hole" for name in ("dps", "red_diff", "pnp_ula")},
         description="EHT 2017 on Sgr A* over 160 uas: closure phases, log closure amplitudes, flux (InverseBench)",
         metrics=black_hole_metrics,
         align=_align,
