@@ -124,7 +124,7 @@ def sample_posterior(
 
     Args:
         y: (B, *op.measurement_shape) or one unbatched measurement, real float, finite; image-like measurements
-            on the [-1, 1] scale (a y with no negative value and nothing above 1 gets a warning: [0, 1] data?).
+            on the [-1, 1] scale (a non-constant y with no negative value and nothing above 1 warns: [0, 1] data?).
             Complex or integer y, an empty batch, batch_size or seed out of range: a one-line ValueError.
         op: an operator (see `posterior_diffusion.operators`) or the name of one with default settings.
         prior: a DiffusionPrior, a `load_prior` spec, or None for the built-in prior matching the channels.

@@ -129,7 +129,7 @@ CLI_CASES = [  # (id, argv, a fragment of the one-line message)
 
 
 @pytest.mark.parametrize("argv,message", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
-def test_cli_bad_input_is_one_line_with_exit_code_1(files, argv, message, capsys):
+def test_cli_bad_input_is_one_line_with_exit_code_1(files, argv, message, capsys, caplog):
     argv = [a.format(**files) for a in argv]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a warning would be a second line
@@ -139,6 +139,7 @@ def test_cli_bad_input_is_one_line_with_exit_code_1(files, argv, message, capsys
     assert message in captured.err
     for never in ("Traceback", "weights_only", "Defaulting to unsafe", "pickled code ran"):
         assert never not in captured.err + captured.out
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("diffusers")]  # library log lines
 
 
 def test_cli_cuda_without_a_gpu_is_one_line(files, capsys):
