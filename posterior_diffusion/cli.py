@@ -261,7 +261,7 @@ def cmd_convert(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    from posterior_diffusion.api import default_device
+    from posterior_diffusion.api import check_seed, resolve_device
     from posterior_diffusion.figures import save_grid
     from posterior_diffusion.priors import default_prior_name, load_prior
     from posterior_diffusion.samplers.unconditional import sample_images
@@ -270,7 +270,9 @@ def cmd_sample(args) -> None:
     if out.exists() and not args.overwrite:
         raise ValueError(f"'{out}' exists; pass --overwrite to replace it")
     spec = args.prior or f"builtin:{default_prior_name(args.channels)}"
-    prior = load_prior(spec, device=args.device or default_device())
+    check_seed(args.seed)
+    device = resolve_device(args.device)  # checked, with the seed, before the prior is loaded
+    prior = load_prior(spec, device=device)
     channels, height, width = prior.default_image_shape()
     shape = (channels, args.size or height, args.size or width)
     images = sample_images(prior, args.num, shape, args.steps, args.seed, progress=not args.quiet)
