@@ -6,6 +6,10 @@ Boundary handling, chosen per operator with `boundary`:
   adjoint is exact (autograd) and pinv is CGLS; no closed-form SVD (`svd()` is None).
 - "circular": periodic boundary, computed with the FFT. Same interior values as "reflect" but wraps
   around at the border; it has the exact SVD A = F^* diag(K) F (`svd()` is the operator) used by DDRM/GibbsDDRM.
+
+Both are correlations, y[i, j] = sum_{a, b} k[a, b] x[i + a - r, j + b - r] (r the kernel radius), as DPS and
+scipy's `ndimage.correlate`; DeepInverse's `Blur` / `BlurFFT` convolve, so they equal ours with the kernel
+flipped (tests/test_operator_conventions.py).
 """
 
 from __future__ import annotations

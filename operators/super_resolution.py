@@ -2,6 +2,9 @@
 
 - method "bicubic": antialiased bicubic resize (torch `interpolate(..., antialias=True)`, Keys a = -0.5),
   the kind of Resizer DPS uses for SR x4. Linear; adjoint by autograd, pinv by CGLS (`svd()` is None).
+  Output pixel i is centred at input coordinate factor * i + (factor - 1) / 2, the centre of its block (as
+  Pillow's resize and "average"); DeepInverse's `Downsampling` filters and keeps x[::factor], a grid one pixel
+  off at factor 4 (tests/test_operator_conventions.py).
 - method "average": block averaging (DDRM/RED-Diff `sr4`). Exact SVD: inside each factor x factor block
   an orthonormal basis whose first vector is constant; that coordinate has singular value 1/factor and
   all others 0.
