@@ -384,12 +384,12 @@ class SamplerMethod:
     needs_prior: bool = True
 
     def options(self, cfg: BenchConfig, preset: str | None) -> dict:
-        """The sampler options for a task with sampler preset `preset` (None: no task's)."""
-        options = {k: v for k, v in cfg.sampler_options.items() if "." not in k} | _own_options(cfg, self.name)
+        """The sampler options for a task with sampler preset `preset` (None: no task's): the bench's --steps, then
+        the options for every sampler, then this sampler's own ("pnp_ula.steps=200" wins over --steps 100)."""
+        options = {"steps": cfg.steps} if cfg.steps else {}
+        options |= {k: v for k, v in cfg.sampler_options.items() if "." not in k} | _own_options(cfg, self.name)
         if preset is not None and "preset" not in options:
             options["preset"] = preset
-        if cfg.steps:
-            options["steps"] = cfg.steps
         return options
 
     def check_options(self, cfg) -> None:

@@ -429,3 +429,13 @@ def test_a_missing_lpips_is_one_warning_that_says_how_to_get_it(tmp_path, images
     notes = [str(w.message) for w in recwarn if "LPIPS" in str(w.message)]
     assert len(notes) == 1 and all("lpips" not in r for r in rows)
     assert "posterior-diffusion lpips-weights --net alex" in notes[0] and str(tmp_path) in notes[0]
+
+
+def test_a_methods_own_option_wins_over_the_bench_steps(tmp_path, images):
+    """`--steps 100 --sampler-param pnp_ula.steps=200` (the README's commands) runs PnP-ULA with 200 steps; the
+    bench-wide --steps used to override it."""
+    from posterior_diffusion.bench import SamplerMethod
+
+    cfg = _config(images, tmp_path / "out", tmp_path, steps=100, sampler_options={"pnp_ula.steps": 200})
+    assert SamplerMethod("pnp_ula").options(cfg, "deblur") == {"steps": 200, "preset": "deblur"}
+    assert SamplerMethod("dps").options(cfg, None) == {"steps": 100}
