@@ -1,8 +1,8 @@
 """The operator ladder (after DeepInverse's physics classes):
 
     Operator        A(x), noiseless and differentiable; `measure` adds noise from `op.noise`
-    LinearOperator  + adjoint, pinv, norm_squared, dense `matrix`: exact from `svd()` where the operator has one,
-                    otherwise autograd (adjoint), CGLS (pinv) and power iteration (norm)
+    LinearOperator  + adjoint, pinv, prox, norm_squared, dense `matrix`: exact from `svd()` where the operator has
+                    one, otherwise autograd (adjoint), CGLS (pinv), conjugate gradients (prox), power iteration (norm)
     SVDOperator     a LinearOperator that always is its own `SVD`: A = U diag(s) V^T with cheap V^T, V, U^T, U
 
 `op.svd()` is the one statement of the spectral capability: the `SVD` (exact pinv, DDRM-style samplers) or
@@ -23,9 +23,12 @@ from typing import ClassVar, Protocol
 import torch
 from torch import nn
 
-from posterior_diffusion.tensor_utils import autograd_gradient, conjugate_gradient
+from posterior_diffusion.tensor_utils import append_dims, autograd_gradient, conjugate_gradient
 
 from .noise import GaussianNoise, NoiseModel
+
+PROX_MAX_ITER = 50  # conjugate-gradient iterations of `LinearOperator.prox` without an SVD (a fixed, small budget)
+PROX_TOL = 1e-5  # ... or fewer, once every sample's residual is below PROX_TOL times its right-hand side
 
 
 class SVD(Protocol):
@@ -152,6 +155,24 @@ class Operator(nn.Module):
         A^T of the noise model's closed form, which needs no autograd graph where A^T has a closed form)."""
         return autograd_gradient(lambda v: self.residual_norm(y.clone(), v).square() / 2, x)
 
+    def prox(
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        rho: float | torch.Tensor,
+        sigma_y: float | None = None,
+        max_iter: int = PROX_MAX_ITER,
+        tol: float = PROX_TOL,
+    ) -> torch.Tensor:
+        """The proximal (data-consistency) step argmin_x ||y - A x||^2 / (2 sigma_y^2) + rho / 2 ||x - z||^2 of a
+        linear operator (`LinearOperator.prox`); a nonlinear operator has none and raises ValueError."""
+        from .registry import describe_capable
+
+        raise ValueError(
+            f"prox (the proximal data step) needs a linear operator; '{self.name}' is nonlinear. "
+            f"Operators that have it: {describe_capable('linear')}"
+        )
+
     def to_config(self) -> dict:
         """A JSON-ready dict; `operators.from_config` rebuilds the same operator (kernels and masks included)."""
         params = {}
@@ -231,6 +252,68 @@ class LinearOperator(Operator):
         b = self.adjoint(y)
         damping = rcond**2 * self.norm_squared(tuple(b.shape[1:])) if rcond > 1e-4 else 0.0
         return conjugate_gradient(lambda v: self.normal(v) + damping * v, b, max_iter=max_iter, tol=tol)
+
+    def prox(self, z, y, rho, sigma_y=None, max_iter=PROX_MAX_ITER, tol=PROX_TOL):
+        """x = argmin_x ||y - A x||^2 / (2 sigma_y^2) + rho / 2 ||x - z||^2, per sample (DiffPIR's data step, the
+        DAPS / ADMM x-update), i.e. the solution of (A^T A + lam I) x = A^T y + lam z with lam = rho sigma_y^2.
+
+        z: (B, C, H, W) images; y: (B, *measurement_shape); rho: a float or a (B,) tensor (one weight per image),
+        >= 0, inf allowed (x = z); sigma_y: the noise std, default the operator's Gaussian `noise_sigma` (another
+        noise model needs it given). Returns (B, C, H, W) in z's dtype (computed in float32 at least).
+
+        With an SVD (`svd()`), exact: per spectral coordinate x_i = (s_i (U^T y)_i + lam z_i) / (s_i^2 + lam),
+        z_i where s_i = 0 (the circular blurs' SVD is the FFT, so this is the FFT closed form). Otherwise conjugate
+        gradients on (A^T A + lam I) (x - z) = A^T (y - A z) from x = z, at most `max_iter` iterations (default
+        PROX_MAX_ITER = 50), stopping once every sample's residual is below `tol` (PROX_TOL = 1e-5) times its
+        right-hand side: well-conditioned when lam is not small against ||A||^2, approximate otherwise (pass a
+        larger max_iter for more accuracy).
+
+        lam = 0 (sigma_y = 0: noiseless measurements, or rho = 0) is the limit lam -> 0: x = z + A^+ (y - A z)
+        = A^+ y + (I - A^+ A) z, the least-squares solution nearest z (DDNM's range / null-space split). With
+        an SVD, singular values at or below 1e-6 of the largest count as 0 there, as in `pinv`.
+        rho is checked for >= 0 where that costs no host-device sync (floats and CPU tensors).
+        """
+        sigma_y = self._prox_sigma(sigma_y)
+        work = z.dtype if z.dtype in (torch.float32, torch.float64) else torch.float32
+        z_work, y_work = z.to(work), y.to(work)
+        rho = torch.as_tensor(rho, dtype=work, device=z.device)
+        if rho.ndim > 1 or (rho.ndim == 1 and rho.shape[0] not in (1, z.shape[0])):
+            raise ValueError(f"rho must be a float or a ({z.shape[0]},) tensor, one per image; got {tuple(rho.shape)}")
+        if rho.device.type == "cpu" and not bool((rho >= 0).all()):
+            raise ValueError(f"rho must be >= 0 (inf allowed), got {rho.tolist()}")
+        rho = rho.expand(z.shape[0])
+        infinite = torch.isinf(rho)  # those samples return z (also with sigma_y = 0)
+        lam = torch.where(infinite, torch.ones_like(rho), rho) * sigma_y**2
+        svd = self.svd()
+        if svd is not None:
+            x = self._prox_spectral(svd, z_work, y_work, lam)
+        else:
+            b = self.adjoint(y_work - self.forward(z_work))
+            lam_b = append_dims(lam, b.ndim)
+            x = z_work + conjugate_gradient(lambda v: self.normal(v) + lam_b * v, b, max_iter=max_iter, tol=tol)
+        return torch.where(append_dims(infinite, x.ndim), z_work, x).to(z.dtype)
+
+    def _prox_sigma(self, sigma_y: float | None) -> float:
+        if sigma_y is None:
+            if not isinstance(self.noise, GaussianNoise):
+                raise ValueError(
+                    f"prox needs the Gaussian noise std sigma_y; this operator's noise is {self.noise.to_config()}: "
+                    "pass sigma_y explicitly"
+                )
+            sigma_y = self.noise.sigma
+        if not (sigma_y >= 0 and math.isfinite(sigma_y)):
+            raise ValueError(f"sigma_y must be a finite number >= 0, got {sigma_y}")
+        return float(sigma_y)
+
+    def _prox_spectral(self, svd: SVD, z: torch.Tensor, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """The exact prox in the spectral domain (see `prox`): lam (B,) >= 0, finite."""
+        s = svd.singular_values(tuple(z.shape[1:])).to(z.device, z.dtype)
+        s = torch.where(s > 1e-6 * s.max(), s, torch.zeros_like(s))
+        c_z, u_t_y = svd.V_t(z), svd.U_t(y)
+        lam_c = append_dims(lam, c_z.ndim)
+        denominator = s.square() + lam_c
+        solved = (s * u_t_y + lam_c * c_z) / denominator.clamp(min=torch.finfo(z.dtype).tiny)
+        return svd.V(torch.where(denominator > 0, solved, c_z))
 
     def matrix(self, image_shape: tuple[int, ...], dtype=torch.float64) -> torch.Tensor:
         """The dense matrix (m, d) of A on flattened images of `image_shape` (small images only)."""

@@ -227,6 +227,82 @@ def test_matrix_matches_forward(name, params):
     assert torch.allclose(a @ x.reshape(-1), op(x).reshape(-1), atol=1e-10)
 
 
+def _dense_prox(a, z, y, rho, sigma_y):
+    """argmin ||y - A x||^2 / (2 sigma_y^2) + rho / 2 ||x - z||^2 per sample, by a dense solve of the normal equations
+    (A^T A / sigma_y^2 + rho I) x = A^T y / sigma_y^2 + rho z."""
+    eye = torch.eye(a.shape[1], dtype=a.dtype)
+    rows = [
+        torch.linalg.solve(a.T @ a / sigma_y**2 + r * eye, a.T @ yb.reshape(-1) / sigma_y**2 + r * zb.reshape(-1))
+        for zb, yb, r in zip(z, y, rho, strict=True)
+    ]
+    return torch.stack(rows).reshape(z.shape)
+
+
+@pytest.mark.parametrize("name,params", LINEAR)
+def test_prox_matches_a_dense_solve(name, params):
+    """One weight per image (DiffPIR's rho_t, DAPS's per-sample values), through the SVD where there is one and
+    conjugate gradients otherwise: the defaults within 1e-3, more iterations to 1e-6 (float32 SR basis)."""
+    op = make(name, params, noise_sigma=0.1)
+    a = op.matrix(IMAGE)
+    z, y = rand((3, *IMAGE), 1), rand((3, *op.measurement_shape(IMAGE)), 2)
+    rho = torch.tensor([0.5, 4.0, 50.0], dtype=torch.float64)
+    expected = _dense_prox(a, z, y, rho, 0.1)
+    for tol, options in ((1e-3, {}), (1e-6, {"max_iter": 500, "tol": 1e-12})):
+        with torch.inference_mode():
+            got = op.prox(z, y, rho, **options)
+        assert ((got - expected).flatten(1).norm(dim=1) <= tol * expected.flatten(1).norm(dim=1)).all()
+    # a float rho is that weight for every image; sigma_y given explicitly overrides the noise model's
+    assert torch.allclose(op.prox(z, y, 4.0), op.prox(z, y, torch.full((3,), 4.0, dtype=torch.float64)))
+    twice = _dense_prox(a, z, y, torch.full((3,), 4.0, dtype=torch.float64), 0.2)
+    assert torch.allclose(op.prox(z, y, 4.0, sigma_y=0.2, max_iter=500, tol=1e-12), twice, atol=1e-6)
+    # the weight matters in the right direction: a larger rho stays nearer z
+    near, far = op.prox(z, y, 100.0), op.prox(z, y, 0.1)
+    assert float((near - z).norm()) < float((far - z).norm())
+
+
+@pytest.mark.parametrize("name,params", LINEAR)
+def test_prox_limits(name, params):
+    """rho = inf returns z; sigma_y = 0 (noiseless) is the limit lam -> 0: the least-squares solution nearest z,
+    z + A^+ (y - A z), which fits consistent data exactly (dense pinv with an SVD; CG with enough iterations)."""
+    op = make(name, params, noise_sigma=0.1)
+    z, y = rand((2, *IMAGE), 3), op(rand((2, *IMAGE), 4))
+    got = op.prox(z, y, torch.tensor([float("inf"), 1.0], dtype=torch.float64))
+    assert torch.equal(got[0], z[0]) and not torch.allclose(got[1], z[1])
+    x = op.prox(z, y, 1.0, sigma_y=0.0, max_iter=500, tol=1e-12)
+    assert float((op(x) - y).norm()) <= 1e-6 * float(y.norm())
+    if op.has_svd:
+        a = op.matrix(IMAGE)
+        nearest = z.flatten(1) + (y.flatten(1) - z.flatten(1) @ a.T) @ torch.linalg.pinv(a).T
+        assert torch.allclose(x.flatten(1), nearest, atol=1e-6)
+        assert torch.allclose(op.prox(z, y, 1.0, sigma_y=1e-9), x, atol=1e-5)  # continuous at the limit
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prox_keeps_the_input_dtype(dtype):
+    for params in ({"kernel_size": 5}, {"kernel_size": 5, "boundary": "circular"}):
+        op = get_operator("gaussian_blur", **params)
+        z = rand((2, *IMAGE), 5).to(dtype)
+        x = op.prox(z, op(z.float()), torch.tensor([1.0, 10.0]))
+        assert x.dtype == dtype and torch.isfinite(x.float()).all()
+
+
+def test_prox_refusals():
+    op = get_operator("gaussian_blur", kernel_size=5)
+    z = rand((2, *IMAGE), 6).float()
+    with pytest.raises(ValueError, match="rho must be >= 0"):
+        op.prox(z, op(z), -1.0)
+    with pytest.raises(ValueError, match=r"rho must be a float or a \(2,\) tensor"):
+        op.prox(z, op(z), torch.ones(3))
+    with pytest.raises(ValueError, match="sigma_y must be"):
+        op.prox(z, op(z), 1.0, sigma_y=float("nan"))
+    poisson = get_operator("gaussian_blur", kernel_size=5, noise="poisson")
+    with pytest.raises(ValueError, match="pass sigma_y explicitly"):
+        poisson.prox(z, op(z), 1.0)
+    assert torch.isfinite(poisson.prox(z, op(z), 1.0, sigma_y=0.05)).all()
+    with pytest.raises(ValueError, match=f"needs a linear operator; '{TANH}' is nonlinear.*gaussian_blur"):
+        get_operator(TANH).prox(z, z, 1.0)
+
+
 @pytest.mark.parametrize("name,params", CASES)
 def test_config_round_trip_and_seeded_measure(name, params):
     op = get_operator(name, **params, noise_sigma=0.1)
