@@ -4,21 +4,36 @@ Each baseline maps (op, y, **params) to one image estimate (B, C, H, W) and says
 
     pinv       A^+ y (minimum-norm least squares)                         any linear operator
     tikhonov   argmin ||y - A x||^2 + reg ||x||^2 (Wiener for blurs)      any linear operator
+    tv         argmin ||y - A x||^2 / 2 + weight TV(x) (Chambolle-Pock)   any linear operator
+    bm3d       BM3D (Dabov et al. 2007; the `bm3d` package, an extra)     denoise, Gaussian noise
     bicubic    bicubic upsampling of y                                    super_resolution
     harmonic   missing pixels solve Laplace's equation from the observed  inpainting (masks)
 
+A baseline's weight is only fair when tuned: `Baseline.grid` lists the candidate values of its weights, and
+`tune` picks the best on images other than the test images (the bench's --tune-images).
 Applications add their own (`register_baseline`).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from posterior_diffusion.operators import InpaintBox, InpaintRandom, LinearOperator, Operator, SuperResolution
+from posterior_diffusion.operators import (
+    Denoise,
+    GaussianNoise,
+    InpaintBox,
+    InpaintRandom,
+    LinearOperator,
+    Operator,
+    SuperResolution,
+)
 from posterior_diffusion.tensor_utils import conjugate_gradient
 
 
@@ -30,6 +45,52 @@ def tikhonov(op: LinearOperator, y: torch.Tensor, reg: float = 1e-2, max_iter: i
     """argmin ||y - A x||^2 + reg ||x||^2, i.e. (A^T A + reg I) x = A^T y by conjugate gradients (per sample);
     for a blur this is the Wiener filter for a white signal of power 1 / reg relative to the noise."""
     return conjugate_gradient(lambda v: op.normal(v) + reg * v, op.adjoint(y), max_iter=max_iter)
+
+
+def tv(op: LinearOperator, y: torch.Tensor, weight: float = 0.02, iters: int = 300) -> torch.Tensor:
+    """Total-variation reconstruction argmin_x ||A x - y||^2 / 2 + weight sum |grad x| (isotropic, per channel,
+    forward differences with a zero-flux border) by `iters` Chambolle-Pock primal-dual iterations (Chambolle &
+    Pock 2011, Alg. 1) on K = (A, grad), with step sizes tau = sigma = 0.99 / ||K|| and ||K||^2 <= ||A||^2 + 8.
+    y: (B, *meas); returns (B, C, H, W) clamped to [-1, 1]."""
+    x = op.adjoint(y)
+    step = 0.99 / math.sqrt(op.norm_squared(tuple(x.shape[1:])) + 8.0)
+    dual_y, dual_grad, x_bar = torch.zeros_like(y), torch.zeros_like(_gradient(x)), x
+    for _ in range(iters):
+        dual_y = (dual_y + step * (op.forward(x_bar) - y)) / (1 + step)  # prox of the conjugate of ||. - y||^2 / 2
+        dual_grad = dual_grad + step * _gradient(x_bar)
+        dual_grad = dual_grad / (dual_grad.norm(dim=0, keepdim=True) / weight).clamp(min=1)  # onto |q| <= weight
+        x_next = x - step * (op.adjoint(dual_y) + _gradient_adjoint(dual_grad))
+        x, x_bar = x_next, 2 * x_next - x
+    return x.clamp(-1, 1)
+
+
+def _gradient(x: torch.Tensor) -> torch.Tensor:
+    """Forward differences (2, B, C, H, W): horizontal then vertical, 0 across the last column / row."""
+    dx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))
+    dy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    return torch.stack([dx, dy])
+
+
+def _gradient_adjoint(g: torch.Tensor) -> torch.Tensor:
+    """The adjoint of `_gradient` (minus the divergence): (2, B, C, H, W) -> (B, C, H, W)."""
+    dx, dy = g[0][..., :, :-1], g[1][..., :-1, :]
+    return F.pad(dx, (1, 0)) - F.pad(dx, (0, 1)) + F.pad(dy, (0, 0, 1, 0)) - F.pad(dy, (0, 0, 0, 1))
+
+
+def bm3d(op: Denoise, y: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+    """BM3D (Dabov et al., IEEE TIP 2007) of a noisy image, through the `bm3d` package (pip install
+    "posterior_diffusion[bm3d]"), one image at a time on the host. sigma: the noise std on the [-1, 1] scale
+    (default the operator's). y: (B, C, H, W) in [-1, 1]; returns the same shape."""
+    try:
+        import bm3d as bm3d_package
+    except ImportError:
+        raise ImportError('baseline bm3d needs the bm3d package: pip install "posterior_diffusion[bm3d]"') from None
+    sigma = op.noise.sigma if sigma is None else sigma
+    run = bm3d_package.bm3d_rgb if y.shape[1] == 3 else bm3d_package.bm3d
+    images = ((y.detach().float().cpu() + 1) / 2).permute(0, 2, 3, 1).numpy()  # (B, H, W, C) on [0, 1]
+    denoised = [np.asarray(run(image if image.shape[-1] == 3 else image[..., 0], sigma / 2)) for image in images]
+    out = torch.from_numpy(np.stack(denoised)).reshape(images.shape).permute(0, 3, 1, 2)
+    return (out.to(y) * 2 - 1).clamp(-1, 1)
 
 
 def bicubic(op: SuperResolution, y: torch.Tensor) -> torch.Tensor:
@@ -53,26 +114,55 @@ def harmonic(op: InpaintBox | InpaintRandom, y: torch.Tensor, max_iter: int = 20
 
 
 class Baseline(NamedTuple):
-    """A registry entry: the function, whether it applies to an operator, and what it needs (for errors)."""
+    """A registry entry: the function, whether it applies to an operator, what it needs (for errors), and the
+    candidate values of its weights for `tune` ({} when it has none)."""
 
     fn: Callable
     applies: Callable[[Operator], bool]
     needs: str
+    grid: dict[str, tuple] = {}  # noqa: RUF012  (a NamedTuple default, never mutated)
+
+
+HALF_DECADES = tuple(10.0**e for e in (-4, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0))
+
+
+def _gaussian_denoising(op: Operator) -> bool:
+    return isinstance(op, Denoise) and isinstance(op.noise, GaussianNoise) and op.noise.sigma > 0
 
 
 BASELINES: dict[str, Baseline] = {
     "pinv": Baseline(pinv, lambda op: op.is_linear, "a linear operator"),
-    "tikhonov": Baseline(tikhonov, lambda op: op.is_linear, "a linear operator"),
+    "tikhonov": Baseline(tikhonov, lambda op: op.is_linear, "a linear operator", {"reg": HALF_DECADES}),
+    "tv": Baseline(tv, lambda op: op.is_linear, "a linear operator", {"weight": HALF_DECADES[2:]}),
+    "bm3d": Baseline(bm3d, _gaussian_denoising, "denoise with Gaussian noise"),
     "bicubic": Baseline(bicubic, lambda op: isinstance(op, SuperResolution), "super_resolution"),
     "harmonic": Baseline(harmonic, lambda op: isinstance(op, (InpaintBox, InpaintRandom)), "an inpainting mask"),
 }
 
 
-def register_baseline(name: str, fn: Callable, applies: Callable[[Operator], bool], needs: str) -> None:
-    """Add a baseline fn(op, y, **params) -> (B, C, H, W), for the operators where `applies(op)` holds."""
+def register_baseline(
+    name: str, fn: Callable, applies: Callable[[Operator], bool], needs: str, grid: dict | None = None
+) -> None:
+    """Add a baseline fn(op, y, **params) -> (B, C, H, W), for the operators where `applies(op)` holds; `grid`:
+    candidate values of its weights for `tune`."""
     if name in BASELINES:
         raise ValueError(f"baseline {name!r} is registered twice")
-    BASELINES[name] = Baseline(fn, applies, needs)
+    BASELINES[name] = Baseline(fn, applies, needs, grid or {})
+
+
+def tune(name: str, op: Operator, clean: torch.Tensor, y: torch.Tensor, fixed: dict | None = None) -> dict:
+    """The values of baseline `name`'s grid weights (those not in `fixed`) whose estimates of `clean` (B, C, H, W)
+    from its measurement y have the best mean PSNR, every combination of the grid tried; {} when none is free.
+    `clean` must not be the images the baseline is then scored on."""
+    from posterior_diffusion.metrics import psnr
+
+    fixed = fixed or {}
+    free = {k: v for k, v in BASELINES[name].grid.items() if k not in fixed}
+    if not free:
+        return {}
+    candidates = [dict(zip(free, values, strict=True)) for values in itertools.product(*free.values())]
+    scores = [float(psnr(baseline(name, op, y, **fixed, **c), clean).mean()) for c in candidates]
+    return candidates[scores.index(max(scores))]
 
 
 def baseline(name: str, op: Operator, y: torch.Tensor, **params) -> torch.Tensor:

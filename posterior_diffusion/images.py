@@ -105,6 +105,20 @@ def _warn_alpha(im: Image.Image, path: Path) -> None:
         )
 
 
+def random_crops(folders: list[str], count: int, size: int, channels: int, seed: int = 0) -> torch.Tensor:
+    """`count` crops (count, C, size, size) in [-1, 1]: crop k from image k mod N of the folders (sorted by name),
+    at a position seeded by seed + k."""
+    images = [p for folder in folders for p in list_images(folder)]
+    crops = []
+    for k in range(count):
+        x = load_image(images[k % len(images)], channels)
+        g = torch.Generator().manual_seed(seed + k)
+        top = int(torch.randint(x.shape[1] - size + 1, (1,), generator=g))
+        left = int(torch.randint(x.shape[2] - size + 1, (1,), generator=g))
+        crops.append(x[:, top : top + size, left : left + size])
+    return torch.stack(crops)
+
+
 def read_image_uint8(path: str | Path, channels: int | None = None) -> torch.Tensor:
     """Read an image file as a uint8 tensor (C, H, W) (see `load_image`; deeper images rounded to 8 bits)."""
     return float_to_uint8(load_image(path, channels))

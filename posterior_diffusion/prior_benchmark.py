@@ -24,32 +24,13 @@ import torch
 
 from posterior_diffusion.api import sample_posterior
 from posterior_diffusion.baselines import baseline
-from posterior_diffusion.images import list_images, load_image
+from posterior_diffusion.baselines import tune as tune_baseline
+from posterior_diffusion.images import list_images, load_image, random_crops
 from posterior_diffusion.metrics import psnr, ssim
 from posterior_diffusion.priors import load_prior
 from posterior_diffusion.tasks import get_task
 
 CLASSICAL = {"gaussian_deblur": "tikhonov", "sr4": "bicubic", "random_inpaint": "harmonic"}  # task -> baseline
-TIKHONOV_GRID = [10.0**e for e in (-4, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0)]
-
-
-def random_crops(folders: list[str], count: int, size: int, channels: int, seed: int = 0) -> torch.Tensor:
-    """`count` crops (count, C, size, size): crop k from image k mod N of the folders, at a seeded position."""
-    images = [p for folder in folders for p in list_images(folder)]
-    crops = []
-    for k in range(count):
-        x = load_image(images[k % len(images)], channels)
-        g = torch.Generator().manual_seed(seed + k)
-        top = int(torch.randint(x.shape[1] - size + 1, (1,), generator=g))
-        left = int(torch.randint(x.shape[2] - size + 1, (1,), generator=g))
-        crops.append(x[:, top : top + size, left : left + size])
-    return torch.stack(crops)
-
-
-def best_tikhonov_reg(op, crops: torch.Tensor, y: torch.Tensor) -> float:
-    """The grid value of reg with the best mean PSNR on `crops` (images not used for the report), measured as y."""
-    scores = {reg: float(psnr(baseline("tikhonov", op, y, reg=reg), crops).mean()) for reg in TIKHONOV_GRID}
-    return max(scores, key=scores.get)
 
 
 def restore_benchmark(
@@ -83,9 +64,7 @@ def restore_benchmark(
         y = torch.cat([op.measure(x[k : k + 1], torch.Generator().manual_seed(seed + k)) for k in range(crops)])
         y_tune = op.measure(tune, torch.Generator().manual_seed(seed + 10_000))
         op = op.to(device)
-        params = {}
-        if classical == "tikhonov":
-            params["reg"] = best_tikhonov_reg(op, tune.to(device), y_tune.to(device))
+        params = tune_baseline(classical, op, tune.to(device), y_tune.to(device))  # {} for those without weights
         start = time.perf_counter()
         estimate = baseline(classical, op, y.to(device), **params)
         seconds = (time.perf_counter() - start) / crops
