@@ -4,13 +4,23 @@ op = get_operator("gaussian_blur", kernel_size=61, sigma=3.0, noise_sigma=0.05)
 y = op.measure(x, generator=g)   # A(x) + noise;  op(x) is A(x), noiseless and differentiable
 """
 
-from . import blur, denoise, inpaint, interferometry, super_resolution  # noqa: F401  (registers the operators)
+from . import (  # noqa: F401  (registers the operators)
+    blur,
+    denoise,
+    hdr,
+    inpaint,
+    interferometry,
+    phase_retrieval,
+    super_resolution,
+)
 from .base import DiagonalOperator, LinearOperator, Operator, SVDOperator
 from .blur import Blur, GaussianBlur, MotionBlur, UniformBlur
 from .denoise import Denoise
+from .hdr import HighDynamicRange
 from .inpaint import InpaintBox, InpaintRandom
 from .kernels import gaussian_kernel, motion_kernel, uniform_kernel
 from .noise import GaussianNoise, NoiseModel, PoissonNoise, make_noise
+from .phase_retrieval import PhaseRetrieval
 from .registry import (
     describe_capable,
     from_config,
@@ -28,12 +38,14 @@ __all__ = [
     "DiagonalOperator",
     "GaussianBlur",
     "GaussianNoise",
+    "HighDynamicRange",
     "InpaintBox",
     "InpaintRandom",
     "LinearOperator",
     "MotionBlur",
     "NoiseModel",
     "Operator",
+    "PhaseRetrieval",
     "PoissonNoise",
     "SVDOperator",
     "SuperResolution",

@@ -103,6 +103,8 @@ def test_a_nonlinear_operator_joins_the_generic_properties_only():
     assert TANH in ids["all"] and TANH not in ids["linear"] | ids["svd"]
     assert {"gaussian_blur-circular", "super_resolution-average", "denoise"} <= ids["svd"]
     assert not {"gaussian_blur", "super_resolution"} & ids["svd"] and "gaussian_blur" in ids["linear"]
+    nonlinear = {"phase_retrieval", "high_dynamic_range"}  # registered operators: the generic properties only
+    assert nonlinear <= ids["all"] and not nonlinear & (ids["linear"] | ids["svd"])
     op = get_operator(TANH)
     assert op.svd() is None and not op.has_svd and TANH not in describe_capable("linear")
 

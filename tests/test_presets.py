@@ -13,14 +13,25 @@ from posterior_diffusion.tasks import TASKS, load_tasks_file
 
 # every (task, sampler) pair with a preset; every other pair runs with the sampler's defaults
 EXPECTED = {
-    **{("sr4", s): "super_resolution" for s in ("dps", "red_diff", "ddrm", "resample")},
+    **{("sr4", s): "super_resolution" for s in ("dps", "red_diff", "ddrm", "resample", "pigdm")},
     **{
-        (t, s): "inpainting" for t in ("box_inpaint", "random_inpaint") for s in ("dps", "red_diff", "ddrm", "resample")
+        (t, s): "inpainting"
+        for t in ("box_inpaint", "random_inpaint")
+        for s in ("dps", "red_diff", "ddrm", "resample", "ddnm", "pigdm")
     },
-    **{(t, s): "deblur" for t in ("gaussian_deblur", "motion_deblur") for s in ("red_diff", "ddrm", "pnp_ula")},
+    **{
+        (t, s): "deblur" for t in ("gaussian_deblur", "motion_deblur") for s in ("red_diff", "ddrm", "pnp_ula", "pigdm")
+    },
     **{(t, s): t for t in ("gaussian_deblur", "motion_deblur") for s in ("dps", "resample")},
     ("blind_motion_deblur", "gibbs_ddrm"): "ffhq",
     ("denoise", "ddrm"): "denoise",
+    ("phase_retrieval", "dps"): "phase_retrieval",
+    **{(t, "red_diff"): "nonlinear" for t in ("phase_retrieval", "hdr")},
+    ("denoise", "pigdm"): "denoise",
+    # DDNM's presets are the reference's task names (`evaluation.sh --deg`)
+    ("sr4", "ddnm"): "sr_bicubic",
+    ("gaussian_deblur", "ddnm"): "deblur_gauss",
+    ("denoise", "ddnm"): "denoising",
     **{("black_hole", s): "black_hole" for s in ("dps", "red_diff", "pnp_ula")},
 }
 
