@@ -110,12 +110,7 @@ class PiGDM(Sampler):
         for i, (t, s) in enumerate(pairs):
             a_t, a_s = alpha_bar[t], alpha_bar[s]
             r2 = 1 - a_t  # r_t^2 = sigma_t^2 / (1 + sigma_t^2) in VP terms
-            x_t = x_t.detach().requires_grad_(True)
-            with torch.enable_grad():
-                pred = prior.predict(x_t, t)
-                with torch.no_grad():
-                    v = self._weighted_residual(spec, svd, pred.x0_hat, r2)
-                (g,) = torch.autograd.grad(pred.x0_hat, x_t, grad_outputs=v)
+            pred, g = self._guidance(prior, spec, svd, x_t, t, r2)
             with torch.no_grad():
                 c1 = cfg.eta * ((1 - a_t / a_s) * (1 - a_s) / (1 - a_t)) ** 0.5
                 c2 = max(1 - a_s - c1**2, 0.0) ** 0.5
@@ -124,6 +119,17 @@ class PiGDM(Sampler):
                 x_t = a_s**0.5 * x0_guided + c1 * z + c2 * pred.eps.detach()
             step_hook({"i": i, "t": t, "x": x_t, "x0_hat": pred.x0_hat.detach()})
         return x_t.detach(), {}
+
+    def _guidance(self, prior, spec: SpectralPosterior, svd, x_t: torch.Tensor, t: int, r2: float):
+        """The prediction at (x_t, t) and g = (d x0_hat / d x_t)^T A^T (r2 A A^T + sigma_y^2 I)^-1 (y - A x0_hat):
+        (n, C, H, W), one VJP through the network (per chain: each x0_hat depends on its own x_t only)."""
+        x_t = x_t.detach().requires_grad_(True)
+        with torch.enable_grad():
+            pred = prior.predict(x_t, t)
+            with torch.no_grad():
+                v = self._weighted_residual(spec, svd, pred.x0_hat, r2)
+            (g,) = torch.autograd.grad(pred.x0_hat, x_t, grad_outputs=v)
+        return pred, g
 
     @staticmethod
     def _weighted_residual(spec: SpectralPosterior, svd, x0_hat: torch.Tensor, r2: float) -> torch.Tensor:
