@@ -7,7 +7,7 @@ A new sampler is one module here (a frozen config whose budget is `steps`, `@reg
 SMOKE_OPTIONS and EXACT_OPTIONS) plus its import below, which registers it.
 """
 
-from . import daps, ddnm, ddrm, dps, gibbs_ddrm, mcgdiff, pigdm, pnp_ula, red_diff, resample  # noqa: F401  (registers the samplers)
+from . import daps, ddnm, ddrm, diffpir, dps, gibbs_ddrm, mcgdiff, pigdm, pnp_ula, red_diff, resample  # noqa: F401  (registers the samplers)
 from .base import (
     DivergenceError,
     NonFiniteError,
