@@ -96,6 +96,8 @@ _SR = {
     "resample": "super_resolution",
     "ddnm": "sr_bicubic",
     "pigdm": "super_resolution",
+    "daps": "down_sampling",
+    "diffpir": "sisr",
 }
 _INPAINT = {
     "dps": "inpainting",
@@ -104,8 +106,9 @@ _INPAINT = {
     "resample": "inpainting",
     "ddnm": "inpainting",
     "pigdm": "inpainting",
+    "diffpir": "inpaint",
 }
-_DEBLUR = {"red_diff": "deblur", "ddrm": "deblur", "pnp_ula": "deblur", "pigdm": "deblur"}
+_DEBLUR = {"red_diff": "deblur", "ddrm": "deblur", "pnp_ula": "deblur", "pigdm": "deblur", "diffpir": "deblur"}
 
 TASKS: dict[str, Task] = {
     "sr4": Task("super_resolution", {"factor": 4}, presets=_SR, description="x4 bicubic downsampling (DPS Sec. 4)"),
@@ -114,28 +117,29 @@ TASKS: dict[str, Task] = {
         {"box_size": 128},
         scaled=("box_size",),
         sized=True,
-        presets=_INPAINT,
+        presets=_INPAINT | {"daps": "inpainting"},
         description="128x128 box at 256 px",
     ),
     "random_inpaint": Task(
         "inpaint_random",
         {"missing": 0.7},
         sized=True,
-        presets=_INPAINT,
+        presets=_INPAINT | {"daps": "inpainting_rand"},
         description="70 % of the pixels missing (DPS Sec. 4)",
     ),
     "gaussian_deblur": Task(
         "gaussian_blur",
         {"kernel_size": 61, "sigma": 3.0},
         scaled=("kernel_size", "sigma"),
-        presets=_DEBLUR | {"dps": "gaussian_deblur", "resample": "gaussian_deblur", "ddnm": "deblur_gauss"},
+        presets=_DEBLUR
+        | {"dps": "gaussian_deblur", "resample": "gaussian_deblur", "ddnm": "deblur_gauss", "daps": "gaussian_blur"},
         description="61 px Gaussian kernel, std 3.0 at 256 px",
     ),
     "motion_deblur": Task(
         "motion_blur",
         {"kernel_size": 61, "intensity": 0.5},
         scaled=("kernel_size",),
-        presets=_DEBLUR | {"dps": "motion_deblur", "resample": "motion_deblur"},
+        presets=_DEBLUR | {"dps": "motion_deblur", "resample": "motion_deblur", "daps": "motion_blur"},
         description="61 px motion kernel, intensity 0.5 at 256 px",
     ),
     "blind_motion_deblur": Task(
@@ -149,7 +153,7 @@ TASKS: dict[str, Task] = {
     "phase_retrieval": Task(
         "phase_retrieval",
         {"oversample": 2.0},
-        presets={"dps": "phase_retrieval", "red_diff": "nonlinear"},
+        presets={"dps": "phase_retrieval", "red_diff": "nonlinear", "daps": "phase_retrieval"},
         best_of=4,
         description="|FFT| of the [0, 1] image zero-padded by 1/4 of its side per side (oversample 2, DPS / DAPS); "
         "scored as the best of 4 runs, as the papers",
@@ -157,7 +161,7 @@ TASKS: dict[str, Task] = {
     "hdr": Task(
         "high_dynamic_range",
         {"scale": 2.0},
-        presets={"red_diff": "nonlinear"},
+        presets={"red_diff": "nonlinear", "daps": "hdr"},
         description="clip(2 x, -1, 1): over-exposure by 2 (DAPS `hdr.yaml`)",
     ),
     "denoise": Task(

@@ -32,6 +32,17 @@ EXPECTED = {
     ("sr4", "ddnm"): "sr_bicubic",
     ("gaussian_deblur", "ddnm"): "deblur_gauss",
     ("denoise", "ddnm"): "denoising",
+    # DAPS's and DiffPIR's presets are their reference configs' task names (configs/task/*.yaml; main_ddpir_*.py)
+    ("sr4", "daps"): "down_sampling",
+    ("box_inpaint", "daps"): "inpainting",
+    ("random_inpaint", "daps"): "inpainting_rand",
+    ("gaussian_deblur", "daps"): "gaussian_blur",
+    ("motion_deblur", "daps"): "motion_blur",
+    ("phase_retrieval", "daps"): "phase_retrieval",
+    ("hdr", "daps"): "hdr",
+    ("sr4", "diffpir"): "sisr",
+    **{(t, "diffpir"): "inpaint" for t in ("box_inpaint", "random_inpaint")},
+    **{(t, "diffpir"): "deblur" for t in ("gaussian_deblur", "motion_deblur")},
     **{("black_hole", s): "black_hole" for s in ("dps", "red_diff", "pnp_ula")},
 }
 
