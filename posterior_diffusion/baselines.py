@@ -6,6 +6,7 @@ Each baseline maps (op, y, **params) to one image estimate (B, C, H, W) and says
     tikhonov   argmin ||y - A x||^2 + reg ||x||^2 (Wiener for blurs)      any linear operator
     tv         argmin ||y - A x||^2 / 2 + weight TV(x) (Chambolle-Pock)   any linear operator
     bm3d       BM3D (Dabov et al. 2007; the `bm3d` package, an extra)     denoise, Gaussian noise
+    pnp_admm   plug-and-play ADMM with BM3D as the denoiser (op.prox)     linear, Gaussian noise
     bicubic    bicubic upsampling of y                                    super_resolution
     harmonic   missing pixels solve Laplace's equation from the observed  inpainting (masks)
 
@@ -78,19 +79,39 @@ def _gradient_adjoint(g: torch.Tensor) -> torch.Tensor:
 
 
 def bm3d(op: Denoise, y: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
-    """BM3D (Dabov et al., IEEE TIP 2007) of a noisy image, through the `bm3d` package (pip install
-    "posterior_diffusion[bm3d]"), one image at a time on the host. sigma: the noise std on the [-1, 1] scale
-    (default the operator's). y: (B, C, H, W) in [-1, 1]; returns the same shape."""
+    """BM3D (Dabov et al., IEEE TIP 2007) of a noisy image y (B, C, H, W) in [-1, 1]; sigma: the noise std on
+    the [-1, 1] scale (default the operator's). Returns the same shape."""
+    return _bm3d_denoise(y, op.noise.sigma if sigma is None else sigma)
+
+
+def pnp_admm(op: LinearOperator, y: torch.Tensor, sigma_d: float = 0.05, iters: int = 8) -> torch.Tensor:
+    """Plug-and-play ADMM (Venkatakrishnan, Bouman, Wohlberg 2013) with BM3D as the prior's proximal map and the
+    penalty increased geometrically (Chan, Wang, Elgendy 2017, Alg. 1): at iteration k, with the denoiser
+    strength sigma_k falling geometrically from SIGMA_START to `sigma_d` (rho_k = 1 / sigma_k^2),
+    x = op.prox(z - u, y, rho_k), z = BM3D(x + u, sigma_k), u += x - z; from z = A^T y.
+    y: (B, *meas); returns z (B, C, H, W) in [-1, 1]."""
+    z = op.adjoint(y).clamp(-1, 1)
+    u = torch.zeros_like(z)
+    for sigma in np.geomspace(max(SIGMA_START, sigma_d), sigma_d, iters).tolist():
+        x = op.prox(z - u, y, 1.0 / sigma**2)
+        z = _bm3d_denoise(x + u, sigma)
+        u = u + x - z
+    return z
+
+
+def _bm3d_denoise(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """BM3D of (B, C, H, W) images in [-1, 1] with noise std `sigma` on that scale, through the `bm3d` package
+    (an extra: pip install "posterior_diffusion[bm3d]"), one image at a time on the host (the package is CPU
+    only). Returns the same shape, dtype and device, clamped to [-1, 1]."""
     try:
         import bm3d as bm3d_package
     except ImportError:
-        raise ImportError('baseline bm3d needs the bm3d package: pip install "posterior_diffusion[bm3d]"') from None
-    sigma = op.noise.sigma if sigma is None else sigma
-    run = bm3d_package.bm3d_rgb if y.shape[1] == 3 else bm3d_package.bm3d
-    images = ((y.detach().float().cpu() + 1) / 2).permute(0, 2, 3, 1).numpy()  # (B, H, W, C) on [0, 1]
-    denoised = [np.asarray(run(image if image.shape[-1] == 3 else image[..., 0], sigma / 2)) for image in images]
-    out = torch.from_numpy(np.stack(denoised)).reshape(images.shape).permute(0, 3, 1, 2)
-    return (out.to(y) * 2 - 1).clamp(-1, 1)
+        raise ImportError('the bm3d baselines need the bm3d package: pip install "posterior_diffusion[bm3d]"') from None
+    run = bm3d_package.bm3d_rgb if images.shape[1] == 3 else bm3d_package.bm3d
+    unit = ((images.detach().float().cpu() + 1) / 2).permute(0, 2, 3, 1).numpy()  # (B, H, W, C) on [0, 1]
+    denoised = [np.asarray(run(im if im.shape[-1] == 3 else im[..., 0], sigma / 2)) for im in unit]
+    out = torch.from_numpy(np.stack(denoised).astype(np.float32)).reshape(unit.shape).permute(0, 3, 1, 2)
+    return (out.to(images) * 2 - 1).clamp(-1, 1)
 
 
 def bicubic(op: SuperResolution, y: torch.Tensor) -> torch.Tensor:
@@ -126,8 +147,16 @@ class Baseline(NamedTuple):
 HALF_DECADES = tuple(10.0**e for e in (-4, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0))
 
 
+SIGMA_GRID = (0.01, 0.02, 0.05, 0.1, 0.2)  # pnp_admm's final denoiser strengths on the [-1, 1] scale
+SIGMA_START = 0.4  # its first (about 50 / 255 on [0, 1], DPIR's sigma_1, Zhang et al. 2021 Sec. 4.1)
+
+
 def _gaussian_denoising(op: Operator) -> bool:
-    return isinstance(op, Denoise) and isinstance(op.noise, GaussianNoise) and op.noise.sigma > 0
+    return isinstance(op, Denoise) and _linear_gaussian(op) and op.noise.sigma > 0
+
+
+def _linear_gaussian(op: Operator) -> bool:
+    return op.is_linear and isinstance(op.noise, GaussianNoise)
 
 
 BASELINES: dict[str, Baseline] = {
@@ -135,6 +164,7 @@ BASELINES: dict[str, Baseline] = {
     "tikhonov": Baseline(tikhonov, lambda op: op.is_linear, "a linear operator", {"reg": HALF_DECADES}),
     "tv": Baseline(tv, lambda op: op.is_linear, "a linear operator", {"weight": HALF_DECADES[2:]}),
     "bm3d": Baseline(bm3d, _gaussian_denoising, "denoise with Gaussian noise"),
+    "pnp_admm": Baseline(pnp_admm, _linear_gaussian, "a linear operator with Gaussian noise", {"sigma_d": SIGMA_GRID}),
     "bicubic": Baseline(bicubic, lambda op: isinstance(op, SuperResolution), "super_resolution"),
     "harmonic": Baseline(harmonic, lambda op: isinstance(op, (InpaintBox, InpaintRandom)), "an inpainting mask"),
 }

@@ -33,7 +33,8 @@ def test_bicubic_keeps_constants_and_errors_name_the_problem():
     with pytest.raises(ValueError, match="baseline 'harmonic' does not apply to operator 'super_resolution'"):
         baseline("harmonic", op, torch.zeros(1, 3, 4, 4))
     with pytest.raises(
-        ValueError, match="unknown baseline 'wiener'; valid: pinv, tikhonov, tv, bm3d, bicubic, harmonic, dirty, rml"
+        ValueError,
+        match="unknown baseline 'wiener'; valid: pinv, tikhonov, tv, bm3d, pnp_admm, bicubic, harmonic, dirty, rml",
     ):
         baseline("wiener", op, torch.zeros(1, 3, 4, 4))
 
@@ -76,10 +77,20 @@ def test_bm3d_denoises_and_its_absence_is_one_clear_error(monkeypatch):
     y = op.measure(x, torch.Generator().manual_seed(0))
     assert psnr(baseline("bm3d", op, y), x).mean() > psnr(y, x).mean() + 8
     monkeypatch.setitem(sys.modules, "bm3d", None)  # as when the package is not installed
-    with pytest.raises(ImportError, match=r'pip install "posterior_diffusion\[bm3d\]"'):
+    with pytest.raises(
+        ImportError, match=r'bm3d baselines need the bm3d package: pip install "posterior_diffusion\[bm3d\]"'
+    ):
         baseline("bm3d", op, y)
     with pytest.raises(ValueError, match="baseline 'bm3d' does not apply to operator 'gaussian_blur'"):
         baseline("bm3d", get_operator("gaussian_blur"), y)
+
+
+def test_pnp_admm_with_bm3d_deblurs_better_than_tuned_tikhonov():
+    op = get_operator("gaussian_blur", kernel_size=5, sigma=1.0, boundary="circular", noise_sigma=0.05)
+    x = _blocks(1)
+    y = op.measure(x, torch.Generator().manual_seed(1))
+    best_tikhonov = max(float(psnr(baseline("tikhonov", op, y, reg=r), x)) for r in BASELINES["tikhonov"].grid["reg"])
+    assert float(psnr(baseline("pnp_admm", op, y, sigma_d=0.1, iters=3), x)) > best_tikhonov + 2
 
 
 def test_tune_takes_the_best_combination_of_the_grid_and_keeps_fixed_weights():
