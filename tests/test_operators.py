@@ -408,6 +408,30 @@ def test_reflect_blur_matches_scipy_correlate():
     assert np.allclose(op(x)[0, 0].numpy(), ref, atol=1e-10)
 
 
+def test_large_reflect_blurs_go_through_the_fft_with_the_same_values(monkeypatch):
+    """Kernels above FFT_TAPS (the papers' 61x61) correlate the reflect-padded image through the FFT: the same as
+    scipy and as the direct convolution, for odd, even and per-image kernels, with an exact adjoint."""
+    from posterior_diffusion.operators import blur
+
+    ndimage = pytest.importorskip("scipy.ndimage")
+    op = get_operator("motion_blur", kernel_size=17, seed=3).double()
+    x = rand((2, 3, 24, 20), 14)
+    ref = [
+        [ndimage.correlate(x[b, c].numpy(), op.kernel.double().numpy(), mode="mirror") for c in range(3)]
+        for b in (0, 1)
+    ]
+    assert np.allclose(op(x).numpy(), np.array(ref), atol=1e-12)
+    kernels = [rand((16, 18), 15).abs(), rand((2, 17, 15), 16).abs(), rand((2, 3, 4), 18).abs()]  # even, per image
+    fast = [get_operator("blur", kernel=k).double() for k in kernels]
+    values = [b(x) for b in fast]
+    y = rand((2, 3, 24, 20), 17)
+    for b in fast:
+        assert abs(float((b(x) * y).sum() - (x * b.adjoint(y)).sum())) <= 1e-10 * float(b(x).abs().sum())
+    monkeypatch.setattr(blur, "FFT_TAPS", 10**6)  # the direct depthwise convolution
+    for b, value in zip(fast, values, strict=True):
+        assert torch.allclose(b(x), value, atol=1e-12)
+
+
 def test_circular_blur_matches_circular_padding_convolution():
     op = get_operator("motion_blur", kernel_size=5, seed=1, boundary="circular").double()
     x = rand((2, 3, 12, 12), 11)
