@@ -6,7 +6,7 @@ Boundary handling, chosen per operator with `boundary`:
   adjoint is exact (closed form: the transposed convolution, then the padding folded back) and pinv is
   CGLS; no closed-form SVD (`svd()` is None). Kernels with more than FFT_TAPS taps (the papers' 61x61)
   correlate the padded image through the FFT instead (the same values to rounding: the kernel never wraps
-  around the padded image), 8x faster at 256 px on a CPU.
+  around the padded image), 9x faster at 256 px on a CPU.
 - "circular": periodic boundary, computed with the FFT. Same interior values as "reflect" but wraps
   around at the border; it has the exact SVD A = F^* diag(K) F (`svd()` is the operator) used by DDRM/GibbsDDRM.
 
