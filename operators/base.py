@@ -270,7 +270,7 @@ class LinearOperator(Operator):
 
         lam = 0 (sigma_y = 0: noiseless measurements, or rho = 0) is the limit lam -> 0: x = z + A^+ (y - A z)
         = A^+ y + (I - A^+ A) z, the least-squares solution nearest z (DDNM's range / null-space split). With
-        an SVD, singular values at or below 1e-6 of the largest count as 0 there, as in `pinv`.
+        an SVD, singular values at or below 1e-6 of the largest count as 0 there (only there), as in `pinv`.
         rho is checked for >= 0 where that costs no host-device sync (floats and CPU tensors).
         """
         sigma_y = self._prox_sigma(sigma_y)
@@ -308,9 +308,9 @@ class LinearOperator(Operator):
     def _prox_spectral(self, svd: SVD, z: torch.Tensor, y: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """The exact prox in the spectral domain (see `prox`): lam (B,) >= 0, finite."""
         s = svd.singular_values(tuple(z.shape[1:])).to(z.device, z.dtype)
-        s = torch.where(s > 1e-6 * s.max(), s, torch.zeros_like(s))
         c_z, u_t_y = svd.V_t(z), svd.U_t(y)
         lam_c = append_dims(lam, c_z.ndim)
+        s = torch.where((s <= 1e-6 * s.max()) & (lam_c == 0), torch.zeros_like(s), s)  # pinv's cut, at lam = 0 only
         denominator = s.square() + lam_c
         solved = (s * u_t_y + lam_c * c_z) / denominator.clamp(min=torch.finfo(z.dtype).tiny)
         return svd.V(torch.where(denominator > 0, solved, c_z))
