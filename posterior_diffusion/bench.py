@@ -39,9 +39,9 @@ from typing import Protocol
 import torch
 
 from posterior_diffusion.api import on_device, sample_posterior
-from posterior_diffusion.baselines import BASELINES, baseline
+from posterior_diffusion.baselines import BASELINES, baseline, tune
 from posterior_diffusion.figures import save_figure
-from posterior_diffusion.images import list_images, load_image
+from posterior_diffusion.images import list_images, load_image, random_crops
 from posterior_diffusion.metrics import kernel_errors, lpips, psnr, ssim
 from posterior_diffusion.perceptual import MIN_SIZE, LPIPSUnavailable, find_weights
 from posterior_diffusion.samplers import get_sampler, list_samplers
@@ -80,6 +80,10 @@ class BenchConfig:
     lpips: str = field(default="alex", metadata={"help": "LPIPS backbone: alex, vgg or none"})
     tasks_file: str | None = field(
         default=None, metadata={"help": "TOML file of extra tasks ([tasks.NAME] operator, params, noise_sigma)"}
+    )
+    tune_images: str | None = field(
+        default=None,
+        metadata={"help": "folder of other images (never the test images): the baselines' weights are tuned on them"},
     )
     # {"K": v} for every sampler, {"method.K": v} for one sampler or baseline ("pnp_ula.steps": 500)
     sampler_options: dict = field(default_factory=dict, metadata={"help": "sampler options"})
@@ -152,6 +156,9 @@ def _plan(cfg: BenchConfig, tasks: dict, methods: list[Method], prior, announce:
         for method in methods:
             refusal = method.refusal(cfg, task, prior, given)
             if refusal is None:
+                if isinstance(method, BaselineMethod):
+                    channels = task.channels or (prior.default_image_shape()[0] if prior is not None else 3)
+                    method = method.tuned(cfg, name, (op, given), channels, announce)
                 applicable.append(method)
                 if (
                     announce
@@ -163,6 +170,27 @@ def _plan(cfg: BenchConfig, tasks: dict, methods: list[Method], prior, announce:
                 print(f"skipped: {method.name} on {name}: {refusal}", flush=True)
         plan.append((name, task, op, applicable))
     return plan
+
+
+TUNE_CROPS = 8  # crops of --tune-images per task on which a baseline's weights are chosen
+TUNE_SEED = 5000  # their positions and noise (prior_benchmark's tuning crops use the same offset)
+
+
+def _tuned_params(cfg: BenchConfig, task_name: str, method: str, ops: tuple, channels: int) -> dict:
+    """The tuned weights of baseline `method` on task `task_name`: from out/tuned.json when it holds them for these
+    tune images and size, else chosen now (crops and noise seeded, so every process finds the same) and added.
+    ops: (the operator that measures the crops, the one the baseline is given: a guess in blind tasks)."""
+    path = Path(cfg.out) / "tuned.json"
+    tuned = json.loads(path.read_text()) if path.exists() else {}
+    if tuned.get("tune_images") != cfg.tune_images or tuned.get("size") != cfg.size:
+        tuned = {"tune_images": cfg.tune_images, "size": cfg.size, "params": {}}
+    key = f"{task_name}/{method}"
+    if key not in tuned["params"]:
+        crops = random_crops([cfg.tune_images], TUNE_CROPS, cfg.size, channels, seed=TUNE_SEED)
+        y = ops[0].measure(crops, torch.Generator().manual_seed(TUNE_SEED))
+        tuned["params"][key] = tune(method, ops[1], crops, y, fixed=_own_options(cfg, method))
+        atomic_write_text(path, json.dumps(tuned, indent=1))
+    return tuned["params"][key]
 
 
 def _lpips_net(cfg: BenchConfig, announce: bool) -> str:
@@ -347,10 +375,33 @@ def _own_options(cfg: BenchConfig, name: str) -> dict:
 
 @dataclass(frozen=True)
 class BaselineMethod:
-    """A classical baseline (`baselines.BASELINES`): one estimate per image. Takes "name.K" options only."""
+    """A classical baseline (`baselines.BASELINES`): one estimate per image. Takes "name.K" options only; `params`
+    are its weights tuned for a task (see `tuned`)."""
 
     name: str
     needs_prior: bool = False
+    params: tuple[tuple[str, float], ...] = ()
+
+    def tuned(self, cfg, task_name: str, ops: tuple, channels: int, announce: bool) -> BaselineMethod:
+        """This baseline with its grid weights (those not set by a "name.K" option) tuned for the task on
+        TUNE_CROPS crops of cfg.tune_images (`baselines.tune`), kept in out/tuned.json for reruns; untouched, with
+        a note, without --tune-images. ops: (the operator that measures, the one the baseline is given)."""
+        free = [k for k in BASELINES[self.name].grid if k not in _own_options(cfg, self.name)]
+        if not free:
+            return self
+        if cfg.tune_images is None:
+            if announce:
+                print(
+                    f"note: {self.name} on {task_name} runs with untuned default {', '.join(free)}; "
+                    "give --tune-images DIR (other images) to tune",
+                    flush=True,
+                )
+            return self
+        params = _tuned_params(cfg, task_name, self.name, ops, channels)
+        if announce:
+            shown = ", ".join(f"{k}={v:g}" for k, v in params.items())
+            print(f"tuned: {self.name} on {task_name}: {shown} (best PSNR on {TUNE_CROPS} crops of {cfg.tune_images})")
+        return BaselineMethod(self.name, params=tuple(params.items()))
 
     def check_options(self, cfg) -> None:
         parameters = list(inspect.signature(BASELINES[self.name].fn).parameters.values())[2:]  # after (op, y)
@@ -368,7 +419,8 @@ class BaselineMethod:
 
     def estimate(self, cfg, task, op, y, ids, seed, prior, device) -> dict:
         start = time.perf_counter()
-        estimate = baseline(self.name, on_device(op, device), y.to(device), **_own_options(cfg, self.name)).cpu()
+        options = dict(self.params) | _own_options(cfg, self.name)
+        estimate = baseline(self.name, on_device(op, device), y.to(device), **options).cpu()
         seconds = time.perf_counter() - start
         return {"mean": estimate, "samples": estimate[:, None], "std": torch.zeros_like(estimate), "nfe": 0} | {
             "seconds": seconds
@@ -522,9 +574,14 @@ def _drop_malformed_rows(out: Path) -> None:
     for path in sorted(out.glob("rows-*.jsonl")):
         rows, bad = _rows_in(path)
         if bad:
-            temporary = path.with_name(path.name + ".tmp")
-            temporary.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            os.replace(temporary, path)
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one step (a temporary file renamed over it: never half written)."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: ranks may write at once
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def summary(rows: list[dict]) -> list[dict]:

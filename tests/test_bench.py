@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -439,3 +440,32 @@ def test_a_methods_own_option_wins_over_the_bench_steps(tmp_path, images):
     cfg = _config(images, tmp_path / "out", tmp_path, steps=100, sampler_options={"pnp_ula.steps": 200})
     assert SamplerMethod("pnp_ula").options(cfg, "deblur") == {"steps": 200, "preset": "deblur"}
     assert SamplerMethod("dps").options(cfg, None) == {"steps": 100}
+
+
+def test_baseline_weights_are_tuned_on_other_images_and_kept(tmp_path, images, capsys):
+    """--tune-images: the weight is the one `baselines.tune` picks on seeded crops of the other folder, the rows
+    are those of the baseline at that weight, out/tuned.json keeps it for reruns; without it, a note says so."""
+    from posterior_diffusion.baselines import baseline, tune
+    from posterior_diffusion.images import random_crops
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(3):  # mid-gray images: x = 0 is right, so the strongest weight of the grid wins
+        Image.fromarray(np.full((20, 24, 3), 127 + i, dtype=np.uint8)).save(other / f"{i}.png")
+    cfg = _config(images, tmp_path / "out", tmp_path, tasks=("gaussian_deblur",), methods=("tikhonov",))
+    cfg.tune_images = str(other)
+    rows = run_bench(cfg, progress=True)
+    op = TASKS["gaussian_deblur"].build(16)
+    crops = random_crops([str(other)], bench.TUNE_CROPS, 16, 3, seed=bench.TUNE_SEED)
+    expected = tune("tikhonov", op, crops, op.measure(crops, torch.Generator().manual_seed(bench.TUNE_SEED)))
+    kept = json.loads((tmp_path / "out" / "tuned.json").read_text())
+    assert kept["params"]["gaussian_deblur/tikhonov"] == expected and expected["reg"] != 1e-2
+    assert f"tuned: tikhonov on gaussian_deblur: reg={expected['reg']:g}" in capsys.readouterr().out
+    x = bench._load_images(sorted(images.iterdir()), 3, 16)
+    y = torch.cat([op.measure(x[i : i + 1], bench._generator(0, i)) for i in range(len(x))])
+    from posterior_diffusion.metrics import psnr
+
+    scores = psnr(baseline("tikhonov", op, y, reg=expected["reg"]), x)
+    assert sorted(r["psnr"] for r in rows) == pytest.approx(sorted(scores.tolist()), abs=1e-3)
+    run_bench(_config(images, tmp_path / "untuned", tmp_path, tasks=("gaussian_deblur",), methods=("tikhonov",)))
+    assert "note: tikhonov on gaussian_deblur runs with untuned default reg" in capsys.readouterr().out
