@@ -19,18 +19,28 @@ noise-free data and the paper's (r_t^2 A A^T + sigma_y^2 I)^-1 for noisy data. e
 recomputed from the guided x0 (as the reference), so each step moves x0_hat part of the way towards consistency
 with y, like DDNM's projection but through the Jacobian, which keeps it on the prior's manifold.
 
-The inverse is exact through the operator's SVD A = U diag(s) V^T: A^T (r^2 A A^T + sigma_y^2 I)^-1 (y - A x0) =
-V diag(s / (r^2 s^2 + sigma_y^2)) (U^T y - s V^T x0), zero on unobserved coordinates (`spectral.SpectralPosterior`
-gives s and U^T y).
+The solve is the operator's proximal step (`Operator.prox`): by the push-through identity A^T (r^2 A A^T +
+sigma_y^2 I)^-1 = (r^2 A^T A + sigma_y^2 I)^-1 A^T,
+
+    A^T (r^2 A A^T + sigma_y^2 I)^-1 (y - A x0_hat) = (prox(x0_hat, y, rho = 1 / r^2) - x0_hat) / r^2,
+
+where prox(z, y, rho) = argmin ||y - A x||^2 / (2 sigma_y^2) + rho / 2 ||x - z||^2 is also the mean of x0 under
+N(x0_hat, r^2 I) given y: g pulls x0_hat towards that Gaussian posterior mean, through the Jacobian. prox is exact
+through the SVD (V diag(s / (r^2 s^2 + sigma_y^2)) (U^T y - s V^T x0_hat), zero where s = 0) or the FFT, and
+conjugate gradients otherwise (at most 50 iterations: approximate while sigma_y^2 / r^2 is small against ||A||^2,
+i.e. early in the chain), so every linear operator works; sigma_y = 0 gives A^+ (y - A x0_hat) / r^2.
 
 Departures from the reference code:
-- Operators with an SVD only; the reference's degradations are all DDRM-style SVD operators too. (An operator
-  without one would need an iterative solve of r^2 A A^T + sigma_y^2 I at every step.)
+- Any linear operator (the reference's degradations are DDRM-style SVD operators): without an SVD or FFT the
+  solve is conjugate gradients inside `prox` (above), in float64 (`_weighted_residual`: float32 rounding grows
+  through the ill-conditioned early solves until results depend on batch_size), which read their stopping rule
+  on the host each iteration.
 - The noisy-data guidance uses the paper's (r_t^2 A A^T + sigma_y^2 I)^-1 (the reference code implements the
   noise-free A^+ form only: its `sigma_y` is not used by `pgdm.py`), weighted by r_t^2 so that it reduces to the
   reference's step at sigma_y = 0 (above).
-- The first state is sqrt(alpha_bar_T) A^+ y + sqrt(1 - alpha_bar_T) z as the reference's `initialize` (A^+ with
-  the exact SVD; alpha_bar_T ~ 4e-5 makes it pure noise in practice), noise per chain from its own generator.
+- The first state is sqrt(alpha_bar_T) A^+ y + sqrt(1 - alpha_bar_T) z as the reference's `initialize` (A^+ the
+  engine's `pinv` init, singular values below 3e-2 of the largest discarded as the reference's SVD operators;
+  alpha_bar_T ~ 4e-5 makes it pure noise in practice), noise per chain from its own generator.
 """
 
 from __future__ import annotations
@@ -44,8 +54,8 @@ from posterior_diffusion.operators.noise import GaussianNoise
 from posterior_diffusion.tensor_utils import randn_stacked
 
 from .base import Sampler, register_sampler
+from .inits import initial_state
 from .schedule import ddrm_timesteps
-from .spectral import SpectralPosterior
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ class PiGDMConfig:
 
 @register_sampler("pigdm")
 class PiGDM(Sampler):
-    """ΠGDM for linear operators with an SVD and Gaussian noise; one network VJP per step."""
+    """ΠGDM for linear operators and Gaussian noise; one network VJP and one proximal step per step."""
 
     Config = PiGDMConfig
     # the authors' code runs every task with one config (`pgdm.yaml`); the presets name the paper's tasks
@@ -82,7 +92,7 @@ class PiGDM(Sampler):
         "deblur": {},
         "denoise": {},
     }
-    needs_operator = "svd"
+    needs_operator = "linear"
     network_gradient = True  # d x0_hat / d x_t through the network (a VJP per step)
     step_option = "guidance_scale"
     SMOKE_OPTIONS: ClassVar[dict] = {"steps": 4}
@@ -99,18 +109,16 @@ class PiGDM(Sampler):
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
         cfg = self.config
         device = prior.device
-        svd = op.svd()
-        spec = SpectralPosterior(svd, y, image_shape, op.noise.sigma)
         pairs = ddrm_timesteps(prior.num_timesteps, cfg.steps)
         alpha_bar = [*prior.alphas_cumprod.double().cpu().tolist(), 1.0]  # index -1 -> alpha_bar = 1
         with torch.no_grad():
             a_first = alpha_bar[pairs[0][0]]
-            x0_init = op.pinv(y).float()
+            x0_init = initial_state("pinv", op, y, image_shape)
             x_t = a_first**0.5 * x0_init + (1 - a_first) ** 0.5 * randn_stacked(generators, image_shape, device)
         for i, (t, s) in enumerate(pairs):
             a_t, a_s = alpha_bar[t], alpha_bar[s]
             r2 = 1 - a_t  # r_t^2 = sigma_t^2 / (1 + sigma_t^2) in VP terms
-            pred, g = self._guidance(prior, spec, svd, x_t, t, r2)
+            pred, g = self._guidance(prior, op, y, x_t, t, r2)
             with torch.no_grad():
                 c1 = cfg.eta * ((1 - a_t / a_s) * (1 - a_s) / (1 - a_t)) ** 0.5
                 c2 = max(1 - a_s - c1**2, 0.0) ** 0.5
@@ -120,20 +128,24 @@ class PiGDM(Sampler):
             step_hook({"i": i, "t": t, "x": x_t, "x0_hat": pred.x0_hat.detach()})
         return x_t.detach(), {}
 
-    def _guidance(self, prior, spec: SpectralPosterior, svd, x_t: torch.Tensor, t: int, r2: float):
+    def _guidance(self, prior, op, y: torch.Tensor, x_t: torch.Tensor, t: int, r2: float):
         """The prediction at (x_t, t) and g = (d x0_hat / d x_t)^T A^T (r2 A A^T + sigma_y^2 I)^-1 (y - A x0_hat):
         (n, C, H, W), one VJP through the network (per chain: each x0_hat depends on its own x_t only)."""
         x_t = x_t.detach().requires_grad_(True)
         with torch.enable_grad():
             pred = prior.predict(x_t, t)
             with torch.no_grad():
-                v = self._weighted_residual(spec, svd, pred.x0_hat, r2)
+                v = self._weighted_residual(op, y, pred.x0_hat, r2)
             (g,) = torch.autograd.grad(pred.x0_hat, x_t, grad_outputs=v)
         return pred, g
 
     @staticmethod
-    def _weighted_residual(spec: SpectralPosterior, svd, x0_hat: torch.Tensor, r2: float) -> torch.Tensor:
-        """A^T (r^2 A A^T + sigma_y^2 I)^-1 (y - A x0_hat): (n, C, H, W), through the SVD (0 where s = 0)."""
-        s = spec.s
-        weight = torch.where(spec.observed, s / (r2 * s.square() + spec.sigma_y**2), torch.zeros_like(s))
-        return svd.V(weight * (spec.u_t_y - s * svd.V_t(x0_hat)))
+    def _weighted_residual(op, y: torch.Tensor, x0_hat: torch.Tensor, r2: float) -> torch.Tensor:
+        """A^T (r2 A A^T + sigma_y^2 I)^-1 (y - A x0_hat) = (prox(x0_hat, y, 1 / r2) - x0_hat) / r2: (n, C, H, W)
+        float32. Without an SVD the conjugate gradients run in float64: in float32 the rounding of a batched
+        convolution (1e-6) grows through the ill-conditioned early solves (sigma_y^2 / r2 ~ sigma_y^2) to 5e-3 in
+        4 steps, so results changed with batch_size (1e-5 in float64)."""
+        work = x0_hat.dtype if op.has_svd else torch.float64
+        x0 = x0_hat.to(work)
+        y = y.to(torch.promote_types(work, y.dtype))  # complex measurements stay complex
+        return ((op.prox(x0, y, 1.0 / r2) - x0) / r2).to(x0_hat.dtype)

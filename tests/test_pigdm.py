@@ -11,36 +11,42 @@ from posterior_diffusion.exact import _case, evaluate, random_gaussian_mixture, 
 from posterior_diffusion.operators import from_config, get_operator
 from posterior_diffusion.samplers import get_sampler
 from posterior_diffusion.samplers.pigdm import PiGDM
-from posterior_diffusion.samplers.spectral import SpectralPosterior
 
 CASES = {case.name: case for case in standard_cases(num_measurements=2)}
-OPERATORS = {
+OPERATORS = {  # name -> the operator at noise level sigma
     "blur": lambda sigma: get_operator(
         "gaussian_blur", kernel_size=5, sigma=1.0, boundary="circular", noise_sigma=sigma
     ),
     "inpaint": lambda sigma: get_operator("inpaint_random", image_size=8, missing=0.5, noise_sigma=sigma),
     "sr2": lambda sigma: get_operator("super_resolution", factor=2, method="average", noise_sigma=sigma),
     "denoise": lambda sigma: get_operator("denoise", noise_sigma=sigma),
+    "blur_reflect": lambda sigma: get_operator("gaussian_blur", kernel_size=5, sigma=1.0, noise_sigma=sigma),
+    "sr2_bicubic": lambda sigma: get_operator("super_resolution", factor=2, noise_sigma=sigma),
 }
 
 
-@pytest.mark.parametrize("sigma_y", [0.1, 0.0])
-@pytest.mark.parametrize("name", sorted(OPERATORS))
+@pytest.mark.parametrize(
+    "name,sigma_y",
+    [(name, 0.1) for name in sorted(OPERATORS)] + [(name, 0.0) for name in ("blur", "denoise", "inpaint", "sr2")],
+)
 def test_weighted_residual_matches_dense_linear_algebra(name, sigma_y):
     """sigma_y > 0: A^T (r^2 A A^T + sigma_y^2 I)^-1 (y - A x) by a dense float64 solve; sigma_y = 0: A^+ (y - A x)
-    / r^2 (the noise-free limit, A A^T singular for masks)."""
+    / r^2 (the noise-free limit, A A^T singular for masks). Exact through an SVD (1e-4); conjugate gradients for
+    the reflect-padded blur and bicubic SR (1e-3; sigma_y > 0 only: without noise, CG's 50 iterations do not resolve
+    their tiny singular values)."""
     op = OPERATORS[name](sigma_y)
     shape, g, r2 = (2, 8, 8), torch.Generator().manual_seed(0), 0.3
     x, x0 = torch.rand(2, *shape, generator=g) * 2 - 1, torch.randn(2, *shape, generator=g)
     y = op.measure(x, g)
-    got = PiGDM._weighted_residual(SpectralPosterior(op.svd(), y, shape, sigma_y), op.svd(), x0, r2)
+    got = PiGDM._weighted_residual(op, y, x0, r2)
     a = op.matrix(shape)
     residual = (y.double().reshape(2, -1) - x0.double().reshape(2, -1) @ a.T).T
     if sigma_y > 0:
         expected = a.T @ torch.linalg.solve(r2 * a @ a.T + sigma_y**2 * torch.eye(len(a), dtype=a.dtype), residual)
     else:
         expected = torch.linalg.pinv(a) @ residual / r2
-    assert torch.allclose(got.double().reshape(2, -1), expected.T, rtol=1e-4, atol=1e-4)
+    tol = 1e-4 if op.has_svd else 1e-3
+    assert torch.allclose(got.double().reshape(2, -1), expected.T, rtol=tol, atol=tol * float(expected.abs().max()))
 
 
 def test_guidance_is_the_score_of_the_gaussian_approximation():
@@ -50,8 +56,7 @@ def test_guidance_is_the_score_of_the_gaussian_approximation():
     prior, op, y, shape = case.prior, case.op, case.y, (1, 8, 8)
     t, r2 = 400, 1 - float(case.prior.alphas_cumprod[400])
     x_t = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
-    spec = SpectralPosterior(op.svd(), y, shape, op.noise.sigma)
-    _, g = get_sampler("pigdm")._guidance(prior, spec, op.svd(), x_t, t, r2)
+    _, g = get_sampler("pigdm")._guidance(prior, op, y, x_t, t, r2)
     a = op.matrix(shape).float()
     precision = torch.linalg.inv(r2 * a @ a.T + op.noise.sigma**2 * torch.eye(len(a)))
     x = x_t.clone().requires_grad_(True)
@@ -105,8 +110,10 @@ def test_noise_free_samples_are_consistent_with_y():
     assert float(residual.flatten(1).norm(dim=1).max() / case.y.flatten(1).norm(dim=1).min()) < 1e-3
 
 
-def test_operators_without_an_svd_are_refused(gmm):
-    with pytest.raises(ValueError, match="needs a linear operator with an SVD"):
-        get_sampler("pigdm")(gmm, get_operator("gaussian_blur", kernel_size=3), torch.zeros(1, 1, 8, 8))
+def test_nonlinear_operators_and_poisson_noise_are_refused(gmm):
+    with pytest.raises(ValueError, match="needs a linear operator"):
+        get_sampler("pigdm")(gmm, get_operator("high_dynamic_range"), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="needs Gaussian measurement noise"):
+        get_sampler("pigdm")(gmm, get_operator("denoise", noise="poisson"), torch.zeros(1, 1, 8, 8))
     with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
         get_sampler("pigdm", guidance_scale=-1.0)
