@@ -101,6 +101,10 @@ class PiGDM(Sampler):
     def nfe(self, prior) -> int:
         return self.config.steps
 
+    def own_work(self, prior, op, y, x0):
+        """The proximal solve of every step (conjugate gradients without an SVD), at r^2 = 1/2."""
+        return (lambda v: self._weighted_residual(op, y, v, 0.5)), self.config.steps, "proximal solve"
+
     def check(self, prior, op):
         super().check(prior, op)
         if not isinstance(op.noise, GaussianNoise):
