@@ -35,7 +35,7 @@ def test_poly_sigmas_is_edms_grid():
         and s[0] == pytest.approx(100)
         and s[-1] == pytest.approx(0.1)
     )
-    assert poly_sigmas(3.0, 0.01, 1) == [3.0]
+    assert poly_sigmas(3.0, 0.01, 1) == pytest.approx([3.0])
 
 
 def test_levels_are_the_references_grids_on_the_priors_steps():
