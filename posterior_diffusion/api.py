@@ -1,6 +1,6 @@
 """`sample_posterior`: the one-call Python entry point.
 
-res = sample_posterior(y, op, prior=None, sampler="dps", num_samples=4, seed=0)
+res = sample_posterior(y, op, prior=None, sampler="auto", num_samples=4, seed=0)
 res.samples (B, S, C, H, W); res.mean, res.std (B, C, H, W); res.nfe; res.seconds; res.config
 """
 
@@ -20,6 +20,7 @@ from posterior_diffusion import guards
 from posterior_diffusion.operators import Operator, get_operator
 from posterior_diffusion.priors import DiffusionPrior, default_prior_name, load_prior, resolve_dtype
 from posterior_diffusion.samplers import Sampler, get_sampler
+from posterior_diffusion.samplers.auto import choose_sampler
 from posterior_diffusion.samplers.base import validate_measurement
 from posterior_diffusion.tensor_utils import as_batch, sample_moments
 
@@ -108,7 +109,7 @@ def sample_posterior(
     y: torch.Tensor,
     op: Operator | str,
     prior: DiffusionPrior | str | None = None,
-    sampler: Sampler | str = "dps",
+    sampler: Sampler | str = "auto",
     num_samples: int = 1,
     batch_size: int | None = None,
     seed: int = 0,
@@ -128,7 +129,9 @@ def sample_posterior(
             Complex or integer y, an empty batch, batch_size or seed out of range: a one-line ValueError.
         op: an operator (see `posterior_diffusion.operators`) or the name of one with default settings.
         prior: a DiffusionPrior, a `load_prior` spec, or None for the built-in prior matching the channels.
-        sampler: a Sampler or a registered name; `sampler_options` go to its config (e.g. steps, step_size, preset).
+        sampler: a Sampler, a registered name, or "auto" (default): the sampler measured best for the operator that
+            accepts the prior, with its preset for the task (`samplers.auto.AUTO`; the choice is in config["sampler"]).
+            `sampler_options` go to its config (e.g. steps, step_size, preset).
         num_samples: samples per measurement (S).
         batch_size: chains per network call (default: all B * S at once).
         seed: chain (b, s) is seeded from (seed, b, s): results do not depend on batch_size.
@@ -152,9 +155,9 @@ def sample_posterior(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     check_seed(seed)
-    if isinstance(sampler, str):
+    if isinstance(sampler, str) and sampler != "auto":
         sampler = get_sampler(sampler, **sampler_options)
-    elif sampler_options:
+    elif not isinstance(sampler, str) and sampler_options:
         raise ValueError("sampler options are given to get_sampler(...) when a Sampler object is passed")
 
     y, unbatched = as_batch(y, op.measurement_ndim, "y")
@@ -172,6 +175,9 @@ def sample_posterior(
     )
     prior = load_prior(prior_spec if prior_spec is not None else prior, device=device, dtype=dtype)
     prior.check_image_shape(shape)
+    if sampler == "auto":
+        name, chosen = choose_sampler(prior, op)
+        sampler = get_sampler(name, **(chosen | sampler_options))
     if device.type == "cpu" and getattr(prior, "dtype", None) == torch.float16:
         warnings.warn(
             "float16 on the CPU is about 90x slower than bfloat16 (no native half-precision kernels); "

@@ -125,6 +125,7 @@ def cmd_list(args) -> None:
     from posterior_diffusion.operators import list_operators, operator_class
     from posterior_diffusion.priors import builtin_priors
     from posterior_diffusion.samplers import list_samplers, sampler_class
+    from posterior_diffusion.samplers.auto import AUTO, FALLBACK
 
     def first_line(obj) -> str:
         return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
@@ -132,8 +133,11 @@ def cmd_list(args) -> None:
     def presets(cls) -> str:
         return f" (presets: {', '.join(sorted(cls.PRESETS))})" if cls.PRESETS else ""
 
+    def auto(name: str) -> str:
+        return f" (auto: {' > '.join(sampler for sampler, _ in AUTO.get(name, FALLBACK))})"
+
     sections = {
-        "operators": {name: first_line(operator_class(name)) for name in list_operators()},
+        "operators": {name: first_line(operator_class(name)) + auto(name) for name in list_operators()},
         "samplers": {name: first_line(sampler_class(name)) + presets(sampler_class(name)) for name in list_samplers()},
         "built-in priors": {f"builtin:{name}": desc for name, desc in builtin_priors().items()},
     }
@@ -397,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--simulate", action="store_true", help="INPUT is a clean image: measure it first")
     operator_args(p)
-    p.add_argument("--sampler", default="dps", help="sampler name (default dps)")
+    p.add_argument(
+        "--sampler", default="auto", help="sampler name, or auto: the one measured best for the operator (default)"
+    )
     p.add_argument("--preset", help="the sampler's task preset (see `list`)")
     p.add_argument("--sampler-param", action="append", metavar="K=V", help="sampler option (repeatable)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the sampler's)")

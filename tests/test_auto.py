@@ -1,0 +1,57 @@
+"""sampler="auto": the table names real samplers and presets, the first sampler that applies runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posterior_diffusion import sample_posterior
+from posterior_diffusion.cli import main
+from posterior_diffusion.operators import get_operator, list_operators
+from posterior_diffusion.priors import load_prior
+from posterior_diffusion.samplers import list_samplers, sampler_class
+from posterior_diffusion.samplers.auto import AUTO, FALLBACK, choose_sampler
+
+
+def test_every_entry_names_a_registered_sampler_and_an_existing_preset():
+    for operator, candidates in [*AUTO.items(), ("(fallback)", FALLBACK)]:
+        assert operator in [*list_operators(), "(fallback)"]
+        for name, preset in candidates:
+            assert name in list_samplers(), (operator, name)
+            assert preset is None or preset in sampler_class(name).PRESETS, (operator, name, preset)
+
+
+@pytest.mark.parametrize(
+    "operator,params,expected",
+    [
+        ("gaussian_blur", {"boundary": "circular"}, ("ddrm", {"preset": "deblur"})),  # an SVD
+        ("gaussian_blur", {}, ("red_diff", {"preset": "deblur"})),  # reflect padding: no SVD, DDRM falls through
+        ("super_resolution", {"factor": 2}, ("red_diff", {"preset": "super_resolution"})),
+        ("inpaint_box", {"image_size": [16, 16], "box_size": 4}, ("ddrm", {"preset": "inpainting"})),
+        ("denoise", {}, ("ddrm", {"preset": "denoise"})),
+    ],
+)
+def test_the_first_sampler_that_applies_is_chosen(tiny_unet_folder, operator, params, expected):
+    prior = load_prior(str(tiny_unet_folder))
+    assert choose_sampler(prior, get_operator(operator, **params)) == expected
+
+
+def test_sample_posterior_defaults_to_auto_and_records_the_choice(tiny_unet_folder):
+    op = get_operator("gaussian_blur", kernel_size=5, boundary="circular")
+    y = op.measure(torch.zeros(1, 3, 16, 16), torch.Generator().manual_seed(0))
+    res = sample_posterior(y, op, prior=str(tiny_unet_folder), steps=2, progress=False)
+    assert res.config["sampler"]["name"] == "ddrm" and res.config["sampler"]["preset"] == "deblur"
+    assert res.nfe == 2
+    explicit = sample_posterior(y, op, prior=str(tiny_unet_folder), sampler="ddrm", preset="deblur", steps=2)
+    assert torch.equal(res.samples, explicit.samples)
+
+
+def test_no_sampler_that_applies_is_one_line(tiny_unet_folder, monkeypatch):
+    monkeypatch.setitem(AUTO, "high_dynamic_range", (("ddrm", None),))  # DDRM needs an SVD
+    with pytest.raises(ValueError, match="sampler='auto' found no sampler for operator 'high_dynamic_range'"):
+        choose_sampler(load_prior(str(tiny_unet_folder)), get_operator("high_dynamic_range"))
+
+
+def test_list_shows_the_auto_order(capsys):
+    assert main(["list"]) == 0
+    assert "(auto: ddrm > red_diff" in capsys.readouterr().out
