@@ -94,6 +94,10 @@ class DiffPIR(Sampler):
         if not isinstance(op.noise, GaussianNoise):
             raise ValueError(f"{self.name} needs Gaussian measurement noise (noise='gaussian'), got '{op.noise.name}'")
 
+    def rho(self, alpha_bar: float) -> float:
+        """rho_t = lambda / (4 sigma_bar_t^2) of the step whose alpha_bar_t is `alpha_bar` (module docstring)."""
+        return self.config.lam * alpha_bar / (4 * (1 - alpha_bar))
+
     def data_step(self, op, y: torch.Tensor, x0_hat: torch.Tensor, rho: float) -> torch.Tensor:
         """Step 2: the proximal map for a linear operator, the reference's gradient step otherwise (n, C, H, W)."""
         sigma_y = max(op.noise.sigma, SIGMA_N_FLOOR)
@@ -117,7 +121,7 @@ class DiffPIR(Sampler):
                 return x0_hat, {}
             # 2. the data step, rho_t = lambda / (4 sigma_bar_t^2)
             a, a_prev = alpha_bar[i], alpha_bar[i + 1]
-            x0 = self.data_step(op, y, x0_hat, cfg.lam * a / (4 * (1 - a)))
+            x0 = self.data_step(op, y, x0_hat, self.rho(a))
             # 3. re-noise with eps_hat of the corrected x0 and a zeta share of fresh noise
             with torch.no_grad():
                 eps_hat = (x_t - a**0.5 * x0) / (1 - a) ** 0.5
