@@ -152,6 +152,10 @@ class DAPS(Sampler):
     def nfe(self, prior) -> int:
         return self.config.steps * self.config.ode_steps
 
+    def own_work(self, prior, op, y, x0):
+        """The Langevin steps' data gradients (through the operator), langevin_steps per level."""
+        return (lambda v: self.data_gradient(op, y, v)), self.config.steps * self.config.langevin_steps, "Langevin"
+
     def check(self, prior, op) -> None:
         try:
             super().check(prior, op)

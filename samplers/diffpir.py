@@ -89,6 +89,10 @@ class DiffPIR(Sampler):
     def nfe(self, prior) -> int:
         return self.config.steps
 
+    def own_work(self, prior, op, y, x0):
+        """The data step of every step but the last (a proximal solve, conjugate gradients without an SVD)."""
+        return (lambda v: self.data_step(op, y, v, self.rho(0.5))), self.config.steps - 1, "data step"
+
     def check(self, prior, op) -> None:
         super().check(prior, op)
         if not isinstance(op.noise, GaussianNoise):
