@@ -20,10 +20,13 @@ noise std of x_{t-1}), the reference code (wyhuai/DDNM, `functions/svd_operators
     s_i sigma_t <  a sigma_y:     lambda = s_i sigma_t sqrt(1 - eta^2) / (a sigma_y), noise sigma_t eta z
 
 so that the noise y brings in through the correction (a lambda sigma_y / s_i) plus the fresh noise is exactly
-sigma_t on every coordinate. With sigma_y = 0 every observed coordinate takes lambda = 1 and the DDIM noise of the
-null space: that is DDNM, so DDNM and DDNM+ are one sampler here, as in the reference, which runs DDNM+ whenever
-sigma_y > 0 (`plus=False` forces the noise-free projection on noisy data: the paper's ablation, which copies
-the noise of y into the result).
+sigma_t on every coordinate. Divided by a, this table is DDRM's Eq. 8 coordinate by coordinate (DDRM's sigma =
+sigma_t / a, eta_data = sqrt(1 - eta^2), eta_b = 1), so the step reuses `SpectralPosterior.step`; DDNM+ and DDRM
+with eta 0.85, eta_b 1 differ only in x_T (DDRM draws it from q(x_T | y)) and by time travel. With sigma_y = 0 the
+reference skips the table (lambda = 1 and DDIM noise on every coordinate): that is DDNM, Eq. 13, which keeps
+DDIM's eps_hat on the observed coordinates where DDRM would draw fresh noise. DDNM and DDNM+ are therefore one
+sampler here, as in the reference, which runs DDNM+ whenever sigma_y > 0 (`plus=False` forces the noise-free
+projection on noisy data: the paper's ablation, which copies the noise of y into the result).
 
 Time travel (Sec. 3.3; RePaint's jump schedule, the reference's `get_schedule_jump`): every `travel_length` steps
 of the grid the chain goes back `travel_length` steps, x_{t+l} = sqrt(alpha_bar_{t+l}) x0_hat + sqrt(1 -
@@ -39,8 +42,8 @@ Departures from the reference code:
 - Only operators with an SVD (exact A^+ and the per-singular-value Sigma_t, Phi_t); the reference's simplified
   DDNM (closed-form A^+ for masks, average pooling, colorisation) is the same computation for the operators of
   that kind here (inpainting, average-pool SR, denoising all have an SVD).
-- The reference's `Lambda` and `Lambda_noise` leave lambda = 1 and the DDIM noise at s_i sigma_t = a sigma_y
-  exactly; here that tie goes to the lambda = 1 branch (a set of measure zero).
+- At the tie s_i sigma_t = a sigma_y exactly (a set of measure zero) the reference's `Lambda` / `Lambda_noise`
+  keep lambda = 1 with DDIM noise; DDRM's step, reused here, makes no correction there (also with DDIM noise).
 - A jump back of l steps is drawn at once (the reference steps back one index at a time, each time redrawing from
   the same x0_hat, so only the last draw counts: the same distribution).
 - The first state is x_T ~ N(0, I) as the reference; noise is drawn per chain from its own generator.
