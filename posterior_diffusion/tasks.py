@@ -98,6 +98,7 @@ _SR = {
     "pigdm": "super_resolution",
     "daps": "down_sampling",
     "diffpir": "sisr",
+    "mcgdiff": "super_resolution",
 }
 _INPAINT = {
     "dps": "inpainting",
@@ -107,8 +108,16 @@ _INPAINT = {
     "ddnm": "inpainting",
     "pigdm": "inpainting",
     "diffpir": "inpaint",
+    "mcgdiff": "inpainting",
 }
-_DEBLUR = {"red_diff": "deblur", "ddrm": "deblur", "pnp_ula": "deblur", "pigdm": "deblur", "diffpir": "deblur"}
+_DEBLUR = {
+    "red_diff": "deblur",
+    "ddrm": "deblur",
+    "pnp_ula": "deblur",
+    "pigdm": "deblur",
+    "diffpir": "deblur",
+    "mcgdiff": "deblur_2d",
+}
 
 TASKS: dict[str, Task] = {
     "sr4": Task("super_resolution", {"factor": 4}, presets=_SR, description="x4 bicubic downsampling (DPS Sec. 4)"),
@@ -139,7 +148,8 @@ TASKS: dict[str, Task] = {
         "motion_blur",
         {"kernel_size": 61, "intensity": 0.5},
         scaled=("kernel_size",),
-        presets=_DEBLUR | {"dps": "motion_deblur", "resample": "motion_deblur", "daps": "motion_blur"},
+        presets=_DEBLUR
+        | {"dps": "motion_deblur", "resample": "motion_deblur", "daps": "motion_blur", "mcgdiff": "motion_blur"},
         description="61 px motion kernel, intensity 0.5 at 256 px",
     ),
     "blind_motion_deblur": Task(

@@ -38,6 +38,11 @@ EXPECTED = {
     ("random_inpaint", "daps"): "inpainting_rand",
     ("gaussian_deblur", "daps"): "gaussian_blur",
     ("motion_deblur", "daps"): "motion_blur",
+    # MCGdiff's presets are its reference's task configs (scripts/configs/task/*.yaml)
+    ("sr4", "mcgdiff"): "super_resolution",
+    **{(t, "mcgdiff"): "inpainting" for t in ("box_inpaint", "random_inpaint")},
+    ("gaussian_deblur", "mcgdiff"): "deblur_2d",
+    ("motion_deblur", "mcgdiff"): "motion_blur",
     ("phase_retrieval", "daps"): "phase_retrieval",
     ("hdr", "daps"): "hdr",
     ("sr4", "diffpir"): "sisr",
