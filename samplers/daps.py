@@ -32,7 +32,15 @@ Departures from the reference code:
   weighs the data as if sigma_y were 0.0071 on [-1, 1], 7x less than the papers' 0.05.
 - Other noise models (Poisson) take the data term from the noise model's residual norm (the reference has only
   Gaussian noise): ||r||^2 / tau^2 with r the noise model's weighted residual.
-- LatentDAPS (same paper, Sec. 4.3; the reference runs it with HMC) is not implemented: latent priors are refused.
+
+LatentDAPS (the same paper; reference class `LatentDAPS`): with a latent prior the annealing, the PF-ODE and the
+Monte Carlo steps run on latents z, the data term is ||y - A(D(z))||^2 / tau^2 with the gradient through the decoder
+D (the reference's `LatentWrapper`, which clips that gradient elementwise to [-1, 1] before dividing by tau^2, as
+here; tau=None: the operator's likelihood, unclipped), and the sample is D(z_0). `mc_algo="hmc"` is the
+reference's damped Hamiltonian variant (`cores/mcmc.py`: v <- m v + sqrt(eta) grad log pi + sqrt(2 (1 - m)) z,
+x <- x + sqrt(eta) v, v_0 ~ N(0, I)), which its LDM and Stable Diffusion configs use; preset `ldm` is its LDM
+setting for down_sampling (50 levels from sigma 10 to 0.1, 2 ODE steps, `commands/ldm_ffhq.sh`;
+`configs/task/down_sampling.yaml`, group `ldm`).
 """
 
 from __future__ import annotations
@@ -65,6 +73,8 @@ class DAPSConfig:
     lr_min_ratio: eta decays linearly to this fraction of lr over the levels, 0.01.
     tau: the data term's scale, ||y - A(x)||^2 / tau^2, 0.01 (every task config); None: the operator's likelihood
         -log p(y | x) (module docstring).
+    mc_algo: "langevin" (the pixel task configs) or "hmc" (damped HMC, the reference's LDM / SD configs).
+    momentum: HMC's damping m, 0.9 (`MCMCSampler` default; the task configs tune it).
     """
 
     steps: int = 200
@@ -77,6 +87,8 @@ class DAPSConfig:
     lr: float = 1e-4
     lr_min_ratio: float = 0.01
     tau: float | None = 0.01
+    mc_algo: str = "langevin"
+    momentum: float = 0.9
 
     def __post_init__(self):
         if self.steps < 1 or self.ode_steps < 1 or self.langevin_steps < 0:
@@ -91,6 +103,10 @@ class DAPSConfig:
             )
         if not (self.lr > 0 and 0 < self.lr_min_ratio <= 1 and self.rho > 0):
             raise ValueError(f"need lr > 0, 0 < lr_min_ratio <= 1, rho > 0; got {self.lr}, {self.lr_min_ratio}")
+        if self.mc_algo not in ("langevin", "hmc") or not 0 <= self.momentum < 1:
+            raise ValueError(
+                f"need mc_algo 'langevin' or 'hmc' and 0 <= momentum < 1; got {self.mc_algo!r}, {self.momentum}"
+            )
         if self.tau is not None and not self.tau > 0:
             raise ValueError(f"tau must be > 0 or None (the operator's likelihood), got {self.tau}")
 
@@ -133,8 +149,20 @@ class DAPS(Sampler):
         "phase_retrieval": {"lr": 5e-5},
         "hdr": {"lr": 2e-5},
         "nonlinear_blur": {"lr": 1e-5, "langevin_steps": 200},
+        # LatentDAPS: commands/ldm_ffhq.sh (50 levels x 2 ODE steps; sigma 10 -> 0.1 as the latent sampler configs),
+        # configs/task/down_sampling.yaml group `ldm` (HMC)
+        "ldm": {
+            "steps": 50,
+            "ode_steps": 2,
+            "sigma_max": 10.0,
+            "mc_algo": "hmc",
+            "langevin_steps": 24,
+            "lr": 1.35e-4,
+            "lr_min_ratio": 0.023,
+            "momentum": 0.86,
+        },
     }
-    needs_space = "pixel"
+    needs_space = "any"
     needs_operator = "differentiable"
     step_option = "lr"
     weighs_noise_level = False  # the default tau = 0.01 fixes the data weight whatever sigma_y (tau=None weighs it)
@@ -154,15 +182,14 @@ class DAPS(Sampler):
 
     def own_work(self, prior, op, y, x0):
         """The Langevin steps' data gradients (through the operator), langevin_steps per level."""
-        return (lambda v: self.data_gradient(op, y, v)), self.config.steps * self.config.langevin_steps, "Langevin"
+        return (
+            (lambda v: self.data_gradient(op, y, v, prior)),
+            self.config.steps * self.config.langevin_steps,
+            "Langevin",
+        )
 
     def check(self, prior, op) -> None:
-        try:
-            super().check(prior, op)
-        except ValueError as err:
-            if prior.space != "pixel":  # the base class names the samplers that work with a latent prior
-                raise ValueError(f"{err} (LatentDAPS, the paper's latent variant, is not implemented)") from None
-            raise
+        super().check(prior, op)
         if self.config.tau is None and not _has_likelihood(op):
             raise ValueError(
                 f"daps with tau=None uses the operator's likelihood, which '{op.name}' with noise_sigma=0 does not "
@@ -188,10 +215,17 @@ class DAPS(Sampler):
             out.append(_Level(sigma, [t for t, _ in grid], [s for _, s in grid], eta, sigma_next))
         return out
 
-    def data_gradient(self, op, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """grad_x of the data term (n, C, H, W): ||r||^2 / tau^2 (the reference's op.error / tau^2, r the noise
-        model's residual), or -log p(y | x) for tau=None; through the operator only (closed form when linear)."""
+    def data_gradient(self, op, y: torch.Tensor, x: torch.Tensor, prior=None) -> torch.Tensor:
+        """grad_x of the data term (n, *state): ||r||^2 / tau^2 (the reference's op.error / tau^2, r the noise
+        model's residual), or -log p(y | x) for tau=None; through the operator only (closed form when linear).
+        With a latent `prior`, x is a latent and the gradient goes through the decoder (clipped to [-1, 1] before
+        the division by tau^2, as the reference's LatentWrapper)."""
         tau = self.config.tau
+        if prior is not None and prior.space == "latent":
+            if tau is None:
+                return autograd_gradient(lambda z: op.noise.neg_log_likelihood(y.clone(), op(prior.to_image(z))), x)
+            grad = autograd_gradient(lambda z: op.residual_norm(y.clone(), prior.to_image(z)).square(), x)
+            return grad.clamp_(-1, 1).div_(tau**2)
         if tau is not None:
             return op.residual_gradient(y, x).mul_(2 / tau**2)
         if isinstance(op.noise, GaussianNoise):
@@ -199,10 +233,12 @@ class DAPS(Sampler):
         return autograd_gradient(lambda v: op.noise.neg_log_likelihood(y.clone(), op(v)), x)
 
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
+        cfg = self.config
         device = prior.device
+        shape = prior.state_shape(image_shape)  # latents for a latent prior (LatentDAPS)
         alpha_bar = prior.alphas_cumprod.double().cpu()
         levels = self.levels(prior)
-        x_t = randn_stacked(generators, image_shape, device) * levels[0].sigma
+        x_t = randn_stacked(generators, shape, device) * levels[0].sigma
         for i, level in enumerate(levels):
             # 1. x0_hat: Euler steps of the PF-ODE from sigma_i to ode_sigma_min, x <- D + (s_next / s) (x - D)
             x = x_t
@@ -211,12 +247,21 @@ class DAPS(Sampler):
                     denoised = prior.predict(x * float(alpha_bar[t]) ** 0.5, t).x0_hat
                     x = denoised + (level.ode_sigma[j + 1] / level.ode_sigma[j]) * (x - denoised)
             x0_hat = x.clone()  # a normal tensor: the Langevin chain updates it in place
-            # 2. Langevin dynamics on N(x0; x0_hat, sigma_i^2) p(y | x0), from x0_hat
+            # 2. Langevin dynamics (or damped HMC) on N(x0; x0_hat, sigma_i^2) p(y | x0), from x0_hat
             x0 = x0_hat.clone()
             eta, inv_var = level.eta, 1 / level.sigma**2
-            for _ in range(self.config.langevin_steps):
-                z = randn_stacked(generators, image_shape, device)
-                grad = self.data_gradient(op, y, x0)
+            velocity = randn_stacked(generators, shape, device) if cfg.mc_algo == "hmc" else None
+            for _ in range(cfg.langevin_steps):
+                z = randn_stacked(generators, shape, device)
+                grad = self.data_gradient(op, y, x0, prior)
+                if velocity is not None:  # v <- m v + sqrt(eta) grad log pi + sqrt(2 (1 - m)) z; x <- x + sqrt(eta) v
+                    with torch.no_grad():
+                        score = (x0_hat - x0).mul_(inv_var).sub_(grad)
+                        velocity.mul_(cfg.momentum).add_(score, alpha=eta**0.5).add_(
+                            z, alpha=(2 * (1 - cfg.momentum)) ** 0.5
+                        )
+                        x0 = x0 + eta**0.5 * velocity
+                    continue
                 with torch.no_grad():
                     # x0 + eta (-grad + (x0_hat - x0) / sigma^2) + sqrt(2 eta) z
                     x0 = (
@@ -226,7 +271,7 @@ class DAPS(Sampler):
                         .add_(z, alpha=(2 * eta) ** 0.5)
                     )
             # 3. re-noise to the next level
-            x_t = x0 + level.sigma_next * randn_stacked(generators, image_shape, device) if level.sigma_next else x0
+            x_t = x0 + level.sigma_next * randn_stacked(generators, shape, device) if level.sigma_next else x0
             step_hook(
                 {
                     "i": i,
@@ -237,7 +282,8 @@ class DAPS(Sampler):
                     "nfe": len(level.ode_t) - 1,
                 }
             )
-        return x0, {}
+        with torch.no_grad():
+            return prior.to_image(x0), {}
 
 
 def _has_likelihood(op) -> bool:
