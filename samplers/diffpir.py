@@ -24,6 +24,9 @@ Departures from the reference code:
 - The result is the last step's x0_hat; the reference returns the state x_0 itself, which differs from it by the
   noise sqrt(1 - alpha_bar_0) = 0.01 (its last network call is unused).
 - Gaussian noise only (the data step is the Gaussian likelihood's proximal map, as the paper).
+- The nonlinear gradient step is clipped to [-1, 1]: at large t its length sigma_bar_t^2 / (lambda sigma_y^2)
+  reaches 1e6 and throws x0 far out of range; the reference carries that x0 into x_{t-1} (|x| ~ 1e4) and relies
+  on the next denoiser output being clipped, which our divergence guard stops instead.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ class DiffPIR(Sampler):
         sigma_y = max(op.noise.sigma, SIGMA_N_FLOOR)
         if op.is_linear:
             return op.prox(x0_hat, y, rho, sigma_y=sigma_y)
-        return x0_hat - op.residual_gradient(y, x0_hat) / (4 * rho * sigma_y**2)
+        return (x0_hat - op.residual_gradient(y, x0_hat) / (4 * rho * sigma_y**2)).clamp_(-1, 1)
 
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
         cfg = self.config

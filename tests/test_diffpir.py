@@ -61,7 +61,7 @@ def test_data_step_solves_the_references_problem(op, t):
 
 
 def test_nonlinear_data_step_is_the_references_gradient_step():
-    """x0 = x0_hat - grad ||y - A(x)||^2 / (2 sigma_y^2) / (4 rho_t), through the operator only."""
+    """x0 = x0_hat - grad ||y - A(x)||^2 / (2 sigma_y^2) / (4 rho_t), through the operator only, clipped to [-1, 1]."""
     op = get_operator("high_dynamic_range", noise_sigma=0.05)
     g = torch.Generator().manual_seed(0)
     x0_hat = torch.rand(2, 1, 8, 8, generator=g) - 0.5
@@ -70,7 +70,9 @@ def test_nonlinear_data_step_is_the_references_gradient_step():
     rho = sampler.rho(0.5)
     v = x0_hat.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad((op(v) - y).square().sum() / (2 * 0.05**2), v)
-    assert torch.allclose(sampler.data_step(op, y, x0_hat, rho), x0_hat - grad / (4 * rho), atol=1e-6)
+    assert torch.allclose(sampler.data_step(op, y, x0_hat, rho), (x0_hat - grad / (4 * rho)).clamp(-1, 1), atol=1e-6)
+    far = sampler.data_step(op, y, x0_hat, sampler.rho(4e-5))  # t near T: a step of ~1e6, clipped to the image range
+    assert far.abs().max() <= 1
 
 
 @pytest.mark.parametrize("case_name", ["blur", "inpaint", "sr2"])
