@@ -263,6 +263,17 @@ def test_prox_matches_a_dense_solve(name, params):
 
 
 @pytest.mark.parametrize("name,params", LINEAR)
+def test_prox_does_not_depend_on_the_batch(name, params):
+    """Each image's conjugate gradients stop on their own (a converged one is frozen while others go on)."""
+    op = make(name, params, noise_sigma=0.05)
+    z, y = rand((3, *IMAGE), 5), rand((3, *op.measurement_shape(IMAGE)), 6)
+    rho = torch.tensor([1e-3, 1.0, 1e3], dtype=torch.float64)
+    together = op.prox(z, y, rho)
+    alone = torch.cat([op.prox(z[i : i + 1], y[i : i + 1], rho[i : i + 1]) for i in range(3)])
+    assert torch.allclose(together, alone, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,params", LINEAR)
 def test_prox_limits(name, params):
     """rho = inf returns z; sigma_y = 0 (noiseless) is the limit lam -> 0: the least-squares solution nearest z,
     z + A^+ (y - A z), which fits consistent data exactly (dense pinv with an SVD; CG with enough iterations)."""
