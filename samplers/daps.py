@@ -107,8 +107,10 @@ class DAPSConfig:
             raise ValueError(
                 f"need mc_algo 'langevin' or 'hmc' and 0 <= momentum < 1; got {self.mc_algo!r}, {self.momentum}"
             )
-        if self.tau is not None and not self.tau > 0:
-            raise ValueError(f"tau must be > 0 or None (the operator's likelihood), got {self.tau}")
+        if self.tau is not None and not (isinstance(self.tau, int | float) and self.tau > 0):
+            raise ValueError(
+                f"tau must be > 0 or None (the operator's likelihood; tau=null on the command line), got {self.tau!r}"
+            )
 
 
 def poly_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0) -> list[float]:
