@@ -165,6 +165,7 @@ def test_noiseless_likelihoods_are_refused_with_tau_none(gmm):
         {"ode_sigma_min": 0.5},
         {"lr_min_ratio": 0.0},
         {"tau": 0.0},
+        {"tau": "None"},
         {"mc_algo": "mala"},
         {"momentum": 1.0},
     ],
