@@ -7,6 +7,8 @@ Each baseline maps (op, y, **params) to one image estimate (B, C, H, W) and says
     tv         argmin ||y - A x||^2 / 2 + weight TV(x) (Chambolle-Pock)   any linear operator
     bm3d       BM3D (Dabov et al. 2007; the `bm3d` package, an extra)     denoise, Gaussian noise
     pnp_admm   plug-and-play ADMM with BM3D as the denoiser (op.prox)     linear, Gaussian noise
+    unclip     y / scale (exact where nothing saturated)                  high_dynamic_range
+    hio        Fienup's hybrid input-output from Fourier magnitudes       phase_retrieval
     bicubic    bicubic upsampling of y                                    super_resolution
     harmonic   missing pixels solve Laplace's equation from the observed  inpainting (masks)
 
@@ -29,10 +31,12 @@ import torch.nn.functional as F
 from posterior_diffusion.operators import (
     Denoise,
     GaussianNoise,
+    HighDynamicRange,
     InpaintBox,
     InpaintRandom,
     LinearOperator,
     Operator,
+    PhaseRetrieval,
     SuperResolution,
 )
 from posterior_diffusion.tensor_utils import conjugate_gradient
@@ -114,6 +118,40 @@ def _bm3d_denoise(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return (out.to(images) * 2 - 1).clamp(-1, 1)
 
 
+def unclip(op: HighDynamicRange, y: torch.Tensor) -> torch.Tensor:
+    """y / scale: the exact inverse wherever a pixel did not saturate (and the value 1 / scale where it did)."""
+    return (y / op.scale).clamp(-1, 1)
+
+
+def hio(op: PhaseRetrieval, y: torch.Tensor, iters: int = 300, beta: float = 0.9, seed: int = 0) -> torch.Tensor:
+    """Fienup's hybrid input-output (Fienup, Appl. Opt. 1982): from Fourier magnitudes y (B, C, Mh, Mw) and a
+    random phase (seeded), alternate the measured magnitudes with the object constraints (zero outside the
+    image's support in the padded frame, values in [0, 1]): HIO steps (pixels that break a constraint move by
+    -beta times the new estimate) for `iters`, then `iters` // 5 error-reduction steps (they are set to the
+    nearest allowed value). Like the samplers it can land on the 180-degree twin. Returns (B, C, H, W) in [-1, 1]."""
+    _, height, width = op.image_shape(tuple(y.shape[1:]))
+    pad_h, pad_w = op.padding(height, width)
+    magnitude = torch.fft.ifftshift(y.float().clamp(min=0), dim=(-2, -1))
+    support = torch.zeros(y.shape[-2:], dtype=torch.bool, device=y.device)
+    support[pad_h : pad_h + height, pad_w : pad_w + width] = True
+    generator = torch.Generator(device=y.device).manual_seed(seed)
+    phase = torch.rand(magnitude.shape, generator=generator, device=y.device) * (2 * math.pi)
+    g = torch.fft.ifft2(torch.polar(magnitude, phase), norm="ortho").real
+
+    def project_magnitude(v: torch.Tensor) -> torch.Tensor:
+        spectrum = torch.fft.fft2(v, norm="ortho")
+        return torch.fft.ifft2(torch.polar(magnitude, spectrum.angle()), norm="ortho").real
+
+    for _ in range(iters):
+        new = project_magnitude(g)
+        allowed = support & (new >= 0) & (new <= 1)
+        g = torch.where(allowed, new, g - beta * new)
+    for _ in range(iters // 5):
+        g = torch.where(support, project_magnitude(g).clamp(0, 1), torch.zeros_like(g))
+    image = g[..., pad_h : pad_h + height, pad_w : pad_w + width]
+    return (image * 2 - 1).clamp(-1, 1).to(y.dtype)
+
+
 def bicubic(op: SuperResolution, y: torch.Tensor) -> torch.Tensor:
     return F.interpolate(y, scale_factor=op.factor, mode="bicubic", align_corners=False).clamp(-1, 1)
 
@@ -165,6 +203,8 @@ BASELINES: dict[str, Baseline] = {
     "tv": Baseline(tv, lambda op: op.is_linear, "a linear operator", {"weight": HALF_DECADES[2:]}),
     "bm3d": Baseline(bm3d, _gaussian_denoising, "denoise with Gaussian noise"),
     "pnp_admm": Baseline(pnp_admm, _linear_gaussian, "a linear operator with Gaussian noise", {"sigma_d": SIGMA_GRID}),
+    "unclip": Baseline(unclip, lambda op: isinstance(op, HighDynamicRange), "high_dynamic_range"),
+    "hio": Baseline(hio, lambda op: isinstance(op, PhaseRetrieval), "phase_retrieval"),
     "bicubic": Baseline(bicubic, lambda op: isinstance(op, SuperResolution), "super_resolution"),
     "harmonic": Baseline(harmonic, lambda op: isinstance(op, (InpaintBox, InpaintRandom)), "an inpainting mask"),
 }

@@ -110,7 +110,12 @@ def _read_json(path: Path, what: str):
         ) from None
 
 
+IMAGE_OUT_MARGIN = 0.5  # how far past [-1, 1] a measurement may reach and still be written as an image (noise)
+
+
 def _write_measurement(y: torch.Tensor, path: Path) -> None:
+    """y as .pt / .npz (exact values) or as an image file (clipped to [-1, 1], 8 bits); a measurement that is not
+    image-like (values beyond IMAGE_OUT_MARGIN outside [-1, 1], e.g. Fourier magnitudes) is refused as an image."""
     from posterior_diffusion.images import save_image
 
     if path.suffix == ".pt":
@@ -118,6 +123,12 @@ def _write_measurement(y: torch.Tensor, path: Path) -> None:
     elif path.suffix == ".npz":
         np.savez(path, y=y.numpy())
     else:
+        low, high = float(y.min()), float(y.max())
+        if low < -1 - IMAGE_OUT_MARGIN or high > 1 + IMAGE_OUT_MARGIN:
+            raise ValueError(
+                f"the measurement spans [{low:.3g}, {high:.3g}], not an image on [-1, 1]: an image file would clip "
+                f"it; write it as .pt or .npz (--out {path.with_suffix('.pt').name})"
+            )
         save_image(y, path)
 
 

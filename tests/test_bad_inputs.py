@@ -125,6 +125,7 @@ CLI_CASES = [  # (id, argv, a fragment of the one-line message)
     ("batch-size-0", [*RESTORE, "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
     ("batch-size-negative", [*RESTORE, "--batch-size", "-3"], "batch_size must be an integer >= 1, got -3"),
     ("num-samples-0", [*RESTORE, "--num-samples", "0"], "num_samples must be an integer >= 1"),
+    ("magnitudes-as-png", [*DEGRADE, "--operator", "phase_retrieval"], "not an image on [-1, 1]: an image file would"),
     ("sample-device-tpu", ["sample", "--out", "{dir}/grid.png", "--device", "tpu"], "unknown device 'tpu'"),
     ("sample-seed-negative", ["sample", "--out", "{dir}/grid.png", "--seed", "-1"], "seed must be an integer"),
 ]

@@ -34,7 +34,8 @@ def test_bicubic_keeps_constants_and_errors_name_the_problem():
         baseline("harmonic", op, torch.zeros(1, 3, 4, 4))
     with pytest.raises(
         ValueError,
-        match="unknown baseline 'wiener'; valid: pinv, tikhonov, tv, bm3d, pnp_admm, bicubic, harmonic, dirty, rml",
+        match="unknown baseline 'wiener'; valid: pinv, tikhonov, tv, bm3d, pnp_admm, unclip, hio, bicubic, harmonic, "
+        "dirty, rml",
     ):
         baseline("wiener", op, torch.zeros(1, 3, 4, 4))
 
@@ -91,6 +92,27 @@ def test_pnp_admm_with_bm3d_deblurs_better_than_tuned_tikhonov():
     y = op.measure(x, torch.Generator().manual_seed(1))
     best_tikhonov = max(float(psnr(baseline("tikhonov", op, y, reg=r), x)) for r in BASELINES["tikhonov"].grid["reg"])
     assert float(psnr(baseline("pnp_admm", op, y, sigma_d=0.1, iters=3), x)) > best_tikhonov + 2
+
+
+def test_unclip_inverts_the_unsaturated_pixels():
+    op = get_operator("high_dynamic_range", noise_sigma=0.0)
+    x = _blocks(1) * 0.8  # -0.48 and 0.4: below 1 / scale = 0.5 in magnitude, so nothing saturates
+    assert torch.allclose(baseline("unclip", op, op(x)), x, atol=1e-6)
+    saturated = baseline("unclip", op, op(_blocks(1)))  # -0.6 saturates: its best guess is -1 / scale
+    assert torch.allclose(saturated.amin(), torch.tensor(-0.5))
+
+
+def test_hio_fits_the_magnitudes_from_a_random_phase():
+    """Noiseless Fourier magnitudes of a 16x16 image: HIO's estimate reproduces them (to 5 %), from a random-phase
+    start whose magnitudes are far off; the seed makes it repeatable."""
+    op = get_operator("phase_retrieval", noise_sigma=0.0)
+    x = _blocks(1, 16)
+    y = op(x)
+    estimate = baseline("hio", op, y, seed=3)
+    assert float((op(estimate) - y).norm() / y.norm()) < 0.05
+    start = baseline("hio", op, y, iters=0, seed=3)  # the random-phase start, constraints applied once
+    assert float((op(start) - y).norm() / y.norm()) > 0.2
+    assert torch.equal(estimate, baseline("hio", op, y, seed=3))
 
 
 def test_tune_takes_the_best_combination_of_the_grid_and_keeps_fixed_weights():
