@@ -3,12 +3,13 @@ arXiv:2308.07983), Algorithm 1 with the noisy-observation construction of Sec. 3
 gabrielvc/mcg_diff (`mcg_diff/particle_filter.py`, `scripts/configs`).
 
 Why MCGdiff (and not TDS) is our asymptotically exact sampler: for a linear operator with an SVD and Gaussian
-noise its sequential Monte Carlo targets the posterior of the diffusion model itself, with no approximation other
-than the model: each particle's proposal is the exact product of the DDPM transition and a Gaussian potential, so
-it needs no gradient through the network (one forward per particle and step, TDS needs a backward too) and its
-weights stay well behaved on exactly the problems our exact-posterior bench checks. It reuses the spectral
-machinery of DDRM (`op.svd()`, `spectral.spectral_noise`); TDS's twisting is DPS's approximation and would only
-be exact with as many particles as it takes to correct it.
+noise its sequential Monte Carlo targets the posterior of the diffusion chain itself, with no approximation other
+than the chain: each particle's proposal is the exact product of the DDPM transition and a Gaussian potential, so
+it needs no gradient through the network (one forward per particle and step; TDS needs a backward too and its
+DPS-like twisting is only corrected by the weights). It reuses DDRM's spectral machinery (`op.svd()`,
+`spectral.spectral_noise`), and every operator of the exact-posterior bench has an SVD. What limits it there
+(README, "Exact posteriors"): the weights degenerate with many observed coordinates, so the error falls slowly
+with the particles, and the 100-step DDPM chain whose posterior it samples is itself under-dispersed.
 
 The construction, per spectral coordinate i of A = U diag(s) V^T (c = V^T x; y_bar_i = (U^T y)_i / s_i is
 c_{0,i} plus noise of variance r_i = sigma_y^2 / s_i^2). On the strided grid of states j = 0 .. steps (x_T at
@@ -16,7 +17,8 @@ t = T - 1 down to the clean image, alpha_bar = 1), coordinate i is "observed" at
 noise (1 - alpha_bar) / alpha_bar, plus kappa, first fits in r_i: there the forward process makes
 y_tilde_i = sqrt(alpha_bar_tau) y_bar_i an observation of c_{tau,i} with Gaussian noise of variance
 kappa_i = alpha_bar_tau r_i - (1 - alpha_bar_tau) >= kappa, so that conditioning the diffusion chain on
-{c_{tau_i, i} = y_tilde_i + noise} is conditioning x_0 on y (exactly, for any grid). Before tau_i the coordinate
+{c_{tau_i, i} = y_tilde_i + noise} is conditioning x_0 on y (exactly for the diffusion process; for the
+model's discretised chain only as its grid gets fine, see `observe`). Before tau_i the coordinate
 is twisted by the forward kernel, g_{j,i}(c) = N(c; sqrt(alpha_bar_j) y_bar_i, 1 - (1 - kappa_i) alpha_bar_j /
 alpha_bar_tau) (the paper's potentials); after tau_i it is free. Each step j -> j + 1:
 
@@ -32,7 +34,7 @@ The last step (sigma = 0, to the clean image) is not resampled: its weights are 
 Particles are the chains of a measurement: `particles` chains (seeded (seed, b, p) by the base class) run
 together and are never split across chunks (`batch_size` caps the network batch instead), resampling and the
 final draw use per-measurement random numbers (the first particle's generator, and a generator seeded
-(seed, b, "draw")), so results do not depend on batch_size or on the other measurements of a call.
+(seed, b, 2^32)), so results do not depend on batch_size or on the other measurements of a call.
 `nfe` is per measurement: steps x particles network evaluations (all its samples come from one particle set).
 
 Departures from the reference code:
@@ -47,7 +49,8 @@ Departures from the reference code:
 - The initial particles are drawn from N(0, I) times the first potentials (the reference draws N(0, I) and
   weighs), and the chain ends at alpha_bar = 1 (x0_hat of the last state; the reference stops at t = 0).
 - Strided DDPM (DDIM with eta = 1) steps from `schedule.ddpm_coefficients`; samples are not clipped to [-1, 1].
-- `resampling="systematic"` is ours (lower variance); the reference draws multinomially.
+- Options of ours, off by default (see `MCGdiffConfig`): `resampling="systematic"`, adaptive resampling
+  (`ess_threshold`), `observe="clean"` and `twist="bayes"`; the exact report uses all but the adaptive one.
 """
 
 from __future__ import annotations
