@@ -115,7 +115,7 @@ def _prior_folder(name: str, request):
 
 
 # How far batch_size 1 and 4 may differ in float32 (README, "Python"): batched convolutions round differently
-# (about 1e-6 with a trained network, up to 2e-4 with these random ones); RED-Diff's first Adam steps and
+# (about 1e-6 with a trained network, up to about 2e-4 with these random ones: tested to 1e-3); RED-Diff's first Adam steps and
 # ReSample's per-chain stopping rules can turn that rounding into up to one optimiser step (measured 1.0e-2 and
 # 6.1e-3 on Kodak crops). bfloat16 networks: 2e-2.
 # DiffPIR on an operator without an SVD: its prox is conjugate gradients stopped at PROX_MAX_ITER, and the unconverged
@@ -129,12 +129,13 @@ BATCH_TOLERANCE = {"red_diff": 2e-2, "resample": 2e-2, "diffpir": 5e-2}
 def test_end_to_end_on_a_diffusers_unet_batch_invariant(name, dtype, request):
     prior = load_prior(_prior_folder(name, request), dtype=dtype)
     op = _operator_for(name)
-    y = op.measure(torch.rand(2, 3, 8, 8) * 2 - 1, torch.Generator().manual_seed(0))
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1  # not the global RNG: the
+    y = op.measure(x, torch.Generator().manual_seed(0))  # same y whatever tests ran before
     kwargs = {"prior": prior, "sampler": name, "num_samples": 2, "seed": 3, "progress": False, **SMOKE[name]}
     whole = sample_posterior(y, op, batch_size=4, **kwargs)
     single = sample_posterior(y, op, batch_size=1, **kwargs)
     assert whole.samples.shape == (2, 2, 3, 8, 8) and torch.isfinite(whole.samples).all()
-    tol = BATCH_TOLERANCE.get(name, 2e-4) if dtype == torch.float32 else 2e-2
+    tol = BATCH_TOLERANCE.get(name, 1e-3) if dtype == torch.float32 else 2e-2
     diff = float((whole.samples - single.samples).abs().max())
     assert diff < tol, f"batch_size changed the result by {diff}"
     assert whole.nfe == get_sampler(name, **SMOKE[name]).nfe(prior)
