@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from posterior_diffusion.operators.base import Operator
+from posterior_diffusion.operators.noise import GaussianNoise
 from posterior_diffusion.priors.base import DiffusionPrior
 from posterior_diffusion.registry import Registry
 from posterior_diffusion.tensor_utils import chunk_slices, make_generators, seed_for
@@ -148,6 +149,7 @@ class Sampler:
     EXACT_OPTIONS: ClassVar[dict | None]
     needs_space: ClassVar[str] = "pixel"  # "pixel", "latent" or "any"
     needs_operator: ClassVar[str] = "differentiable"  # "differentiable", "linear" or "svd"
+    needs_gaussian_noise: ClassVar[bool] = False  # True: the algorithm uses sigma_y of Gaussian measurement noise
     samples_posterior: ClassVar[bool] = True  # False: a mode-seeking (variational) estimate, not posterior draws
     blind: ClassVar[bool] = False  # True: estimates operator parameters too (returned in extras)
     weighs_noise_level: ClassVar[bool] = True  # False: the data term ignores sigma_y (DPS, RED-Diff)
@@ -204,6 +206,8 @@ class Sampler:
                 f"{self.name} needs a {what}; '{op.name}' with these settings is not one. "
                 f"Operators that work: {describe_capable(needs)}"
             )
+        if self.needs_gaussian_noise and not isinstance(op.noise, GaussianNoise):
+            raise ValueError(f"{self.name} needs Gaussian measurement noise (noise='gaussian'), got '{op.noise.name}'")
 
     def __call__(
         self,

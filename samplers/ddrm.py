@@ -12,8 +12,6 @@ from typing import ClassVar
 
 import torch
 
-from posterior_diffusion.operators.noise import GaussianNoise
-
 from .base import Sampler, register_sampler
 from .schedule import ddrm_timesteps, sigma_of
 from .spectral import SpectralPosterior, spectral_noise
@@ -51,16 +49,12 @@ class DDRM(Sampler):
         "denoise": {},
     }
     needs_operator = "svd"
+    needs_gaussian_noise = True
     SMOKE_OPTIONS: ClassVar[dict] = {"steps": 4}
     EXACT_OPTIONS: ClassVar[dict | None] = {"steps": 100}
 
     def nfe(self, prior) -> int:
         return self.config.steps
-
-    def check(self, prior, op):
-        super().check(prior, op)
-        if not isinstance(op.noise, GaussianNoise):
-            raise ValueError(f"{self.name} needs Gaussian measurement noise (noise='gaussian'), got '{op.noise.name}'")
 
     @torch.inference_mode()
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):

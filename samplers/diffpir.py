@@ -36,7 +36,6 @@ from typing import ClassVar
 
 import torch
 
-from posterior_diffusion.operators.noise import GaussianNoise
 from posterior_diffusion.tensor_utils import randn_stacked
 
 from .base import Sampler, register_sampler
@@ -85,6 +84,7 @@ class DiffPIR(Sampler):
     }
     needs_space = "pixel"
     needs_operator = "differentiable"
+    needs_gaussian_noise = True
     samples_posterior = False  # a plug-and-play (HQS) restoration: its spread is not calibrated
     SMOKE_OPTIONS: ClassVar[dict] = {"steps": 3}
     EXACT_OPTIONS: ClassVar[dict | None] = {"steps": 100}
@@ -95,11 +95,6 @@ class DiffPIR(Sampler):
     def own_work(self, prior, op, y, x0):
         """The data step of every step but the last (a proximal solve, conjugate gradients without an SVD)."""
         return (lambda v: self.data_step(op, y, v, self.rho(0.5))), self.config.steps - 1, "data step"
-
-    def check(self, prior, op) -> None:
-        super().check(prior, op)
-        if not isinstance(op.noise, GaussianNoise):
-            raise ValueError(f"{self.name} needs Gaussian measurement noise (noise='gaussian'), got '{op.noise.name}'")
 
     def rho(self, alpha_bar: float) -> float:
         """rho_t = lambda / (4 sigma_bar_t^2) of the step whose alpha_bar_t is `alpha_bar` (module docstring)."""
