@@ -56,8 +56,6 @@ from typing import ClassVar
 
 import torch
 
-from posterior_diffusion.operators.noise import GaussianNoise
-
 from .base import Sampler, register_sampler
 from .spectral import SpectralPosterior, spectral_noise
 
@@ -125,17 +123,13 @@ class DDNM(Sampler):
         "denoising": {},
     }
     needs_operator = "svd"
+    needs_gaussian_noise = True
     SMOKE_OPTIONS: ClassVar[dict] = {"steps": 4, "travel_length": 1, "travel_repeat": 2}
     EXACT_OPTIONS: ClassVar[dict | None] = {"steps": 100}
 
     def nfe(self, prior) -> int:
         cfg = self.config
         return sum(j < i for i, j in travel_schedule(cfg.steps, cfg.travel_length, cfg.travel_repeat))
-
-    def check(self, prior, op):
-        super().check(prior, op)
-        if not isinstance(op.noise, GaussianNoise):
-            raise ValueError(f"{self.name} needs Gaussian measurement noise (noise='gaussian'), got '{op.noise.name}'")
 
     @torch.inference_mode()
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):

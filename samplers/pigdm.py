@@ -52,7 +52,6 @@ from typing import ClassVar
 
 import torch
 
-from posterior_diffusion.operators.noise import GaussianNoise
 from posterior_diffusion.tensor_utils import randn_stacked
 
 from .base import Sampler, register_sampler
@@ -98,6 +97,7 @@ class PiGDM(Sampler):
         "denoise": {},
     }
     needs_operator = "linear"
+    needs_gaussian_noise = True
     network_gradient = True  # d x0_hat / d x_t through the network (a VJP per step)
     step_option = "guidance_scale"
     SMOKE_OPTIONS: ClassVar[dict] = {"steps": 4}
@@ -109,11 +109,6 @@ class PiGDM(Sampler):
     def own_work(self, prior, op, y, x0):
         """The proximal solve of every step (conjugate gradients without an SVD), at r^2 = 1/2."""
         return (lambda v: self._weighted_residual(op, y, v, 0.5)), self.config.steps, "proximal solve"
-
-    def check(self, prior, op):
-        super().check(prior, op)
-        if not isinstance(op.noise, GaussianNoise):
-            raise ValueError(f"{self.name} needs Gaussian measurement noise (noise='gaussian'), got '{op.noise.name}'")
 
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):
         cfg = self.config
