@@ -115,9 +115,9 @@ def _prior_folder(name: str, request):
 
 
 # How far batch_size 1 and 4 may differ in float32 (README, "Python"): batched convolutions round differently
-# (about 1e-6 with a trained network, up to about 2e-4 with these random ones: tested to 1e-3); RED-Diff's first Adam steps and
-# ReSample's per-chain stopping rules can turn that rounding into up to one optimiser step (measured 1.0e-2 and
-# 6.1e-3 on Kodak crops). bfloat16 networks: 2e-2.
+# (about 1e-6 with a trained network, up to about 2e-4 with these random ones: tested to 1e-3); RED-Diff's first
+# Adam steps and ReSample's per-chain stopping rules can turn that rounding into up to one optimiser step
+# (measured 1.0e-2 and 6.1e-3 on Kodak crops). bfloat16 networks: 2e-2.
 # DiffPIR on an operator without an SVD: its prox is conjugate gradients stopped at PROX_MAX_ITER, and the unconverged
 # iterates at tiny rho_t (t near T) amplify that rounding chaotically (measured 3.4e-3 to 2.7e-2 here; 3e-7 with the
 # exact FFT prox of a circular blur).
