@@ -57,6 +57,7 @@ from typing import ClassVar
 import torch
 
 from .base import Sampler, register_sampler
+from .schedule import host_alpha_bars
 from .spectral import SpectralPosterior, spectral_noise
 
 
@@ -139,7 +140,7 @@ class DDNM(Sampler):
         sigma_y = op.noise.sigma if cfg.plus else 0.0
         spec = SpectralPosterior(svd, y, image_shape, sigma_y)
         skip = prior.num_timesteps // cfg.steps
-        alpha_bar = [*prior.alphas_cumprod.double().cpu().tolist(), 1.0]  # index -1 -> alpha_bar = 1
+        alpha_bar = host_alpha_bars(prior.alphas_cumprod)  # index -1 -> alpha_bar = 1
         x_t = svd.V(spectral_noise(svd, generators, image_shape, device))  # x_T ~ N(0, I)
         x0_hat = None
         for k, (i, j) in enumerate(travel_schedule(cfg.steps, cfg.travel_length, cfg.travel_repeat)):

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from .base import Sampler, register_sampler
-from .schedule import ddrm_timesteps, sigma_of
+from .schedule import ddrm_timesteps, host_alpha_bars, sigma_of
 from .spectral import SpectralPosterior, spectral_noise
 
 
@@ -63,7 +63,7 @@ class DDRM(Sampler):
         svd = op.svd()
         spec = SpectralPosterior(svd, y, image_shape, op.noise.sigma)
         pairs = ddrm_timesteps(prior.num_timesteps, cfg.steps)
-        alpha_bar = [*prior.alphas_cumprod.double().cpu().tolist(), 1.0]  # index -1 -> alpha_bar = 1
+        alpha_bar = host_alpha_bars(prior.alphas_cumprod)  # index -1 -> alpha_bar = 1
         t_first = pairs[0][0]
         c = spec.init(spectral_noise(svd, generators, image_shape, device), sigma_of(alpha_bar[t_first]))
         x_t = alpha_bar[t_first] ** 0.5 * svd.V(c)

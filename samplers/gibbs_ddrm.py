@@ -39,7 +39,7 @@ from posterior_diffusion.operators.noise import GaussianNoise
 from posterior_diffusion.tensor_utils import make_generators, randn_stacked
 
 from .base import Sampler, register_sampler
-from .schedule import ddrm_timesteps, sigma_of
+from .schedule import ddrm_timesteps, host_alpha_bars, sigma_of
 from .spectral import SpectralPosterior, spectral_noise
 
 REFERENCE_PIXELS = 3 * 256 * 256
@@ -288,7 +288,7 @@ class GibbsDDRM(Sampler):
         sigma_ddrm = (sigma_y**2 + cfg.model_sigma**2) ** 0.5
         pairs = ddrm_timesteps(prior.num_timesteps, cfg.steps)
         updates = self._update_steps(prior.num_timesteps)
-        alpha_bar = [*prior.alphas_cumprod.double().cpu().tolist(), 1.0]
+        alpha_bar = host_alpha_bars(prior.alphas_cumprod)  # index -1 -> alpha_bar = 1
 
         def ddrm_update(blur, spec, pred, sigma_next):
             z = spectral_noise(blur, generators, image_shape, device)

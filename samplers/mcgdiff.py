@@ -64,7 +64,7 @@ import torch
 from posterior_diffusion.tensor_utils import append_dims, chunk_slices, make_generators, seed_for
 
 from .base import Sampler, SamplerOutput, register_sampler
-from .schedule import ddpm_coefficients, strided_timesteps
+from .schedule import ddpm_coefficients, host_alpha_bars, strided_timesteps
 from .spectral import spectral_noise
 
 RESAMPLING = ("multinomial", "systematic")
@@ -186,7 +186,7 @@ class MCGdiff(Sampler):
         timesteps = strided_timesteps(prior.num_timesteps, cfg.steps)
         coef = ddpm_coefficients(prior.alphas_cumprod, timesteps)
         # alpha_bar of the states j = 0 .. steps (the last is the clean image) and the step variances
-        ab = [*coef.alpha_bar.double().tolist(), 1.0]
+        ab = host_alpha_bars(coef.alpha_bar)
         var = [(1 - ab[j + 1]) / (1 - ab[j]) * (1 - ab[j] / ab[j + 1]) for j in range(cfg.steps)]
         obs = _Observation(svd, y, image_shape, op.noise.sigma, ab, cfg.kappa, cfg.observe == "tau", cfg.twist)
         resample_generators = generators[::p]  # one per measurement: its first particle's

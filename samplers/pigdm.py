@@ -56,7 +56,7 @@ from posterior_diffusion.tensor_utils import randn_stacked
 
 from .base import Sampler, register_sampler
 from .inits import initial_state
-from .schedule import ddrm_timesteps
+from .schedule import ddrm_timesteps, host_alpha_bars
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class PiGDM(Sampler):
         cfg = self.config
         device = prior.device
         pairs = ddrm_timesteps(prior.num_timesteps, cfg.steps)
-        alpha_bar = [*prior.alphas_cumprod.double().cpu().tolist(), 1.0]  # index -1 -> alpha_bar = 1
+        alpha_bar = host_alpha_bars(prior.alphas_cumprod)  # index -1 -> alpha_bar = 1
         with torch.no_grad():
             a_first = alpha_bar[pairs[0][0]]
             x0_init = initial_state("pinv", op, y, image_shape)

@@ -40,6 +40,12 @@ def red_diff_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
     return [int(i * skip) for i in range(steps)][::-1]
 
 
+def host_alpha_bars(alphas_cumprod: torch.Tensor) -> list[float]:
+    """alpha_bar_t for t = 0..T-1 as host floats (float64 precision), plus alpha_bar = 1 at index -1: the clean end
+    that grids such as `ddrm_timesteps` reach with their last step to t = -1."""
+    return [*alphas_cumprod.double().cpu().tolist(), 1.0]
+
+
 def sigma_of(alpha_bar: float) -> float:
     """sigma_t = sqrt(1 - alpha_bar_t) / sqrt(alpha_bar_t), the noise level of x_t / sqrt(alpha_bar_t)."""
     return ((1 - alpha_bar) / alpha_bar) ** 0.5
