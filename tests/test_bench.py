@@ -469,3 +469,21 @@ def test_baseline_weights_are_tuned_on_other_images_and_kept(tmp_path, images, c
     assert sorted(r["psnr"] for r in rows) == pytest.approx(sorted(scores.tolist()), abs=1e-3)
     run_bench(_config(images, tmp_path / "untuned", tmp_path, tasks=("gaussian_deblur",), methods=("tikhonov",)))
     assert "note: tikhonov on gaussian_deblur runs with untuned default reg" in capsys.readouterr().out
+
+
+def test_lpips_is_scored_on_the_mean_and_on_the_first_sample(monkeypatch, tmp_path):
+    """The papers judge perceptual quality on samples: rows carry `lpips` of the mean and `lpips_sample` of the first
+    sample (the same number for a baseline, whose one sample is its estimate)."""
+    from pathlib import Path
+
+    monkeypatch.setattr(bench, "lpips", lambda a, b, net: (a - b).abs().flatten(1).mean(1))
+    truth = torch.zeros(2, 3, 8, 8)
+    samples = torch.stack([torch.full((2, 3, 8, 8), 0.5), torch.full((2, 3, 8, 8), -0.1)], dim=1)  # (B, S, ...)
+    result = {"mean": samples.mean(1), "samples": samples, "nfe": 1, "seconds": 1.0, "peak_mb": 1.0}
+    paths = [Path("a.png"), Path("b.png")]
+    rows = bench._score(result, truth, paths, [0, 1], "t", "m", 0, "alex")
+    assert [r["lpips"] for r in rows] == pytest.approx([0.2, 0.2]) and [r["lpips_sample"] for r in rows] == [0.5, 0.5]
+    one = {**result, "mean": samples[:, 1], "samples": samples[:, 1:]}
+    rows = bench._score(one, truth, paths, [0, 1], "t", "m", 0, "alex")
+    assert [r["lpips_sample"] for r in rows] == [r["lpips"] for r in rows] == pytest.approx([0.1, 0.1])
+    assert bench.metric_columns(rows)[:4] == ["psnr", "ssim", "lpips", "lpips_sample"]
