@@ -64,3 +64,17 @@ def load_torch_file(path: str | os.PathLike, what: str):
     except (RuntimeError, OSError, EOFError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{what} '{path}' is not a readable torch file: {reason}") from None
+
+
+def native_cpu_bfloat16(cpuinfo: str | None = None) -> bool | None:
+    """Whether this CPU computes bfloat16 natively: True when /proc/cpuinfo lists avx512_bf16, amx_bf16 (x86) or
+    bf16 (Arm), False when it lists none of them, None where there is no /proc/cpuinfo (macOS, Windows).
+    Without native kernels torch emulates bfloat16, and a network runs far slower than in float32 (measured on
+    an AMD EPYC without AVX-512: 51 s against 0.6 s for one forward of the built-in prior, batch 4, 64 px)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = set(re.findall(r"[\w.]+", " ".join(re.findall(r"^(?:flags|Features)\s*:(.*)$", cpuinfo, re.M))))
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
