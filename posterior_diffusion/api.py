@@ -253,6 +253,8 @@ def _warn_slow_cpu_dtype(dtype) -> None:
     """One warning when the network's dtype has no native kernels on this CPU: float16 never has (measured about
     90x slower than bfloat16 where that is native), bfloat16 only with AVX512-BF16 / AMX / Arm BF16
     (`guards.native_cpu_bfloat16`; emulated it was 85x slower than float32)."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        return  # float32: nothing to read or say
     native = guards.native_cpu_bfloat16()
     if dtype == torch.float16:
         better = "dtype='bfloat16' (--dtype bfloat16) or float32" if native is not False else "float32"

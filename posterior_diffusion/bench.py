@@ -525,9 +525,11 @@ def _score(result, x, paths, ids, task, method, seed, lpips_net: str) -> list[di
     scores = {"psnr": psnr(estimate, x).tolist(), "ssim": ssim(estimate, x).tolist()}
     if lpips_net != "none":
         scores["lpips"] = lpips(estimate, x, net=lpips_net).tolist()
-        one_sample = result["samples"].shape[1] == 1  # baselines: the sample is the mean
-        first = result["samples"][:, 0].float()
-        scores["lpips_sample"] = scores["lpips"] if one_sample else lpips(first, x, net=lpips_net).tolist()
+        samples = result["samples"]  # (B, S, C, H, W); S = 1 for baselines, whose one sample is the mean
+        one_sample = samples.shape[1] == 1
+        scores["lpips_sample"] = (
+            scores["lpips"] if one_sample else lpips(samples[:, 0].float(), x, net=lpips_net).tolist()
+        )
     return [
         {
             "task": task,
