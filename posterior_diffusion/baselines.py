@@ -185,7 +185,7 @@ class Baseline(NamedTuple):
 HALF_DECADES = tuple(10.0**e for e in (-4, -3.5, -3, -2.5, -2, -1.5, -1, -0.5, 0))
 
 
-SIGMA_GRID = (0.01, 0.02, 0.05, 0.1, 0.2)  # pnp_admm's final denoiser strengths on the [-1, 1] scale
+SIGMA_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)  # pnp_admm's final denoiser strengths on the [-1, 1] scale
 SIGMA_START = 0.4  # its first (about 50 / 255 on [0, 1], DPIR's sigma_1, Zhang et al. 2021 Sec. 4.1)
 
 

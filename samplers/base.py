@@ -183,6 +183,12 @@ class Sampler:
         """Network evaluations per chain with this prior's schedule."""
         raise NotImplementedError
 
+    @property
+    def chains_per_measurement(self) -> int:
+        """Chains that run together for one measurement, whatever `num_samples` (MCGdiff's particles; 1 here):
+        each network call takes this many states per measurement (the speed benchmark's bare work)."""
+        return 1
+
     def own_work(self, prior: DiffusionPrior, op: Operator, y: torch.Tensor, x0: torch.Tensor):
         """The algorithm's own work besides the network in one run, for the speed benchmark: (fn, calls, what) with
         fn(x0) one bare call of it on states x0 (B, ...) and measurements y (B, ...), or None where there is none."""

@@ -153,6 +153,10 @@ class MCGdiff(Sampler):
         """Network evaluations per measurement: every particle at every step."""
         return self.config.steps * self.config.particles
 
+    @property
+    def chains_per_measurement(self) -> int:
+        return self.config.particles
+
     def __call__(self, prior, op, y, num_samples: int = 1, seed: int = 0, generator=None, batch_size=None, **kwargs):
         """As `Sampler.__call__`; the base class runs `particles` chains per measurement (whole measurements per
         chunk) and the `num_samples` samples are drawn from each measurement's final weighted particle set.

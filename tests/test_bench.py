@@ -487,3 +487,20 @@ def test_lpips_is_scored_on_the_mean_and_on_the_first_sample(monkeypatch, tmp_pa
     rows = bench._score(one, truth, paths, [0, 1], "t", "m", 0, "alex")
     assert [r["lpips_sample"] for r in rows] == [r["lpips"] for r in rows] == pytest.approx([0.1, 0.1])
     assert bench.metric_columns(rows)[:4] == ["psnr", "ssim", "lpips", "lpips_sample"]
+
+
+def test_speed_rows_of_mcgdiff_time_the_bare_network_on_all_particles(monkeypatch, tiny_unet_folder):
+    """MCGdiff's network calls take every particle of a measurement at once: its bare work is `steps` calls on
+    batch x particles states, not nfe calls on the batch (which made its overhead read 0.30)."""
+    import posterior_diffusion.speed as speed
+    from posterior_diffusion.priors import load_prior
+
+    seen = []
+    bare = speed.bare_network_seconds
+    monkeypatch.setattr(speed, "bare_network_seconds", lambda p, x, n, g: seen.append((len(x), n)) or bare(p, x, n, g))
+    prior = load_prior(tiny_unet_folder, device="cpu")
+    (row,) = speed.speed_rows(prior, ["mcgdiff"], [2], size=16, steps=3, repeats=1)
+    from posterior_diffusion.samplers import sampler_class
+
+    particles = sampler_class("mcgdiff")().config.particles
+    assert row["nfe"] == 3 * particles and seen == [(2 * particles, 3)]
