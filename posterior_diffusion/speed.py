@@ -137,9 +137,7 @@ def speed_rows(
                 peak = max(peak, peak_memory_mb(device))
                 passes = dict(counter)  # each run makes the same passes
                 chains = sampler.chains_per_measurement  # MCGdiff: each call takes `particles` states per image
-                bare = bare_network_seconds(
-                    prior, state.repeat_interleave(chains, 0), runs[-1].nfe // chains, gradient
-                )
+                bare = bare_network_seconds(prior, state.repeat_interleave(chains, 0), runs[-1].nfe // chains, gradient)
                 bare_runs.append(bare + (autoencoder_seconds(prior, x.to(device), state, passes) if passes else 0.0))
                 if work is not None:
                     algorithm_runs.append(_pass_seconds(work[0], state, gradient=False, count=work[1]))
