@@ -52,7 +52,7 @@ KEY = ("task", "method", "image", "seed")
 # first in the tables; then the tasks' own metrics, as the rows have them. psnr, ssim, lpips: of the mean of the
 # samples; lpips_sample: of the first sample alone (the papers judge perceptual quality on samples)
 METRIC_COLUMNS = ("psnr", "ssim", "lpips", "lpips_sample")
-NOT_METRICS = {*KEY, "index", "nfe", "seconds", "peak_mb", "best_of"}
+NOT_METRICS = {*KEY, "index", "nfe", "seconds", "peak_mb", "best_of", "dtype"}
 
 
 @dataclass
@@ -119,7 +119,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[dict]:
         if state.is_main_process:
             _drop_malformed_rows(out)
         state.wait_for_everyone()
-        done = {tuple(r[k] for k in KEY) for r in read_rows(out)}
+        existing = read_rows(out)
+        _check_same_dtype(out, existing, cfg.dtype)
+        done = {tuple(r[k] for k in KEY) for r in existing}
         run = _Run(cfg, out, prior, device, x, paths, done, state.process_index, state.num_processes, progress)
         for name, task, op, applicable in plan:
             for seed in cfg.seeds:
@@ -130,6 +132,18 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[dict]:
             write_summary(out, rows)
             _cost_figures(out, rows)
     return rows
+
+
+def _check_same_dtype(out: Path, rows: list[dict], dtype: str | None) -> None:
+    """Refuse to add sampler rows in `dtype` to a folder whose sampler rows ran the network in another precision
+    (one table would mix them); rows from before rows recorded it ran in float32. Baseline rows have none."""
+    wanted = dtype or "float32"
+    found = sorted({r.get("dtype", "float32") for r in rows if r["method"] in list_samplers()} - {wanted})
+    if found:
+        raise ValueError(
+            f"{out} holds sampler rows whose network ran in {', '.join(found)}; this run asks for {wanted}. "
+            "Use another --out (baseline rows use no network and can be copied over)"
+        )
 
 
 def check_options(cfg: BenchConfig, methods: list[Method]) -> None:
@@ -473,6 +487,7 @@ class SamplerMethod:
             **self.options(cfg, task.presets.get(self.name)),
         )
         result = {"mean": res.mean, "samples": res.samples, "std": res.std, "nfe": res.nfe, "seconds": res.seconds}
+        result["dtype"] = res.config["dtype"]
         if "kernel" in res.extras:  # blind samplers: (n, S, kh, kw)
             result["kernel"] = res.extras["kernel"].cpu()
         return result
@@ -542,6 +557,7 @@ def _score(result, x, paths, ids, task, method, seed, lpips_net: str) -> list[di
             "seconds": round(result["seconds"], 4),
             "peak_mb": result["peak_mb"],
             **({"best_of": result["best_of"]} if "best_of" in result else {}),
+            **({"dtype": result["dtype"]} if "dtype" in result else {}),
         }
         for n, i in enumerate(ids)
     ]

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -115,6 +116,25 @@ def test_an_interrupted_run_resumes_without_recomputing(tmp_path, images, tiny_u
     resumed = run_bench(_config(images, tmp_path / "resumed", tiny_unet_folder), progress=False)
     assert _without_timing(resumed) == _without_timing(straight)
     assert len(calls) == 12  # 5 (task, method) pairs x 3 groups, 3 already done
+
+
+def test_sampler_rows_record_their_dtype_and_a_folder_never_mixes_two(tmp_path, images, tiny_unet_folder):
+    cfg = _config(images, tmp_path / "out", tiny_unet_folder, tasks=("random_inpaint",), num_images=2)
+    rows = run_bench(cfg, progress=False)
+    assert {r["method"]: r.get("dtype") for r in rows} == {"dps": "float32", "tikhonov": None, "harmonic": None}
+    half = _config(images, tmp_path / "out", tiny_unet_folder, tasks=("random_inpaint",), dtype="bfloat16")
+    with pytest.raises(ValueError, match=r"sampler rows whose network ran in float32; this run asks for bfloat16"):
+        run_bench(half, progress=False)
+    assert read_rows(tmp_path / "out") == rows  # nothing written
+    baselines = _config(images, tmp_path / "other", tiny_unet_folder, tasks=("random_inpaint",), num_images=2)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "rows-0.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows if r["method"] != "dps")
+    )  # baseline rows copied over: no network, no dtype
+    assert {r.get("dtype") for r in run_bench(replace(baselines, dtype="bfloat16"), progress=False)} == {
+        None,
+        "bfloat16",
+    }
 
 
 def test_two_processes_give_the_rows_of_one(tmp_path, images, tiny_unet_folder):
