@@ -438,9 +438,14 @@ def test_large_reflect_blurs_go_through_the_fft_with_the_same_values(monkeypatch
     y = rand((2, 3, 24, 20), 17)
     for b in fast:
         assert abs(float((b(x) * y).sum() - (x * b.adjoint(y)).sum())) <= 1e-10 * float(b(x).abs().sum())
+    adjoints = [b.adjoint(y) for b in fast]
+    assert all(b._through_fft(torch.float64) for b in [*fast, get_operator("gaussian_blur", kernel_size=5)])
+    assert not get_operator("gaussian_blur", kernel_size=5)._through_fft(torch.float32)
     monkeypatch.setattr(blur, "FFT_TAPS", 10**6)  # the direct depthwise convolution
-    for b, value in zip(fast, values, strict=True):
+    monkeypatch.setattr(blur, "FFT_TAPS_FLOAT64", 10**6)
+    for b, value, adjoint in zip(fast, values, adjoints, strict=True):
         assert torch.allclose(b(x), value, atol=1e-12)
+        assert torch.allclose(b.adjoint(y), adjoint, atol=1e-12)
 
 
 def test_circular_blur_matches_circular_padding_convolution():
