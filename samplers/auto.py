@@ -1,37 +1,70 @@
 """sampler="auto": the sampler measured best for an operator at its default budget.
 
 `AUTO[operator name]` lists (sampler, preset) in order of preference; the first whose capabilities accept the
-prior and the operator runs (e.g. DDRM needs an SVD, so a reflect-padded blur falls through to RED-Diff; ReSample
-is first only among the latent samplers). An operator missing from the table tries `FALLBACK`.
+prior and the operator runs (e.g. DiffPIR and PiGDM need a pixel prior, so with a latent prior a blur falls through
+to RED-Diff; ReSample is first only among the latent samplers). An operator missing from the table tries
+`FALLBACK`.
 
-Where each order comes from (README, Benchmarks; 8 Kodak24 crops of 64x64, the built-in RGB prior, 100 steps;
-PSNR of the mean, seconds per image on the 2-core CPU):
-    super_resolution   sr4: RED-Diff 24.7 dB (8.2 s), PnP-ULA 23.6 (17.0 s), DPS 18.9 (14.1 s); DDRM has no SVD for
-                       bicubic SR (RED-Diff takes latent priors too; it was not compared with ReSample there)
-    inpaint_box        DDRM 27.5 dB (4.9 s), RED-Diff 27.0 (5.1 s), DPS 23.2 (9.7 s)
-    inpaint_random     DDRM 26.1 dB (5.0 s), RED-Diff 24.7 (5.0 s), DPS 21.9 (10.1 s)
-    gaussian_blur      reflect padding (no SVD): RED-Diff 30.2 dB (8.9 s), PnP-ULA 28.6 (11.1 s), DPS 22.6 (7.3 s);
-                       circular (an SVD): DDRM, 30.10 dB in 20 NFE on the README's first command (not compared
-                       with RED-Diff there)
-    motion_blur        RED-Diff 27.4 dB (8.8 s), PnP-ULA 25.8 (7.1 s), DPS 22.5 (6.5 s)
-    denoise            DDRM 29.7 dB (3.6 s), PnP-ULA 25.1 (7.1 s), DPS 22.7 (7.2 s), RED-Diff 21.5 (3.5 s)
+Where each order comes from (README, Benchmarks, "Quality per second"; 4 held-out 64x64 crops (Kodak24 kodim01,
+kodim02, CBSD68 101085, 101087), the built-in RGB prior in bfloat16, 4 samples, 100 NFE (PnP-ULA 200); PSNR of
+the posterior mean, seconds per image on one thread of the 2-core CPU, beside a second bench job):
+    super_resolution   sr4 (bicubic, no SVD): DiffPIR 24.41 dB (11.8 s), PiGDM 24.34 (27.6 s), RED-Diff 24.22
+                       (10.8 s), PnP-ULA 23.84 (21.0 s)
+    inpaint_box        PiGDM 27.40 dB (22.3 s), DiffPIR 27.04 (10.7 s), RED-Diff 26.90 (7.4 s), DDRM 26.65 (10.1 s)
+    inpaint_random     DiffPIR 27.05 dB (6.4 s), PiGDM 26.87 (14.9 s), DDRM 26.09 (6.8 s), RED-Diff 23.99 (6.3 s)
+    gaussian_blur      reflect padding: DiffPIR 30.49 dB (20.6 s), PiGDM 30.13 (23.2 s), RED-Diff 29.49 (6.9 s)
+    motion_blur        DiffPIR 27.85 dB (24.1 s), PiGDM 27.00 (24.2 s), RED-Diff 26.90 (6.9 s), PnP-ULA 26.24 (13.6 s)
+    high_dynamic_range DiffPIR 28.89 dB (17.4 s), RED-Diff 24.22 (19.2 s), PnP-ULA 19.61 (38.2 s)
+    phase_retrieval    best of 4 runs: DiffPIR 19.80 dB, RED-Diff 15.38
+    denoise            (the earlier run: 8 Kodak24 crops, float32) DDRM 29.7 dB (3.6 s), PnP-ULA 25.1 (7.1 s),
+                       RED-Diff 21.5 (3.5 s)
     interferometry     black_hole presets: DPS 30.4 dB, RED-Diff 29.5, PnP-ULA 28.7 (closure data, 1000 steps)
-The blurs not benchmarked (uniform_blur, blur) follow gaussian_blur.
+The blurs not benchmarked (uniform_blur, blur) and the circular ones (which DDRM could take) follow gaussian_blur.
+DiffPIR needs a pixel prior and Gaussian noise, PiGDM a linear operator: latent priors and Poisson noise fall
+through to RED-Diff, ReSample or DPS.
 """
 
 from __future__ import annotations
 
 from .base import sampler_applies, sampler_class
 
-_BLUR = (("ddrm", "deblur"), ("red_diff", "deblur"), ("resample", None), ("pnp_ula", "deblur"), ("dps", None))
+_BLUR = (
+    ("diffpir", "deblur"),
+    ("pigdm", "deblur"),
+    ("red_diff", "deblur"),
+    ("resample", None),
+    ("pnp_ula", "deblur"),
+    ("dps", None),
+)
+_NONLINEAR = (("diffpir", None), ("red_diff", "nonlinear"), ("resample", None), ("dps", None))
 AUTO: dict[str, tuple[tuple[str, str | None], ...]] = {
-    "super_resolution": (("red_diff", "super_resolution"), ("resample", "super_resolution"), ("dps", None)),
-    "inpaint_box": (("ddrm", "inpainting"), ("red_diff", "inpainting"), ("resample", "inpainting")),
-    "inpaint_random": (("ddrm", "inpainting"), ("red_diff", "inpainting"), ("resample", "inpainting")),
+    "super_resolution": (
+        ("diffpir", "sisr"),
+        ("pigdm", "super_resolution"),
+        ("red_diff", "super_resolution"),
+        ("resample", "super_resolution"),
+        ("dps", None),
+    ),
+    "inpaint_box": (
+        ("pigdm", "inpainting"),
+        ("diffpir", "inpaint"),
+        ("red_diff", "inpainting"),
+        ("ddrm", "inpainting"),
+        ("resample", "inpainting"),
+    ),
+    "inpaint_random": (
+        ("diffpir", "inpaint"),
+        ("pigdm", "inpainting"),
+        ("ddrm", "inpainting"),
+        ("red_diff", "inpainting"),
+        ("resample", "inpainting"),
+    ),
     "gaussian_blur": _BLUR,
     "motion_blur": _BLUR,
     "uniform_blur": _BLUR,
     "blur": _BLUR,
+    "high_dynamic_range": _NONLINEAR,
+    "phase_retrieval": (("diffpir", None), ("red_diff", "nonlinear"), ("dps", "phase_retrieval")),
     "denoise": (("ddrm", "denoise"), ("pnp_ula", None), ("red_diff", None)),
     "interferometry": (("dps", "black_hole"), ("red_diff", "black_hole"), ("pnp_ula", "black_hole")),
 }

@@ -24,10 +24,11 @@ def test_every_entry_names_a_registered_sampler_and_an_existing_preset():
 @pytest.mark.parametrize(
     "operator,params,expected",
     [
-        ("gaussian_blur", {"boundary": "circular"}, ("ddrm", {"preset": "deblur"})),  # an SVD
-        ("gaussian_blur", {}, ("red_diff", {"preset": "deblur"})),  # reflect padding: no SVD, DDRM falls through
-        ("super_resolution", {"factor": 2}, ("red_diff", {"preset": "super_resolution"})),
-        ("inpaint_box", {"image_size": [16, 16], "box_size": 4}, ("ddrm", {"preset": "inpainting"})),
+        ("gaussian_blur", {"boundary": "circular"}, ("diffpir", {"preset": "deblur"})),
+        ("gaussian_blur", {"noise": "poisson"}, ("red_diff", {"preset": "deblur"})),  # DiffPIR, PiGDM: Gaussian
+        ("super_resolution", {"factor": 2}, ("diffpir", {"preset": "sisr"})),
+        ("inpaint_box", {"image_size": [16, 16], "box_size": 4}, ("pigdm", {"preset": "inpainting"})),
+        ("high_dynamic_range", {}, ("diffpir", {})),
         ("denoise", {}, ("ddrm", {"preset": "denoise"})),
     ],
 )
@@ -36,13 +37,18 @@ def test_the_first_sampler_that_applies_is_chosen(tiny_unet_folder, operator, pa
     assert choose_sampler(prior, get_operator(operator, **params)) == expected
 
 
+def test_a_latent_prior_falls_through_to_the_samplers_that_take_it(tiny_ldm_folder):
+    prior = load_prior(str(tiny_ldm_folder))  # DiffPIR and PiGDM need a pixel prior
+    assert choose_sampler(prior, get_operator("gaussian_blur", kernel_size=5)) == ("red_diff", {"preset": "deblur"})
+
+
 def test_sample_posterior_defaults_to_auto_and_records_the_choice(tiny_unet_folder):
     op = get_operator("gaussian_blur", kernel_size=5, boundary="circular")
     y = op.measure(torch.zeros(1, 3, 16, 16), torch.Generator().manual_seed(0))
     res = sample_posterior(y, op, prior=str(tiny_unet_folder), steps=2, progress=False)
-    assert res.config["sampler"]["name"] == "ddrm" and res.config["sampler"]["preset"] == "deblur"
+    assert res.config["sampler"]["name"] == "diffpir" and res.config["sampler"]["preset"] == "deblur"
     assert res.nfe == 2
-    explicit = sample_posterior(y, op, prior=str(tiny_unet_folder), sampler="ddrm", preset="deblur", steps=2)
+    explicit = sample_posterior(y, op, prior=str(tiny_unet_folder), sampler="diffpir", preset="deblur", steps=2)
     assert torch.equal(res.samples, explicit.samples)
 
 
@@ -54,4 +60,4 @@ def test_no_sampler_that_applies_is_one_line(tiny_unet_folder, monkeypatch):
 
 def test_list_shows_the_auto_order(capsys):
     assert main(["list"]) == 0
-    assert "(auto: ddrm > red_diff" in capsys.readouterr().out
+    assert "(auto: diffpir > pigdm > red_diff" in capsys.readouterr().out
