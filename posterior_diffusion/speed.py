@@ -129,6 +129,8 @@ def speed_rows(
             counter = getattr(prior, "autoencoder_passes", {})
             sampler = sampler_class(name)(steps=steps)
             work = sampler.own_work(prior, on_device(op, device), y.to(device), state)  # a copy: op stays
+            chains = sampler.chains_per_measurement  # MCGdiff: each network call takes `particles` states per image
+            network_batch = state.repeat_interleave(chains, 0)
             runs, bare_runs, algorithm_runs, peak = [], [], [], 0.0
             for _ in range(repeats):  # sampler and bare network alternate: a slow spell slows both alike
                 reset_peak_memory(device)
@@ -136,8 +138,7 @@ def speed_rows(
                 runs.append(sample_posterior(y, op, prior=prior, sampler=name, progress=False, steps=steps))
                 peak = max(peak, peak_memory_mb(device))
                 passes = dict(counter)  # each run makes the same passes
-                chains = sampler.chains_per_measurement  # MCGdiff: each call takes `particles` states per image
-                bare = bare_network_seconds(prior, state.repeat_interleave(chains, 0), runs[-1].nfe // chains, gradient)
+                bare = bare_network_seconds(prior, network_batch, runs[-1].nfe // chains, gradient)
                 bare_runs.append(bare + (autoencoder_seconds(prior, x.to(device), state, passes) if passes else 0.0))
                 if work is not None:
                     algorithm_runs.append(_pass_seconds(work[0], state, gradient=False, count=work[1]))

@@ -514,13 +514,12 @@ def test_speed_rows_of_mcgdiff_time_the_bare_network_on_all_particles(monkeypatc
     batch x particles states, not nfe calls on the batch (which made its overhead read 0.30)."""
     import posterior_diffusion.speed as speed
     from posterior_diffusion.priors import load_prior
+    from posterior_diffusion.samplers import sampler_class
 
     seen = []
     bare = speed.bare_network_seconds
     monkeypatch.setattr(speed, "bare_network_seconds", lambda p, x, n, g: seen.append((len(x), n)) or bare(p, x, n, g))
     prior = load_prior(tiny_unet_folder, device="cpu")
     (row,) = speed.speed_rows(prior, ["mcgdiff"], [2], size=16, steps=3, repeats=1)
-    from posterior_diffusion.samplers import sampler_class
-
     particles = sampler_class("mcgdiff")().config.particles
     assert row["nfe"] == 3 * particles and seen == [(2 * particles, 3)]
