@@ -30,6 +30,12 @@ Departures from the reference code:
   -log p(y | x) (||y - A x||^2 / (2 sigma_y^2) for Gaussian noise): the target of step 2 is then the exact
   p(x_0 | x_t, y) of the Gaussian approximation. The exact-posterior report uses it; the reference's tau = 0.01
   weighs the data as if sigma_y were 0.0071 on [-1, 1], 7x less than the papers' 0.05.
+- With a linear operator on a pixel prior the Langevin step is capped where it would diverge:
+  eta_i <= STABLE_STEP / (L + 1 / sigma_i^2), L the data term's Lipschitz constant (2 ||A||^2 / tau^2, or
+  ||A||^2 / sigma_y^2 with tau=None; `Operator.norm_squared`), since x <- x + eta grad log pi grows without bound
+  once eta times the largest curvature passes 2. The reference's gaussian_blur setting (lr 1e-4, tau 0.01) has
+  eta L = 2 ||A||^2, on that edge; our reflect-padded 61-px Gaussian blur has ||A||^2 = 1.022, and DAPS-1K diverged
+  on it in its first level. Steps below the cap (every other reference setting here) are untouched.
 - Other noise models (Poisson) take the data term from the noise model's residual norm (the reference has only
   Gaussian noise): ||r||^2 / tau^2 with r the noise model's weighted residual.
 
@@ -111,6 +117,9 @@ class DAPSConfig:
             raise ValueError(
                 f"tau must be > 0 or None (the operator's likelihood; tau=null on the command line), got {self.tau!r}"
             )
+
+
+STABLE_STEP = 1.9  # the largest eta x curvature a Langevin step may take (2 diverges; module docstring)
 
 
 def poly_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0) -> list[float]:
@@ -198,8 +207,9 @@ class DAPS(Sampler):
                 "have; give tau (e.g. tau=0.01, the reference's)"
             )
 
-    def levels(self, prior) -> list[_Level]:
-        """The annealing levels on this prior's schedule (host floats, computed once per run)."""
+    def levels(self, prior, lipschitz: float = 0.0) -> list[_Level]:
+        """The annealing levels on this prior's schedule (host floats, computed once per run); `lipschitz`: the data
+        term's Lipschitz constant L where known (0: unknown), which caps eta (module docstring)."""
         cfg = self.config
         alphas_cumprod = prior.alphas_cumprod.double().cpu()
 
@@ -213,9 +223,22 @@ class DAPS(Sampler):
         for i, sigma in enumerate(sigmas):
             grid = [rounded(s) for s in poly_sigmas(sigma, cfg.ode_sigma_min, cfg.ode_steps + 1, cfg.rho)]
             eta = cfg.lr * (1 + i / (cfg.steps + 1) * (cfg.lr_min_ratio - 1))
+            if lipschitz:
+                eta = min(eta, STABLE_STEP / (lipschitz + 1 / sigma**2))
             sigma_next = sigmas[i + 1] if i + 1 < len(sigmas) else 0.0
             out.append(_Level(sigma, [t for t, _ in grid], [s for _, s in grid], eta, sigma_next))
         return out
+
+    def lipschitz(self, prior, op, image_shape) -> float:
+        """The data term's Lipschitz constant for Langevin steps on a linear operator with a pixel prior (2 ||A||^2 /
+        tau^2, or ||A||^2 / sigma_y^2 for tau=None) with Gaussian noise; 0 where unknown (other cases, HMC)."""
+        cfg = self.config
+        if not (op.is_linear and isinstance(op.noise, GaussianNoise)) or prior.space == "latent":
+            return 0.0
+        if cfg.mc_algo != "langevin" or (cfg.tau is None and op.noise.sigma == 0):
+            return 0.0
+        scale = 2 / cfg.tau**2 if cfg.tau is not None else 1 / op.noise.sigma**2
+        return scale * op.norm_squared(tuple(image_shape))
 
     def data_gradient(self, op, y: torch.Tensor, x: torch.Tensor, prior=None) -> torch.Tensor:
         """grad_x of the data term (n, *state): ||r||^2 / tau^2 (the reference's op.error / tau^2, r the noise
@@ -239,7 +262,7 @@ class DAPS(Sampler):
         device = prior.device
         shape = prior.state_shape(image_shape)  # latents for a latent prior (LatentDAPS)
         alpha_bar = prior.alphas_cumprod.double().cpu()
-        levels = self.levels(prior)
+        levels = self.levels(prior, self.lipschitz(prior, op, image_shape))
         x_t = randn_stacked(generators, shape, device) * levels[0].sigma
         for i, level in enumerate(levels):
             # 1. x0_hat: Euler steps of the PF-ODE from sigma_i to ode_sigma_min, x <- D + (s_next / s) (x - D)

@@ -13,7 +13,7 @@ from posterior_diffusion.exact import evaluate, standard_cases
 from posterior_diffusion.operators import get_operator
 from posterior_diffusion.priors.base import linear_alphas_cumprod
 from posterior_diffusion.samplers import get_sampler, sampler_class
-from posterior_diffusion.samplers.daps import poly_sigmas
+from posterior_diffusion.samplers.daps import STABLE_STEP, poly_sigmas
 from posterior_diffusion.samplers.schedule import sigma_of
 
 CASES = {case.name: case for case in standard_cases(num_measurements=2)}
@@ -173,3 +173,22 @@ def test_noiseless_likelihoods_are_refused_with_tau_none(gmm):
 def test_invalid_options_are_refused(options):
     with pytest.raises(ValueError):
         get_sampler("daps", **options)
+
+
+def test_langevin_steps_past_the_stability_edge_are_capped(gmm):
+    """The reference's gaussian_blur setting (lr 1e-4, tau 0.01: eta L = 2 ||A||^2) on a reflect-padded blur with
+    ||A||^2 > 1 diverged (|x| past 1e4 in the first level); capped at STABLE_STEP / (L + 1 / sigma^2) it stays on
+    the image scale, and a step below the cap is left as it is."""
+    op = get_operator("gaussian_blur", kernel_size=9, sigma=3.0, noise_sigma=0.05)
+    assert op.norm_squared((1, 8, 8)) > 1.05
+    sampler = get_sampler("daps", steps=3, ode_steps=1, langevin_steps=300, lr=1e-4, tau=0.01)
+    lipschitz = sampler.lipschitz(gmm, op, (1, 8, 8))
+    assert lipschitz == pytest.approx(2 * op.norm_squared((1, 8, 8)) / 0.01**2)
+    for capped, free in zip(sampler.levels(gmm, lipschitz), sampler.levels(gmm), strict=True):
+        assert capped.eta == pytest.approx(min(free.eta, STABLE_STEP / (lipschitz + 1 / free.sigma**2)))
+    assert sampler.levels(gmm, lipschitz)[0].eta < 0.9e-4
+    assert get_sampler("daps", lr=1e-5).levels(gmm, lipschitz)[0].eta == pytest.approx(1e-5)
+    assert sampler.lipschitz(gmm, get_operator("high_dynamic_range", noise_sigma=0.1), (1, 8, 8)) == 0
+    x = gmm.sample(2, torch.Generator().manual_seed(0))
+    out = sampler(gmm, op, op.measure(x, torch.Generator().manual_seed(1)), num_samples=2, seed=0)
+    assert out.samples.abs().max() < 3
