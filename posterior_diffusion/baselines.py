@@ -227,11 +227,21 @@ def tune(name: str, op: Operator, clean: torch.Tensor, y: torch.Tensor, fixed: d
     from posterior_diffusion.metrics import psnr
 
     fixed = fixed or {}
-    free = {k: v for k, v in BASELINES[name].grid.items() if k not in fixed}
+
+    def score(candidate: dict) -> float:
+        return float(psnr(baseline(name, op, y, **fixed, **candidate), clean).mean())
+
+    return grid_search(BASELINES[name].grid, fixed, score)
+
+
+def grid_search(grid: dict[str, tuple], fixed: dict, score: Callable[[dict], float]) -> dict:
+    """The combination of the `grid` values (those of keys not in `fixed`) with the highest score(combination),
+    every combination tried in grid order (the first of equal scores wins); {} when no key is free."""
+    free = {k: v for k, v in grid.items() if k not in fixed}
     if not free:
         return {}
     candidates = [dict(zip(free, values, strict=True)) for values in itertools.product(*free.values())]
-    scores = [float(psnr(baseline(name, op, y, **fixed, **c), clean).mean()) for c in candidates]
+    scores = [score(c) for c in candidates]
     return candidates[scores.index(max(scores))]
 
 

@@ -3,7 +3,9 @@
 Methods are samplers (`samplers.SAMPLERS`) and the classical baselines (`baselines.BASELINES`: pinv, tikhonov,
 bicubic, harmonic, and those applications add), so every table shows what the diffusion prior buys. A method that
 does not apply to a task (e.g. bicubic for deblurring) is skipped, with one line saying why. Method names and
-every option of every method are checked before any work.
+every option of every method are checked before any work. With --tune-images, the baselines' weights are chosen
+per task on crops of those other images, and so are a sampler's TUNE_GRID options for the method "NAME:tuned"
+(e.g. diffpir:tuned), as InverseBench tunes every method on a validation set.
 
 Reproducible and resumable:
 - image i is centre-cropped to `size`; its measurement noise is seeded by (seed, i) and its chains by
@@ -39,12 +41,12 @@ from typing import Protocol
 import torch
 
 from posterior_diffusion.api import on_device, sample_posterior
-from posterior_diffusion.baselines import BASELINES, baseline, tune
+from posterior_diffusion.baselines import BASELINES, baseline, grid_search, tune
 from posterior_diffusion.figures import save_figure
 from posterior_diffusion.images import list_images, load_image, random_crops
 from posterior_diffusion.metrics import kernel_errors, lpips, psnr, ssim
 from posterior_diffusion.perceptual import MIN_SIZE, LPIPSUnavailable, find_weights
-from posterior_diffusion.samplers import get_sampler, list_samplers
+from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
 from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
 from posterior_diffusion.tensor_utils import peak_memory_mb, reset_peak_memory, sample_moments, seed_for
 
@@ -65,7 +67,8 @@ class BenchConfig:
         default=("sr4", "random_inpaint", "gaussian_deblur"), metadata={"help": "task names (tasks.TASKS)"}
     )
     methods: tuple[str, ...] = field(
-        default=("dps", "ddrm", "tikhonov", "bicubic", "harmonic"), metadata={"help": "samplers and baselines"}
+        default=("dps", "ddrm", "tikhonov", "bicubic", "harmonic"),
+        metadata={"help": "samplers and baselines; SAMPLER:tuned tunes a sampler's options (needs --tune-images)"},
     )
     prior: str | None = field(default=None, metadata={"help": "prior spec (default: the built-in RGB prior)"})
     size: int = field(default=128, metadata={"help": "centre-crop side in pixels"})
@@ -85,7 +88,10 @@ class BenchConfig:
     )
     tune_images: str | None = field(
         default=None,
-        metadata={"help": "folder of other images (never the test images): the baselines' weights are tuned on them"},
+        metadata={
+            "help": "folder of other images (never the test images): the baselines' weights and the NAME:tuned "
+            "samplers' options are tuned on them"
+        },
     )
     # {"K": v} for every sampler, {"method.K": v} for one sampler or baseline ("pnp_ula.steps": 500)
     sampler_options: dict = field(default_factory=dict, metadata={"help": "sampler options"})
@@ -149,7 +155,7 @@ def _check_same_dtype(out: Path, rows: list[dict], dtype: str | None) -> None:
 def check_options(cfg: BenchConfig, methods: list[Method]) -> None:
     """Every --sampler-param, before any work: "method.K" names a method of this bench and one of its options,
     "K" one that every sampler of the bench takes; the samplers' configs check the values."""
-    names = [m.name for m in methods]
+    names = [m.name for m in methods] + [m.sampler for m in methods if isinstance(m, SamplerMethod) and m.tune]
     for key in cfg.sampler_options:
         method = key.split(".", 1)[0] if "." in key else None
         if method is not None and method not in names:
@@ -175,27 +181,31 @@ def _plan(cfg: BenchConfig, tasks: dict, methods: list[Method], prior, announce:
                 if isinstance(method, BaselineMethod):
                     channels = task.channels or (prior.default_image_shape()[0] if prior is not None else 3)
                     method = method.tuned(cfg, name, (op, given), channels, announce)
+                elif method.tune:
+                    method = method.tuned(cfg, name, task, (op, given), prior, announce)
                 applicable.append(method)
                 if (
                     announce
                     and isinstance(method, SamplerMethod)
-                    and "preset" not in method.options(cfg, task.presets.get(method.name))
+                    and "preset" not in method.options(cfg, task.presets.get(method.sampler))
                 ):
-                    print(f"note: {method.name} has no preset for {name}; it runs with its default options", flush=True)
+                    print(
+                        f"note: {method.sampler} has no preset for {name}; it runs with its default options", flush=True
+                    )
             elif announce:
                 print(f"skipped: {method.name} on {name}: {refusal}", flush=True)
         plan.append((name, task, op, applicable))
     return plan
 
 
-TUNE_CROPS = 8  # crops of --tune-images per task on which a baseline's weights are chosen
+TUNE_CROPS = 8  # crops of --tune-images per task on which a method's weights are chosen
 TUNE_SEED = 5000  # their positions and noise (prior_benchmark's tuning crops use the same offset)
 
 
-def _tuned_params(cfg: BenchConfig, task_name: str, method: str, ops: tuple, channels: int) -> dict:
-    """The tuned weights of baseline `method` on task `task_name`: from out/tuned.json when it holds them for these
-    tune images and size, else chosen now (crops and noise seeded, so every process finds the same) and added.
-    ops: (the operator that measures the crops, the one the baseline is given: a guess in blind tasks)."""
+def _tuned_params(cfg: BenchConfig, task_name: str, method: str, measure, channels: int, choose) -> dict:
+    """The tuned weights of `method` (a baseline or a sampler name) on task `task_name`: from out/tuned.json when it
+    holds them for these tune images and size, else choose(crops, y) now, on TUNE_CROPS crops of cfg.tune_images
+    measured by the operator `measure` (crops and noise seeded, so every process finds the same), and added."""
     path = Path(cfg.out) / "tuned.json"
     tuned = json.loads(path.read_text()) if path.exists() else {}
     if tuned.get("tune_images") != cfg.tune_images or tuned.get("size") != cfg.size:
@@ -203,8 +213,8 @@ def _tuned_params(cfg: BenchConfig, task_name: str, method: str, ops: tuple, cha
     key = f"{task_name}/{method}"
     if key not in tuned["params"]:
         crops = random_crops([cfg.tune_images], TUNE_CROPS, cfg.size, channels, seed=TUNE_SEED)
-        y = ops[0].measure(crops, torch.Generator().manual_seed(TUNE_SEED))
-        tuned["params"][key] = tune(method, ops[1], crops, y, fixed=_own_options(cfg, method))
+        y = measure.measure(crops, torch.Generator().manual_seed(TUNE_SEED))
+        tuned["params"][key] = choose(crops, y)
         atomic_write_text(path, json.dumps(tuned, indent=1))
     return tuned["params"][key]
 
@@ -413,7 +423,10 @@ class BaselineMethod:
                     flush=True,
                 )
             return self
-        params = _tuned_params(cfg, task_name, self.name, ops, channels)
+        fixed = _own_options(cfg, self.name)
+        params = _tuned_params(
+            cfg, task_name, self.name, ops[0], channels, lambda crops, y: tune(self.name, ops[1], crops, y, fixed)
+        )
         if announce:
             shown = ", ".join(f"{k}={v:g}" for k, v in params.items())
             print(f"tuned: {self.name} on {task_name}: {shown} (best PSNR on {TUNE_CROPS} crops of {cfg.tune_images})")
@@ -443,28 +456,85 @@ class BaselineMethod:
         }
 
 
+TUNED = ":tuned"  # method "NAME:tuned": sampler NAME with its TUNE_GRID options tuned per task on --tune-images
+
+
 @dataclass(frozen=True)
 class SamplerMethod:
     """A posterior sampler through `sample_posterior`, with the task's preset where it has one, the bench's steps,
-    and the "K" (every sampler) and "name.K" options."""
+    and the "K" (every sampler) and "sampler.K" options. `name` is the rows' method: the sampler's name, or
+    "NAME:tuned" (`tune`), whose TUNE_GRID options not set by a "NAME.K" option are tuned per task (`tuned`) and
+    held in `params`."""
 
     name: str
     needs_prior: bool = True
+    params: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def sampler(self) -> str:
+        return self.name.removesuffix(TUNED)
+
+    @property
+    def tune(self) -> bool:
+        return self.name.endswith(TUNED)
 
     def options(self, cfg: BenchConfig, preset: str | None) -> dict:
         """The sampler options for a task with sampler preset `preset` (None: no task's): the bench's --steps, then
-        the options for every sampler, then this sampler's own ("pnp_ula.steps=200" wins over --steps 100)."""
+        the options for every sampler, then the tuned ones, then this sampler's own ("pnp_ula.steps=200" wins over
+        --steps 100)."""
         options = {"steps": cfg.steps} if cfg.steps else {}
-        options |= {k: v for k, v in cfg.sampler_options.items() if "." not in k} | _own_options(cfg, self.name)
+        options |= {k: v for k, v in cfg.sampler_options.items() if "." not in k} | dict(self.params)
+        options |= _own_options(cfg, self.sampler)
         if preset is not None and "preset" not in options:
             options["preset"] = preset
         return options
 
+    def tuned(self, cfg, task_name: str, task, ops: tuple, prior, announce: bool) -> SamplerMethod:
+        """This method with its sampler's TUNE_GRID options (those not set by a "NAME.K" option) chosen for the task:
+        the combination whose posterior mean (cfg.num_samples samples, seed TUNE_SEED) has the best mean PSNR on
+        TUNE_CROPS crops of cfg.tune_images (the same crops and noise as the baselines'), kept in out/tuned.json.
+        ops: (the operator that measures, the one the sampler is given)."""
+        fixed = _own_options(cfg, self.sampler)
+        preset = task.presets.get(self.sampler)
+        channels = task.channels or prior.default_image_shape()[0]
+
+        def choose(crops, y):
+            def score(candidate):
+                method = SamplerMethod(self.name, params=tuple(candidate.items()))
+                result = sample_posterior(
+                    y,
+                    ops[1],
+                    prior=prior,
+                    sampler=self.sampler,
+                    num_samples=cfg.num_samples,
+                    batch_size=cfg.batch_size,
+                    seed=TUNE_SEED,
+                    device=prior.device,
+                    dtype=cfg.dtype,
+                    progress=False,
+                    **method.options(cfg, preset),
+                )
+                return float(psnr(result.mean.float().cpu(), crops).mean())
+
+            return grid_search(sampler_class(self.sampler).TUNE_GRID, fixed, score)
+
+        params = _tuned_params(cfg, task_name, self.name, ops[0], channels, choose)
+        if announce:
+            shown = ", ".join(f"{k}={v:g}" for k, v in params.items())
+            print(
+                f"tuned: {self.sampler} on {task_name}: {shown} (best PSNR of the mean of {cfg.num_samples} samples on "
+                f"{TUNE_CROPS} crops of {cfg.tune_images})",
+                flush=True,
+            )
+        return SamplerMethod(self.name, params=tuple(params.items()))
+
     def check_options(self, cfg) -> None:
-        get_sampler(self.name, **self.options(cfg, None))  # an unknown option or a bad value raises
+        get_sampler(self.sampler, **self.options(cfg, None))  # an unknown option or a bad value raises
+        if self.tune and cfg.tune_images is None:
+            raise ValueError(f"method {self.name!r} tunes {self.sampler} on other images: give --tune-images DIR")
 
     def refusal(self, cfg, task, prior, op) -> str | None:
-        sampler = get_sampler(self.name, **self.options(cfg, task.presets.get(self.name)))
+        sampler = get_sampler(self.sampler, **self.options(cfg, task.presets.get(self.sampler)))
         try:
             sampler.check(prior, op)
         except ValueError as err:
@@ -476,7 +546,7 @@ class SamplerMethod:
             y,
             op,
             prior=prior,
-            sampler=self.name,
+            sampler=self.sampler,
             num_samples=cfg.num_samples,
             batch_size=cfg.batch_size,
             seed=seed,
@@ -484,7 +554,7 @@ class SamplerMethod:
             dtype=cfg.dtype,
             progress=False,
             measurement_ids=ids,
-            **self.options(cfg, task.presets.get(self.name)),
+            **self.options(cfg, task.presets.get(self.sampler)),
         )
         result = {"mean": res.mean, "samples": res.samples, "std": res.std, "nfe": res.nfe, "seconds": res.seconds}
         result["dtype"] = res.config["dtype"]
@@ -499,7 +569,14 @@ def get_method(name: str) -> Method:
         return BaselineMethod(name)
     if name in list_samplers():
         return SamplerMethod(name)
-    raise ValueError(f"unknown method {name!r}; valid: {', '.join(sorted([*BASELINES, *list_samplers()]))}")
+    base = name.removesuffix(TUNED)
+    if name.endswith(TUNED) and base in list_samplers():
+        if not sampler_class(base).TUNE_GRID:
+            tunable = [n for n in list_samplers() if sampler_class(n).TUNE_GRID]
+            raise ValueError(f"sampler {base!r} has no options to tune; tunable: {', '.join(tunable) or 'none'}")
+        return SamplerMethod(name)
+    valid = sorted([*BASELINES, *list_samplers()])
+    raise ValueError(f"unknown method {name!r}; valid: {', '.join(valid)}, and SAMPLER{TUNED} for a tunable sampler")
 
 
 def _run_method(cfg, method: Method, task, op, y, ids, seed, prior, device) -> dict:
@@ -655,7 +732,7 @@ def write_summary(out: Path, rows: list[dict]) -> str:
 
 
 def _figure_path(out: Path, task: str, method: str) -> Path:
-    return out / "figures" / f"{task}_{method}.png"
+    return out / "figures" / f"{task}_{method.replace(':', '-')}.png"
 
 
 def _example_figure(path: Path, task, op, truth, y, result) -> None:

@@ -155,6 +155,8 @@ class Sampler:
     weighs_noise_level: ClassVar[bool] = True  # False: the data term ignores sigma_y (DPS, RED-Diff)
     network_gradient: ClassVar[bool] = False  # True: each step backpropagates through the network (DPS)
     step_option: ClassVar[str] = ""  # the option whose decrease shortens the steps (named when a run diverges)
+    # candidate values of the options that `bench` tunes per task on other images for the method "NAME:tuned"
+    TUNE_GRID: ClassVar[dict[str, tuple]] = {}
 
     def __init__(self, preset: str | None = None, **options):
         if preset is not None and preset not in self.PRESETS:
