@@ -45,5 +45,5 @@ def sample_images(
     if prior.space == "latent":
         latent_shape = (num, *prior.latent_shape(tuple(image_shape)))
         latents = sample_unconditional(prior, latent_shape, steps, seed, clip=False, progress=progress)
-        return prior.decode(latents).clamp(-1, 1)
+        return prior.for_image_shape(tuple(image_shape)).decode(latents).clamp(-1, 1)
     return sample_unconditional(prior, (num, *image_shape), steps, seed, progress=progress)

@@ -27,6 +27,24 @@ def test_ldm_folder_loads_as_a_latent_prior(tmp_path, kind):
     assert prior.predict(z, 10).x0_hat.shape == z.shape
 
 
+def test_sizes_that_are_not_multiples_of_the_autoencoder_factor_are_padded_and_cropped(tiny_ldm_folder):
+    """A 30 x 21 image (factor 4): encoded from its reflect-padded 32 x 24 canvas (1 row above, 1 below, 1 column
+    left, 2 right) into 8 x 6 latents; the view for that size decodes to the canvas's centre 30 x 21 crop; the prior
+    itself and sizes that are multiples of f are untouched."""
+    prior = load_prior(tiny_ldm_folder)
+    x = torch.rand(2, 3, 30, 21) * 2 - 1
+    z = prior.encode(x)
+    canvas = torch.nn.functional.pad(x, (1, 2, 1, 1), mode="reflect")
+    assert z.shape == (2, 4, 8, 6) == (2, *prior.latent_shape((3, 30, 21)))
+    assert torch.equal(z, prior.encode(canvas))
+    view = prior.for_image_shape((3, 30, 21))
+    assert view is not prior and view.net is prior.net and prior.image_size is None
+    assert torch.equal(view.decode(z), prior.decode(z)[..., 1:31, 1:22])
+    assert prior.for_image_shape((3, 32, 24)) is prior
+    with pytest.raises(ValueError, match=r"image size 4x21 is below the prior's downsampling factor 8"):
+        prior.check_image_shape((3, 4, 21))
+
+
 def test_scaling_factor_order(tmp_path):
     folder = build_ldm_folder(tmp_path / "ldm", "vae", class_name="LatentDiffusionPrior", extra={"scaling_factor": 4.0})
     assert load_prior(folder).scaling_factor == 4.0

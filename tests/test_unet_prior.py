@@ -42,8 +42,24 @@ def test_bare_unet_folder_loads(tmp_path):
     _tiny_unet().save_pretrained(tmp_path / "unet_only")
     prior = load_prior(tmp_path / "unet_only")
     assert torch.allclose(prior.alphas_cumprod, linear_alphas_cumprod())
-    out = prior.predict(torch.randn(2, 1, 16, 24), 10)  # any size divisible by the downsampling
+    out = prior.predict(torch.randn(2, 1, 16, 24), 10)  # any size, here a multiple of the downsampling
     assert out.eps.shape == (2, 1, 16, 24) and out.eps.dtype == torch.float32
+
+
+def test_sides_that_are_not_multiples_of_the_downsampling_are_padded_for_the_network():
+    """A 15 x 9 state: the network sees it reflect-padded to 16 x 10 (a 1-px pad goes to the far end: floor(pad / 2)
+    before, the rest after) and the output is cropped back, equal to running the padded input by hand; a side below
+    the downsampling factor is refused by name."""
+    prior = UNetPrior(_tiny_unet(), linear_alphas_cumprod())
+    assert prior.downsampling == 2
+    x = torch.randn(2, 1, 15, 9)
+    out = prior.model_output(x, torch.tensor([10, 10]))
+    padded = torch.nn.functional.pad(x, (0, 1, 0, 1), mode="reflect")
+    expected = prior.net(padded, torch.tensor([10, 10])).sample[..., :15, :9]
+    assert out.shape == (2, 1, 15, 9) and torch.equal(out, expected)
+    prior.check_image_shape((1, 15, 9))
+    with pytest.raises(ValueError, match=r"image size 1x9 is below the UNet's downsampling factor 2"):
+        prior.check_image_shape((1, 1, 9))
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])

@@ -87,6 +87,11 @@ class DiffusionPrior(nn.Module):
         """The image shape the prior was trained on, if it has one."""
         return None
 
+    def for_image_shape(self, image_shape: tuple[int, ...]) -> DiffusionPrior:
+        """The prior to run on images of `image_shape` (C, H, W): itself here; a latent prior gives a view that
+        crops its decoded images to sizes that are not multiples of its autoencoder's factor."""
+        return self
+
     def state_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of the diffusion state x_t for images of `image_shape` (C, H, W): the image shape for a pixel
         prior, the latent shape for a latent prior."""

@@ -4,13 +4,19 @@
 The denoiser contract (`predict`, `alphas_cumprod`) is the latent UNet's; `encode`/`decode` cross between
 images (B, C, H, W) in [-1, 1] and latents (B, c, H / f, W / f). The autoencoder runs in float32 unless asked
 (half precision overflows in some VAE decoders), the UNet in its own dtype.
+
+Any image size: sides that are not multiples of f are reflect-padded before encoding, the latents cover the padded
+image (ceil(H / f) x ceil(W / f)), and `for_image_shape` gives the view of the prior whose decoder crops back to
+H x W (the samplers run on that view); the latent UNet pads its own input to its downsampling.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
 import torch
+import torch.nn.functional as F
 
 from .base import DiffusionPrior, Prediction
 from .unet import UNetPrior
@@ -36,6 +42,7 @@ class LatentPrior(DiffusionPrior):
         # images through the autoencoder, by ("encode" | "decode", with gradients): the speed benchmark's
         # bare-network time counts them next to the UNet's evaluations
         self.autoencoder_passes: Counter = Counter()
+        self.image_size: tuple[int, int] | None = None  # (H, W) that `decode` crops to (`for_image_shape`)
 
     @property
     def net(self):
@@ -52,13 +59,29 @@ class LatentPrior(DiffusionPrior):
 
     @property
     def downsampling(self) -> int:
-        """Image sizes must be multiples of this (autoencoder x latent UNet)."""
+        """The autoencoder's factor times the latent UNet's: the smallest image side."""
         return self.factor * self.latent.downsampling
 
     def latent_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(c, ceil(H / f), ceil(W / f)) for images of `image_shape` (C, H, W)."""
         self.check_image_shape(image_shape)
         _, h, w = image_shape
-        return (self.net.config.in_channels, h // self.factor, w // self.factor)
+        return (self.net.config.in_channels, -(-h // self.factor), -(-w // self.factor))
+
+    def for_image_shape(self, image_shape: tuple[int, ...]) -> LatentPrior:
+        """This prior, or where a side of `image_shape` (C, H, W) is not a multiple of f a view of it (the same
+        modules) whose `decode` crops the decoded, padded canvas back to H x W."""
+        h, w = image_shape[-2:]
+        if not (h % self.factor or w % self.factor):
+            return self
+        view = copy.copy(self)
+        view.image_size = (h, w)
+        return view
+
+    def _padding(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """F.pad's (left, right, top, bottom) that bring an H x W image to multiples of f (floor half first)."""
+        pad_h, pad_w = -h % self.factor, -w % self.factor
+        return (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
 
     def state_shape(self, image_shape):
         return self.latent_shape(image_shape)
@@ -73,8 +96,10 @@ class LatentPrior(DiffusionPrior):
         c, h, w = image_shape
         if c != self.autoencoder.config.in_channels:
             raise ValueError(f"the prior models {self.autoencoder.config.in_channels}-channel images, got {c} channels")
-        if h % self.downsampling or w % self.downsampling:
-            raise ValueError(f"image size {h}x{w} must be divisible by {self.downsampling} (autoencoder x UNet)")
+        if min(h, w) < self.downsampling:
+            raise ValueError(
+                f"image size {h}x{w} is below the prior's downsampling factor {self.downsampling} (autoencoder x UNet)"
+            )
 
     def default_image_shape(self):
         _, h, w = self.latent.default_image_shape()
@@ -85,14 +110,24 @@ class LatentPrior(DiffusionPrior):
         return self.latent.predict(x_t, t)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) in [-1, 1] -> scaled latents (B, c, H / f, W / f), float32 (the posterior mean
-        for AutoencoderKL; the pre-quantisation latents for VQModel, which quantises in `decode`)."""
+        """Images (B, C, H, W) in [-1, 1] -> scaled latents (B, c, ceil(H / f), ceil(W / f)), float32 (the posterior
+        mean for AutoencoderKL; the pre-quantisation latents for VQModel, which quantises in `decode`); sides that are
+        not multiples of f are reflect-padded first."""
         self.autoencoder_passes["encode", x.requires_grad and torch.is_grad_enabled()] += x.shape[0]
+        padding = self._padding(*x.shape[-2:])
+        if any(padding):
+            x = F.pad(x, padding, mode="reflect")
         enc = self.autoencoder.encode(x.to(self.autoencoder.dtype))
         z = enc.latent_dist.mode() if hasattr(enc, "latent_dist") else enc.latents
         return z.float() * self.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> images (B, C, H, W), float32, about [-1, 1] (not clipped)."""
+        """Scaled latents (B, c, h, w) -> images (B, C, f h, f w), float32, about [-1, 1] (not clipped); a view for
+        another image size (`for_image_shape`) crops them to it."""
         self.autoencoder_passes["decode", z.requires_grad and torch.is_grad_enabled()] += z.shape[0]
-        return self.autoencoder.decode((z / self.scaling_factor).to(self.autoencoder.dtype)).sample.float()
+        x = self.autoencoder.decode((z / self.scaling_factor).to(self.autoencoder.dtype)).sample.float()
+        if self.image_size is None:
+            return x
+        h, w = self.image_size
+        left, _, top, _ = self._padding(h, w)
+        return x[..., top : top + h, left : left + w]

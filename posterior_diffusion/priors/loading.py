@@ -37,7 +37,7 @@ DTYPES = {
 }
 ASSETS = Path(str(files("posterior_diffusion.assets")))
 BUILTIN_PRIORS = {  # name -> (folder under assets/priors, one-line description)
-    "natural-rgb": ("natural-rgb", "fully convolutional pixel prior for RGB natural images (any size divisible by 8)"),
+    "natural-rgb": ("natural-rgb", "fully convolutional pixel prior for RGB natural images (any size from 8 px)"),
     "natural-gray": ("natural-gray", "fully convolutional pixel prior for grayscale natural images"),
     "natural-rgb-latent": (
         "natural-rgb-latent",

@@ -8,6 +8,7 @@ outputs come back as float32 (DESIGN.md precision rule). Learned-variance networ
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .base import DiffusionPrior
 
@@ -41,11 +42,13 @@ class UNetPrior(DiffusionPrior):
         return 2 ** (len(self.net.config.block_out_channels) - 1)
 
     def check_image_shape(self, image_shape):
+        """Any size from `downsampling` up: sides that are not multiples of it are padded for the network
+        (`model_output`)."""
         c, h, w = image_shape
         if c != self.net.config.in_channels:
             raise ValueError(f"the prior models {self.net.config.in_channels}-channel images, got {c} channels")
-        if h % self.downsampling or w % self.downsampling:
-            raise ValueError(f"image size {h}x{w} must be divisible by {self.downsampling} (the UNet's downsampling)")
+        if min(h, w) < self.downsampling:
+            raise ValueError(f"image size {h}x{w} is below the UNet's downsampling factor {self.downsampling}")
 
     def default_image_shape(self):
         size = self.net.config.sample_size
@@ -53,4 +56,12 @@ class UNetPrior(DiffusionPrior):
         return (self.net.config.in_channels, h, w)
 
     def model_output(self, x_t, t):
-        return self.net(x_t.to(self.dtype), t).sample
+        """The network's output for x_t (B, C, H, W); sides that are not multiples of `downsampling` are
+        reflect-padded (split between both ends) for the network and its output cropped back to H x W."""
+        h, w = x_t.shape[-2:]
+        pad_h, pad_w = -h % self.downsampling, -w % self.downsampling
+        if not (pad_h or pad_w):
+            return self.net(x_t.to(self.dtype), t).sample
+        top, left = pad_h // 2, pad_w // 2
+        padded = F.pad(x_t, (left, pad_w - left, top, pad_h - top), mode="reflect")
+        return self.net(padded.to(self.dtype), t).sample[..., top : top + h, left : left + w]
