@@ -114,7 +114,7 @@ def sample_posterior(
     batch_size: int | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
-    dtype: torch.dtype | str | None = None,
+    dtype: torch.dtype | str | None = "auto",
     progress: bool = True,
     image_shape: tuple[int, ...] | None = None,
     callback=None,
@@ -137,12 +137,17 @@ def sample_posterior(
         seed: chain (b, s) is seeded from (seed, b, s): results do not depend on batch_size.
         measurement_ids: integers replacing b in that seed (e.g. image indices of a data set), so that a
             measurement's samples do not depend on which other measurements share the call.
-        device: default cuda when available, else cpu. dtype: the network's dtype (float32, float16, bfloat16);
-            a prior object given with another device or dtype is converted as a copy, never in place.
+        device: default cuda when available, else cpu. dtype: the network's dtype (float32, float16, bfloat16),
+            or "auto" (default): bfloat16 on CUDA GPUs and CPUs that compute it natively, float32 elsewhere
+            (`guards.auto_dtype`, with the measurements behind it) for a prior loaded from a spec, and the prior
+            object's own dtype for one passed in. A prior object given with another device or an explicit other
+            dtype is converted as a copy, never in place.
         image_shape: (C, H, W) of x; default op.image_shape(measurement shape).
         callback: called after each sampler step with a dict {"i", "t", "x", "x0_hat", ...}.
     """
     device = resolve_device(device)
+    if dtype == "auto":
+        dtype = None if isinstance(prior, DiffusionPrior) else guards.auto_dtype(device)
     dtype = resolve_dtype(dtype)
     if isinstance(op, str):
         op = get_operator(op)

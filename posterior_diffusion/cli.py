@@ -205,11 +205,13 @@ def cmd_restore(args) -> None:
         options["steps"] = args.steps
     prior, dtype = args.prior, args.dtype
     if args.prior_arch:  # a guided-diffusion checkpoint, loaded here in its dtype (group norms stay float32)
+        from posterior_diffusion.guards import auto_dtype
         from posterior_diffusion.priors import load_prior
 
         if not args.prior:
             raise ValueError("--prior-arch needs --prior CHECKPOINT (a guided-diffusion .pt file)")
-        prior, dtype = load_prior(args.prior, dtype=args.dtype, arch=args.prior_arch), None
+        dtype = auto_dtype(device) if dtype == "auto" else dtype
+        prior, dtype = load_prior(args.prior, dtype=dtype, arch=args.prior_arch), None
     res = sample_posterior(
         y,
         op,
@@ -423,7 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=4, help="posterior samples (default 4)")
     p.add_argument("--batch-size", type=int, help="samples per network call (default all)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda if available)")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="network precision (default float32)")
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        default="auto",
+        help="network precision (default auto: bfloat16 on CUDA and on CPUs with native bfloat16, else float32)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_restore)
 

@@ -8,7 +8,15 @@ import json
 import pytest
 import torch
 
+from posterior_diffusion import guards
 from posterior_diffusion.exact import random_gaussian_mixture
+
+
+@pytest.fixture(autouse=True)
+def _auto_dtype_is_float32(monkeypatch):
+    """dtype="auto" (the default of `sample_posterior` and `restore`) runs float32 in every test, whatever the CPU
+    the tests run on; tests of other dtypes ask for them, and tests of `auto_dtype` import the real one."""
+    monkeypatch.setattr(guards, "auto_dtype", lambda device: torch.float32)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ failure found. Everything is tiny (8x8 / 16x16 images, the Gaussian-mixture and 
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import sys
@@ -20,6 +21,7 @@ from PIL import Image
 
 from posterior_diffusion import guards, sample_posterior
 from posterior_diffusion.cli import main
+from posterior_diffusion.guards import auto_dtype as real_auto_dtype  # bound before conftest's float32 stand-in
 from posterior_diffusion.images import load_image, read_image_uint8
 from posterior_diffusion.operators import from_config, get_operator
 from posterior_diffusion.priors import load_prior
@@ -264,6 +266,35 @@ def test_bfloat16_on_a_cpu_that_emulates_it_warns(tiny_unet_folder, monkeypatch,
     sample_posterior(y, "denoise", prior=str(tiny_unet_folder), dtype="bfloat16", device="cpu", steps=1, progress=False)
     emulated = [w for w in recwarn if "bfloat16 is emulated on this CPU" in str(w.message)]
     assert len(emulated) == (native is False)
+
+
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32), (None, torch.float32)])
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it_natively(monkeypatch, native, expected):
+    monkeypatch.setattr(guards, "native_cpu_bfloat16", lambda: native)
+    assert real_auto_dtype("cpu") == expected
+    assert real_auto_dtype("meta") == torch.float32
+
+
+def test_auto_dtype_is_the_default_for_a_loaded_prior_and_a_prior_object_keeps_its_own(
+    tiny_unet_folder, monkeypatch, tmp_path
+):
+    """dtype="auto" (the default): the device's dtype (here made bfloat16) for a prior loaded from a spec, in Python
+    and on the command line (run.json records it); a prior object passed in runs in its own dtype; an explicit dtype
+    wins."""
+    monkeypatch.setattr(guards, "auto_dtype", lambda device: torch.bfloat16)
+    y = torch.zeros(3, 16, 16).uniform_(-1, 1)
+    kwargs = {"steps": 1, "progress": False, "device": "cpu"}
+    assert sample_posterior(y, "denoise", prior=str(tiny_unet_folder), **kwargs).config["dtype"] == "bfloat16"
+    prior = load_prior(str(tiny_unet_folder))
+    assert sample_posterior(y, "denoise", prior=prior, **kwargs).config["dtype"] == "float32"
+    assert sample_posterior(y, "denoise", prior=prior, dtype="bfloat16", **kwargs).config["dtype"] == "bfloat16"
+    explicit = sample_posterior(y, "denoise", prior=str(tiny_unet_folder), dtype="float32", **kwargs)
+    assert explicit.config["dtype"] == "float32"
+    image = tmp_path / "clean.png"
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(image)
+    argv = ["restore", str(image), "--simulate", "--operator", "denoise", "--prior", str(tiny_unet_folder)]
+    assert main([*argv, "--steps", "1", "--num-samples", "1", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["dtype"] == "bfloat16"
 
 
 def test_native_bfloat16_is_read_from_the_cpu_flags():
