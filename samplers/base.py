@@ -24,6 +24,8 @@ from posterior_diffusion.priors.base import DiffusionPrior
 from posterior_diffusion.registry import Registry
 from posterior_diffusion.tensor_utils import chunk_slices, make_generators, seed_for
 
+from .long_run import LongRunNotice
+
 SAMPLERS = Registry("sampler")
 register_sampler = SAMPLERS.register  # class decorator: @register_sampler("dps")
 list_samplers = SAMPLERS.names
@@ -264,6 +266,9 @@ class Sampler:
         chunks = list(chunk_slices(b * s, batch_size))
         nfe = self.nfe(prior)
         bar = tqdm(total=nfe * len(chunks), disable=not progress, desc=self.name, unit="nfe")
+        notice = LongRunNotice(
+            self.name, getattr(self.config, "steps", None), nfe * len(chunks), prior.device.type == "cuda"
+        )
 
         samples, extras = [], []
         try:
@@ -273,6 +278,7 @@ class Sampler:
                 def step_hook(info: dict, guard=guard) -> None:
                     guard.update(info["i"], info["x"])
                     bar.update(info.get("nfe", 1))
+                    notice.update(info.get("nfe", 1))
                     if callback is not None:
                         callback(info)
 

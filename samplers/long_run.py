@@ -1,0 +1,69 @@
+"""One line before a long run: after a few network evaluations, a run predicted to take more than
+`LONG_RUN_SECONDS` says how long and what would be faster (fewer steps, another sampler, a GPU), once.
+
+    notice = LongRunNotice("dps", steps=1000, total_nfe=4000, on_gpu=False)
+    notice.update(nfe)   # from the step hook, with each step's network evaluations
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+LONG_RUN_SECONDS = 600.0  # ten minutes
+TIMED_STEPS = 3  # the steps timed after the first one (which pays for warm-up) before the estimate
+
+
+def format_duration(seconds: float) -> str:
+    """'45 s', '12 min', '1 h 55 min'."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+class LongRunNotice:
+    """Times `TIMED_STEPS` steps after the first one of a run (one host clock read per step, no device sync) and
+    warns once when total_nfe network evaluations at that pace exceed LONG_RUN_SECONDS; silent after that.
+
+    Args:
+        sampler: its name, for the message.
+        steps: its `steps` option, from which a budget that fits LONG_RUN_SECONDS is suggested.
+        total_nfe: network evaluations of the whole run (all chunks).
+        on_gpu: whether the network already runs on a GPU (else a GPU is suggested).
+    """
+
+    def __init__(self, sampler: str, steps: int | None, total_nfe: int, on_gpu: bool):
+        self.sampler, self.steps, self.total_nfe, self.on_gpu = sampler, steps, total_nfe, on_gpu
+        self.start: float | None = None
+        self.done_steps, self.timed_nfe = 0, 0
+
+    def update(self, nfe: int) -> None:
+        """After a step with `nfe` network evaluations."""
+        if self.done_steps > TIMED_STEPS:
+            return
+        now = time.perf_counter()
+        self.done_steps += 1
+        if self.start is None:
+            self.start = now  # the clock starts after the first step
+            return
+        self.timed_nfe += nfe
+        if self.done_steps > TIMED_STEPS and self.timed_nfe:
+            self.check((now - self.start) / self.timed_nfe)
+
+    def check(self, seconds_per_nfe: float) -> None:
+        estimate = seconds_per_nfe * self.total_nfe
+        if estimate <= LONG_RUN_SECONDS:
+            return
+        faster = []
+        if self.steps:
+            fitting = max(1, int(self.steps * LONG_RUN_SECONDS / estimate))
+            faster.append(f"fewer steps (steps={fitting} / --steps {fitting}: about ten minutes)")
+        faster.append("fewer samples, or another sampler (sampler='auto' picks the best measured at 100 steps)")
+        if not self.on_gpu:
+            faster.append("a GPU (device='cuda' / --device cuda)")
+        warnings.warn(
+            f"{self.sampler}: this run will take about {format_duration(estimate)} ({self.total_nfe} network "
+            f"evaluations at {seconds_per_nfe:.2g} s); faster: {'; '.join(faster)}",
+            stacklevel=4,
+        )

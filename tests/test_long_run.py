@@ -1,0 +1,64 @@
+"""The one-line notice before a long run (samplers/long_run.py): the estimate, the suggestions, once per run."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from posterior_diffusion import sample_posterior
+from posterior_diffusion.samplers import long_run
+from posterior_diffusion.samplers.long_run import LongRunNotice, format_duration
+
+
+def test_durations_read_as_a_person_would_say_them():
+    assert [format_duration(s) for s in (45, 719, 6900)] == ["45 s", "12 min", "1 h 55 min"]
+
+
+def test_a_run_past_ten_minutes_names_its_length_and_what_is_faster():
+    """0.5 s per evaluation x 4000 = 33 min: fewer steps (1000 x 600 / 2000 = 300), another sampler, a GPU."""
+    with pytest.warns(UserWarning) as caught:
+        LongRunNotice("dps", 1000, 4000, on_gpu=False).check(0.5)
+    message = str(caught[0].message)
+    assert message.startswith("dps: this run will take about 33 min (4000 network evaluations at 0.5 s)")
+    assert "steps=300" in message and "sampler='auto'" in message and "--device cuda" in message
+    with pytest.warns(UserWarning) as caught:
+        LongRunNotice("dps", 1000, 4000, on_gpu=True).check(0.5)
+    assert "cuda" not in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LongRunNotice("dps", 1000, 4000, on_gpu=False).check(0.1)  # 400 s: nothing to say
+
+
+def test_the_estimate_times_the_steps_after_the_first_and_speaks_once(monkeypatch):
+    """Step 1 (with the warm-up) ends at 100 s and is not timed; the next TIMED_STEPS take 1 s per evaluation: 1000
+    evaluations are predicted at 1000 s, said once after the last timed step, and never again."""
+    clock = iter(range(100, 200))
+    monkeypatch.setattr(long_run.time, "perf_counter", lambda: float(next(clock)))
+    notice = LongRunNotice("ddrm", 1000, 1000, on_gpu=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(long_run.TIMED_STEPS):
+            notice.update(1)
+        assert len(caught) == 0
+        notice.update(1)
+        for _ in range(20):
+            notice.update(1)
+    assert len(caught) == 1 and "about 17 min" in str(caught[0].message)
+
+
+def test_a_sampler_run_gives_the_notice(tiny_unet_folder, monkeypatch):
+    monkeypatch.setattr(long_run, "LONG_RUN_SECONDS", 0.0)
+    y = torch.zeros(3, 16, 16).uniform_(-1, 1)
+    with pytest.warns(UserWarning, match=r"ddrm: this run will take about .* \(12 network evaluations"):
+        sample_posterior(
+            y,
+            "denoise",
+            prior=str(tiny_unet_folder),
+            sampler="ddrm",
+            steps=6,
+            num_samples=2,
+            batch_size=1,
+            progress=False,
+        )
