@@ -130,7 +130,8 @@ def sample_posterior(
         op: an operator (see `posterior_diffusion.operators`) or the name of one with default settings.
         prior: a DiffusionPrior, a `load_prior` spec, or None for the built-in prior matching the channels.
         sampler: a Sampler, a registered name, or "auto" (default): the sampler measured best for the operator that
-            accepts the prior, with its preset for the task (`samplers.auto.AUTO`; the choice is in config["sampler"]).
+            accepts the prior, with its preset for the task (`samplers.auto.AUTO`; the choice is in config["sampler"]);
+            on a CPU, for a linear operator, with `samplers.auto.CPU_STEPS` steps unless `steps` is given.
             `sampler_options` go to its config (e.g. steps, step_size, preset).
         num_samples: samples per measurement (S).
         batch_size: chains per network call (default: all B * S at once).
@@ -181,7 +182,7 @@ def sample_posterior(
     prior = load_prior(prior_spec if prior_spec is not None else prior, device=device, dtype=dtype)
     prior.check_image_shape(shape)
     if sampler == "auto":
-        name, chosen = choose_sampler(prior, op)
+        name, chosen = choose_sampler(prior, op, on_cpu=device.type == "cpu")
         sampler = get_sampler(name, **(chosen | sampler_options))
     if device.type == "cpu":
         _warn_slow_cpu_dtype(getattr(prior, "dtype", None))

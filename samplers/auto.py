@@ -22,6 +22,18 @@ the posterior mean, seconds per image on one thread of the 2-core CPU, beside a 
 The blurs not benchmarked (uniform_blur, blur) and the circular ones (which DDRM could take) follow gaussian_blur.
 DiffPIR needs a pixel prior and Gaussian noise, PiGDM a linear operator: latent priors and Poisson noise fall
 through to RED-Diff, ReSample or DPS.
+
+On a CPU (`choose_sampler(..., on_cpu=True)`) a linear operator gets CPU_STEPS steps: a 256x256 restore then takes
+about a minute on one core (README, Install) instead of five to ten. The same bench at 20 steps (rows in
+assets/bench/quality_per_second/rows-steps20.jsonl; PSNR of the mean of 4 samples):
+    DiffPIR-20  sr4 24.29 (100 steps: 24.41), box_inpaint 26.86 (27.04), random_inpaint 25.54 (27.05),
+                gaussian_deblur 29.03 (30.49), motion_deblur 26.38 (27.85), denoise 27.42
+    PiGDM-20    sr4 24.73, box_inpaint 25.82, random_inpaint 23.67, gaussian_deblur 28.94, motion_deblur 27.33,
+                denoise 27.56, at 2-3x DiffPIR's time per step (a network VJP)
+    DDRM-20     box_inpaint 25.49, random_inpaint 23.22, denoise 28.66 (the sampler of the README's first command)
+so at 20 steps DiffPIR also leads on box inpainting (`CPU_AUTO`), and every CPU choice is at or above DDRM-20
+where DDRM applies. Nonlinear operators keep their samplers' steps: DiffPIR on hdr fell from 28.89 to 20.70 dB at
+20 steps (its gradient step needs them).
 """
 
 from __future__ import annotations
@@ -69,16 +81,22 @@ AUTO: dict[str, tuple[tuple[str, str | None], ...]] = {
     "interferometry": (("dps", "black_hole"), ("red_diff", "black_hole"), ("pnp_ula", "black_hole")),
 }
 FALLBACK = (("ddrm", None), ("red_diff", None), ("resample", None), ("dps", None))
+CPU_STEPS = 20  # steps of the auto sampler for linear operators on a CPU (module docstring)
+CPU_AUTO: dict[str, tuple[tuple[str, str | None], ...]] = {  # where the order at CPU_STEPS differs from AUTO's
+    "inpaint_box": (("diffpir", "inpaint"), *(entry for entry in AUTO["inpaint_box"] if entry[0] != "diffpir")),
+}
 
 
-def choose_sampler(prior, op) -> tuple[str, dict]:
+def choose_sampler(prior, op, on_cpu: bool = False) -> tuple[str, dict]:
     """(sampler name, options) of the first sampler of `AUTO` (or `FALLBACK`) for `op` that accepts (prior, op);
-    options hold its preset for the task where it has that preset registered. A one-line ValueError when none
+    options hold its preset for the task where it has that preset registered. With `on_cpu` a linear
+    operator takes the `CPU_AUTO` order where there is one and `CPU_STEPS` steps. A one-line ValueError when none
     applies."""
-    candidates = AUTO.get(op.name, FALLBACK)
+    cpu_budget = on_cpu and op.is_linear
+    candidates = (CPU_AUTO.get(op.name) if cpu_budget else None) or AUTO.get(op.name, FALLBACK)
     for name, preset in candidates:
         preset = preset if preset in sampler_class(name).PRESETS else None
         if sampler_applies(name, prior, op, preset or ""):
-            return name, ({"preset": preset} if preset else {})
+            return name, ({"preset": preset} if preset else {}) | ({"steps": CPU_STEPS} if cpu_budget else {})
     tried = ", ".join(name for name, _ in candidates)
     raise ValueError(f"sampler='auto' found no sampler for operator '{op.name}' with this prior (tried {tried})")

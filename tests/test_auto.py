@@ -10,7 +10,7 @@ from posterior_diffusion.cli import main
 from posterior_diffusion.operators import get_operator, list_operators
 from posterior_diffusion.priors import load_prior
 from posterior_diffusion.samplers import list_samplers, sampler_class
-from posterior_diffusion.samplers.auto import AUTO, FALLBACK, choose_sampler
+from posterior_diffusion.samplers.auto import AUTO, CPU_STEPS, FALLBACK, choose_sampler
 
 
 def test_every_entry_names_a_registered_sampler_and_an_existing_preset():
@@ -37,6 +37,28 @@ def test_the_first_sampler_that_applies_is_chosen(tiny_unet_folder, operator, pa
     assert choose_sampler(prior, get_operator(operator, **params)) == expected
 
 
+@pytest.mark.parametrize(
+    "operator,params,expected",
+    [
+        ("gaussian_blur", {}, ("diffpir", {"preset": "deblur", "steps": CPU_STEPS})),
+        ("inpaint_box", {"image_size": [16, 16], "box_size": 4}, ("diffpir", {"preset": "inpaint", "steps": 20})),
+        ("denoise", {}, ("ddrm", {"preset": "denoise", "steps": CPU_STEPS})),
+        ("high_dynamic_range", {}, ("diffpir", {})),  # nonlinear: the sampler's own steps
+    ],
+)
+def test_on_a_cpu_linear_operators_get_the_cpu_budget(tiny_unet_folder, operator, params, expected):
+    assert CPU_STEPS == 20
+    assert choose_sampler(load_prior(str(tiny_unet_folder)), get_operator(operator, **params), on_cpu=True) == expected
+
+
+def test_a_cpu_run_uses_the_cpu_budget_unless_steps_are_given(tiny_unet_folder):
+    op = get_operator("gaussian_blur", kernel_size=5, boundary="circular")
+    y = op.measure(torch.zeros(1, 3, 16, 16), torch.Generator().manual_seed(0))
+    res = sample_posterior(y, op, prior=str(tiny_unet_folder), device="cpu", progress=False)
+    assert res.config["sampler"]["steps"] == CPU_STEPS and res.nfe == CPU_STEPS
+    assert sample_posterior(y, op, prior=str(tiny_unet_folder), device="cpu", steps=3, progress=False).nfe == 3
+
+
 def test_a_latent_prior_falls_through_to_the_samplers_that_take_it(tiny_ldm_folder):
     prior = load_prior(str(tiny_ldm_folder))  # DiffPIR and PiGDM need a pixel prior
     assert choose_sampler(prior, get_operator("gaussian_blur", kernel_size=5)) == ("red_diff", {"preset": "deblur"})
@@ -60,4 +82,6 @@ def test_no_sampler_that_applies_is_one_line(tiny_unet_folder, monkeypatch):
 
 def test_list_shows_the_auto_order(capsys):
     assert main(["list"]) == 0
-    assert "(auto: diffpir > pigdm > red_diff" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert "(auto: diffpir > pigdm > red_diff" in out and "on a CPU: 20 steps)" in out
+    assert "on a CPU: diffpir > pigdm > red_diff > ddrm > resample, 20 steps)" in out  # box inpainting
