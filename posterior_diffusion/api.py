@@ -183,7 +183,8 @@ def sample_posterior(
     prior.check_image_shape(shape)
     if sampler == "auto":
         name, chosen = choose_sampler(prior, op, on_cpu=device.type == "cpu")
-        sampler = get_sampler(name, **(chosen | sampler_options))
+        given = {k: v for k, v in sampler_options.items() if not (k == "preset" and v is None)}  # None: auto's
+        sampler = get_sampler(name, **(chosen | given))
     if device.type == "cpu":
         _warn_slow_cpu_dtype(getattr(prior, "dtype", None))
     op = on_device(op, device)

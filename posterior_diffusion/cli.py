@@ -206,6 +206,8 @@ def cmd_restore(args) -> None:
     options = _parse_params(args.sampler_param, "--sampler-param")
     if args.steps is not None:
         options["steps"] = args.steps
+    if args.preset is not None:  # else the sampler's own defaults, or auto's preset for the task
+        options["preset"] = args.preset
     prior, dtype = args.prior, args.dtype
     if args.prior_arch:  # a guided-diffusion checkpoint, loaded here in its dtype (group norms stay float32)
         from posterior_diffusion.guards import auto_dtype
@@ -226,7 +228,6 @@ def cmd_restore(args) -> None:
         device=device,
         dtype=dtype,
         progress=not args.quiet,
-        preset=args.preset,
         **options,
     )
     info = {"input": str(args.input), "simulate": args.simulate}

@@ -59,6 +59,27 @@ def test_a_cpu_run_uses_the_cpu_budget_unless_steps_are_given(tiny_unet_folder):
     assert sample_posterior(y, op, prior=str(tiny_unet_folder), device="cpu", steps=3, progress=False).nfe == 3
 
 
+def test_restore_and_preset_none_keep_autos_preset(tiny_unet_folder, tmp_path):
+    """`restore` without --preset (and preset=None in Python) leaves auto's preset for the task in place: box
+    inpainting on a CPU runs DiffPIR's inpaint preset (lambda 1, zeta 1), not its deblurring defaults."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    image = tmp_path / "clean.png"
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(image)
+    argv = ["restore", str(image), "--simulate", "--operator", "inpaint_box", "--op-param", "box_size=4"]
+    argv += ["--prior", str(tiny_unet_folder), "--device", "cpu", "--out", str(tmp_path / "out"), "--quiet"]
+    assert main([*argv, "--steps", "2", "--num-samples", "1"]) == 0
+    sampler = json.loads((tmp_path / "out" / "run.json").read_text())["sampler"]
+    assert (sampler["name"], sampler["preset"], sampler["lam"], sampler["zeta"]) == ("diffpir", "inpaint", 1.0, 1.0)
+    op = get_operator("inpaint_box", image_size=[16, 16], box_size=4)
+    y = op.measure(torch.zeros(1, 3, 16, 16), torch.Generator().manual_seed(0))
+    res = sample_posterior(y, op, prior=str(tiny_unet_folder), device="cpu", preset=None, steps=2, progress=False)
+    assert res.config["sampler"]["preset"] == "inpaint"
+
+
 def test_a_latent_prior_falls_through_to_the_samplers_that_take_it(tiny_ldm_folder):
     prior = load_prior(str(tiny_ldm_folder))  # DiffPIR and PiGDM need a pixel prior
     assert choose_sampler(prior, get_operator("gaussian_blur", kernel_size=5)) == ("red_diff", {"preset": "deblur"})
