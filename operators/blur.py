@@ -34,6 +34,20 @@ FFT_TAPS = 225  # reflect-padded blurs with larger kernels (more than 15x15) cor
 FFT_TAPS_FLOAT64 = 9
 
 
+def fast_fft_length(n: int) -> int:
+    """The smallest length >= n whose prime factors are 2, 3 and 5, where FFTs are fastest (a 316-px padded
+    image, 4 x 79, took 3.7x longer than a 320-px one on a CPU: 65 ms against 18 ms, 12 x 316^2 rfft2 + irfft2)."""
+    m = n
+    while True:
+        rest = m
+        for p in (2, 3, 5):
+            while rest % p == 0:
+                rest //= p
+        if rest == 1:
+            return m
+        m += 1
+
+
 def kernel_spectrum(kernel: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """FFT2 of a kernel (kh, kw) or (B, kh, kw) wrapped onto the h x w torus: (1 or B, 1, h, w) complex.
 
@@ -117,17 +131,23 @@ class Blur(LinearOperator):
         b, c, h, w = x.shape
         k = self.kernel.to(x.dtype)
         x = F.pad(x, self._pads(), mode="reflect")
-        if self._through_fft(x.dtype):  # the circular correlation of the padded image, cropped
+        if self._through_fft(x.dtype):  # the circular correlation of the padded image (zero-extended), cropped
             left, _, top, _ = self._pads()
             work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-            size = tuple(work.shape[-2:])
+            size = self._fft_size(tuple(work.shape[-2:]))
             transfer = self.transfer_function(size, work.dtype)[..., : size[1] // 2 + 1]
-            full = torch.fft.irfft2(transfer * torch.fft.rfft2(work), s=size)
+            full = torch.fft.irfft2(transfer * torch.fft.rfft2(work, s=size), s=size)
             return full[..., top : top + h, left : left + w].to(x.dtype)
         if k.ndim == 2:
             return F.conv2d(x, k.expand(c, 1, *k.shape), groups=c)
         weight = k.expand(b, *k.shape[-2:]).repeat_interleave(c, 0)[:, None]
         return F.conv2d(x.reshape(1, b * c, *x.shape[-2:]), weight, groups=b * c).reshape(b, c, h, w)
+
+    @staticmethod
+    def _fft_size(padded: tuple[int, int]) -> tuple[int, int]:
+        """The FFT grid of a padded image: each side rounded up to a fast length; the kernel never wraps around
+        into the cropped output, so the zeros added beyond the padding change nothing."""
+        return fast_fft_length(padded[0]), fast_fft_length(padded[1])
 
     def _through_fft(self, dtype: torch.dtype) -> bool:
         """Whether the reflect-padded correlation in `dtype` goes through the FFT (see FFT_TAPS)."""
@@ -150,8 +170,10 @@ class Blur(LinearOperator):
         if self._through_fft(y.dtype):
             work = y.float() if y.dtype in (torch.float16, torch.bfloat16) else y
             embedded = F.pad(work, (left, right, top, bottom))
-            transfer = self.transfer_function(size, work.dtype)[..., : size[1] // 2 + 1]
-            padded = torch.fft.irfft2(transfer.conj() * torch.fft.rfft2(embedded), s=size).to(y.dtype)
+            grid = self._fft_size(size)
+            transfer = self.transfer_function(grid, work.dtype)[..., : grid[1] // 2 + 1]
+            full = torch.fft.irfft2(transfer.conj() * torch.fft.rfft2(embedded, s=grid), s=grid)
+            padded = full[..., : size[0], : size[1]].to(y.dtype)
         elif k.ndim == 2:
             padded = F.conv_transpose2d(y, k.expand(c, 1, *k.shape), groups=c)
         else:

@@ -420,8 +420,9 @@ def test_reflect_blur_matches_scipy_correlate():
 
 
 def test_large_reflect_blurs_go_through_the_fft_with_the_same_values(monkeypatch):
-    """Kernels above FFT_TAPS (the papers' 61x61) correlate the reflect-padded image through the FFT: the same as
-    scipy and as the direct convolution, for odd, even and per-image kernels, with an exact adjoint."""
+    """Kernels above FFT_TAPS (the papers' 61x61) correlate the reflect-padded image through the FFT (on a grid of
+    fast lengths): the same as scipy and as the direct convolution, for odd, even and per-image kernels, with an
+    exact adjoint."""
     from posterior_diffusion.operators import blur
 
     ndimage = pytest.importorskip("scipy.ndimage")
@@ -441,6 +442,8 @@ def test_large_reflect_blurs_go_through_the_fft_with_the_same_values(monkeypatch
     adjoints = [b.adjoint(y) for b in fast]
     assert all(b._through_fft(torch.float64) for b in [*fast, get_operator("gaussian_blur", kernel_size=5)])
     assert not get_operator("gaussian_blur", kernel_size=5)._through_fft(torch.float32)
+    # the FFT grid: the padded side rounded up to 2^a 3^b 5^c (39 x 37 -> 40 x 40 for the 16 x 18 kernel)
+    assert [blur.fast_fft_length(n) for n in (1, 7, 37, 39, 40, 316)] == [1, 8, 40, 40, 40, 320]
     monkeypatch.setattr(blur, "FFT_TAPS", 10**6)  # the direct depthwise convolution
     monkeypatch.setattr(blur, "FFT_TAPS_FLOAT64", 10**6)
     for b, value, adjoint in zip(fast, values, adjoints, strict=True):
