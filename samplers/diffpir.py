@@ -50,17 +50,23 @@ class DiffPIRConfig:
     steps: network evaluations, 100 (`iter_num`; the paper's tables use NFE 100).
     lam: lambda, 7 (`main_ddpir_deblur.py`: lambda_ 1 x range(7, 8)); the presets hold the other tasks'.
     zeta: the fresh-noise share of the re-noising, 0.3 (`main_ddpir_deblur.py`: zeta 0.1 x range(3, 4)).
+    prox_iters: conjugate-gradient iterations of the data step on operators without an SVD (ours; the reference has
+        closed forms only); None: `Operator.prox`'s own budget (PROX_MAX_ITER = 50, or its tolerance). Fewer
+        iterations stop the solve early, which regularises it where rho_t is small (README, Samplers).
     """
 
     steps: int = 100
     lam: float = 7.0
     zeta: float = 0.3
+    prox_iters: int | None = None
 
     def __post_init__(self):
         if self.steps < 2:
             raise ValueError(f"steps must be >= 2 (the quad grid ends at t = 0), got {self.steps}")
         if not self.lam > 0 or not 0 <= self.zeta <= 1:
             raise ValueError(f"need lam > 0 and zeta in [0, 1]; got {self.lam}, {self.zeta}")
+        if self.prox_iters is not None and self.prox_iters < 1:
+            raise ValueError(f"prox_iters must be >= 1 or None, got {self.prox_iters}")
 
 
 def quad_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
@@ -107,7 +113,8 @@ class DiffPIR(Sampler):
         """Step 2: the proximal map for a linear operator, the reference's gradient step otherwise (n, C, H, W)."""
         sigma_y = max(op.noise.sigma, SIGMA_N_FLOOR)
         if op.is_linear:
-            return op.prox(x0_hat, y, rho, sigma_y=sigma_y)
+            budget = {"max_iter": self.config.prox_iters} if self.config.prox_iters else {}
+            return op.prox(x0_hat, y, rho, sigma_y=sigma_y, **budget)
         return (x0_hat - op.residual_gradient(y, x0_hat) / (4 * rho * sigma_y**2)).clamp_(-1, 1)
 
     def sample_chunk(self, prior, op, y, image_shape, generators, step_hook):

@@ -93,10 +93,28 @@ def test_result_is_the_last_denoised_estimate_in_range(gmm):
     assert out.nfe == 10 and out.samples.abs().max() <= 1
 
 
+def test_prox_iters_stops_the_data_steps_conjugate_gradients_early():
+    """prox_iters=k: the data step is k CG iterations from x0_hat (as op.prox with max_iter=k); an operator with an
+    SVD keeps its exact step."""
+    from posterior_diffusion.priors.base import linear_alphas_cumprod
+
+    rho = get_sampler("diffpir").rho(float(linear_alphas_cumprod()[200]))
+    g = torch.Generator().manual_seed(0)
+    z = torch.rand(2, 1, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+    reflect = get_operator("gaussian_blur", kernel_size=3, sigma=0.8, noise_sigma=0.05)
+    y = reflect.measure(torch.rand(2, 1, 8, 8, generator=g, dtype=torch.float64) * 2 - 1, g)
+    early = get_sampler("diffpir", prox_iters=2).data_step(reflect, y, z, rho)
+    assert torch.equal(early, reflect.prox(z, y, rho, sigma_y=0.05, max_iter=2))
+    assert not torch.allclose(early, get_sampler("diffpir").data_step(reflect, y, z, rho), atol=1e-4)
+    circular = get_operator("gaussian_blur", kernel_size=3, sigma=0.8, boundary="circular", noise_sigma=0.05)
+    exact = [get_sampler("diffpir", **o).data_step(circular, y, z, rho) for o in ({}, {"prox_iters": 2})]
+    assert torch.equal(*exact)
+
+
 def test_non_gaussian_noise_and_invalid_options_are_refused(gmm):
     op = get_operator("inpaint_random", image_size=8, missing=0.5, noise="poisson", poisson_rate=2.0)
     with pytest.raises(ValueError, match="diffpir needs Gaussian measurement noise"):
         get_sampler("diffpir")(gmm, op, torch.zeros(1, 1, 8, 8))
-    for options in ({"steps": 1}, {"zeta": 1.5}, {"lam": 0.0}):
+    for options in ({"steps": 1}, {"zeta": 1.5}, {"lam": 0.0}, {"prox_iters": 0}):
         with pytest.raises(ValueError):
             get_sampler("diffpir", **options)
