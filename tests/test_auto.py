@@ -40,8 +40,12 @@ def test_the_first_sampler_that_applies_is_chosen(tiny_unet_folder, operator, pa
 @pytest.mark.parametrize(
     "operator,params,expected",
     [
-        ("gaussian_blur", {}, ("diffpir", {"preset": "deblur", "steps": CPU_STEPS})),
-        ("inpaint_box", {"image_size": [16, 16], "box_size": 4}, ("diffpir", {"preset": "inpaint", "steps": 20})),
+        ("gaussian_blur", {}, ("diffpir", {"preset": "deblur", "steps": CPU_STEPS, "prox_iters": 5})),
+        (
+            "inpaint_box",
+            {"image_size": [16, 16], "box_size": 4},
+            ("diffpir", {"preset": "inpaint", "steps": 20, "prox_iters": 5}),
+        ),
         ("denoise", {}, ("ddrm", {"preset": "denoise", "steps": CPU_STEPS})),
         ("high_dynamic_range", {}, ("diffpir", {})),  # nonlinear: the sampler's own steps
     ],
@@ -56,6 +60,7 @@ def test_a_cpu_run_uses_the_cpu_budget_unless_steps_are_given(tiny_unet_folder):
     y = op.measure(torch.zeros(1, 3, 16, 16), torch.Generator().manual_seed(0))
     res = sample_posterior(y, op, prior=str(tiny_unet_folder), device="cpu", progress=False)
     assert res.config["sampler"]["steps"] == CPU_STEPS and res.nfe == CPU_STEPS
+    assert res.config["sampler"]["prox_iters"] == 5
     assert sample_posterior(y, op, prior=str(tiny_unet_folder), device="cpu", steps=3, progress=False).nfe == 3
 
 
