@@ -131,7 +131,8 @@ def sample_posterior(
         prior: a DiffusionPrior, a `load_prior` spec, or None for the built-in prior matching the channels.
         sampler: a Sampler, a registered name, or "auto" (default): the sampler measured best for the operator that
             accepts the prior, with its preset for the task (`samplers.auto.AUTO`; the choice is in config["sampler"]);
-            on a CPU, for a linear operator, with `samplers.auto.CPU_STEPS` steps unless `steps` is given.
+            on a CPU, for a linear operator, at the CPU budget (`samplers.auto.CPU_STEPS` steps and `CPU_OPTIONS`);
+            options given here win over the chosen ones.
             `sampler_options` go to its config (e.g. steps, step_size, preset).
         num_samples: samples per measurement (S).
         batch_size: chains per network call (default: all B * S at once).
