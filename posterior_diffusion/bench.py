@@ -175,14 +175,14 @@ def _plan(cfg: BenchConfig, tasks: dict, methods: list[Method], prior, announce:
         op = task.build(cfg.size)
         given = _given_operator(op) if task.blind else op
         applicable = []
+        channels = task.channels or (prior.default_image_shape()[0] if prior is not None else 3)
         for method in methods:
             refusal = method.refusal(cfg, task, prior, given)
             if refusal is None:
                 if isinstance(method, BaselineMethod):
-                    channels = task.channels or (prior.default_image_shape()[0] if prior is not None else 3)
                     method = method.tuned(cfg, name, (op, given), channels, announce)
                 elif method.tune:
-                    method = method.tuned(cfg, name, task, (op, given), prior, announce)
+                    method = method.tuned(cfg, name, task, (op, given), prior, channels, announce)
                 applicable.append(method)
                 if (
                     announce
@@ -489,14 +489,13 @@ class SamplerMethod:
             options["preset"] = preset
         return options
 
-    def tuned(self, cfg, task_name: str, task, ops: tuple, prior, announce: bool) -> SamplerMethod:
+    def tuned(self, cfg, task_name: str, task, ops: tuple, prior, channels: int, announce: bool) -> SamplerMethod:
         """This method with its sampler's TUNE_GRID options (those not set by a "NAME.K" option) chosen for the task:
         the combination whose posterior mean (cfg.num_samples samples, seed TUNE_SEED) has the best mean PSNR on
         TUNE_CROPS crops of cfg.tune_images (the same crops and noise as the baselines'), kept in out/tuned.json.
-        ops: (the operator that measures, the one the sampler is given)."""
+        ops: (the operator that measures, the one the sampler is given); channels: of the crops."""
         fixed = _own_options(cfg, self.sampler)
         preset = task.presets.get(self.sampler)
-        channels = task.channels or prior.default_image_shape()[0]
 
         def choose(crops, y):
             def score(candidate):

@@ -35,7 +35,8 @@ Departures from the reference code:
   ||A||^2 / sigma_y^2 with tau=None; `Operator.norm_squared`), since x <- x + eta grad log pi grows without bound
   once eta times the largest curvature passes 2. The reference's gaussian_blur setting (lr 1e-4, tau 0.01) has
   eta L = 2 ||A||^2, on that edge; our reflect-padded 61-px Gaussian blur has ||A||^2 = 1.022, and DAPS-1K diverged
-  on it in its first level. Steps below the cap (every other reference setting here) are untouched.
+  on it in its first level. Steps below the cap are untouched (of the other reference settings here only
+  inpainting_rand's, at eta L = 2 exactly, is capped, and only in its first levels).
 - Other noise models (Poisson) take the data term from the noise model's residual norm (the reference has only
   Gaussian noise): ||r||^2 / tau^2 with r the noise model's weighted residual.
 

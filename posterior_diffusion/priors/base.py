@@ -50,6 +50,13 @@ def linear_alphas_cumprod(num_timesteps: int = 1000, beta_start: float = 1e-4, b
     return torch.cumprod(1 - betas, 0).float()
 
 
+def pad_to_multiple(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
+    """F.pad's (left, right, top, bottom) that bring an H x W image to multiples of `multiple`, split between both
+    ends (floor half before, the rest after)."""
+    pad_h, pad_w = -h % multiple, -w % multiple
+    return (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+
+
 class DiffusionPrior(nn.Module):
     """Base class. Subclasses implement `model_output` (raw network output) or override `predict`."""
 

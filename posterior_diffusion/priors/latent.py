@@ -18,7 +18,7 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from .base import DiffusionPrior, Prediction
+from .base import DiffusionPrior, Prediction, pad_to_multiple
 from .unet import UNetPrior
 
 
@@ -78,11 +78,6 @@ class LatentPrior(DiffusionPrior):
         view.image_size = (h, w)
         return view
 
-    def _padding(self, h: int, w: int) -> tuple[int, int, int, int]:
-        """F.pad's (left, right, top, bottom) that bring an H x W image to multiples of f (floor half first)."""
-        pad_h, pad_w = -h % self.factor, -w % self.factor
-        return (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
-
     def state_shape(self, image_shape):
         return self.latent_shape(image_shape)
 
@@ -114,7 +109,7 @@ class LatentPrior(DiffusionPrior):
         mean for AutoencoderKL; the pre-quantisation latents for VQModel, which quantises in `decode`); sides that are
         not multiples of f are reflect-padded first."""
         self.autoencoder_passes["encode", x.requires_grad and torch.is_grad_enabled()] += x.shape[0]
-        padding = self._padding(*x.shape[-2:])
+        padding = pad_to_multiple(*x.shape[-2:], self.factor)
         if any(padding):
             x = F.pad(x, padding, mode="reflect")
         enc = self.autoencoder.encode(x.to(self.autoencoder.dtype))
@@ -129,5 +124,5 @@ class LatentPrior(DiffusionPrior):
         if self.image_size is None:
             return x
         h, w = self.image_size
-        left, _, top, _ = self._padding(h, w)
+        left, _, top, _ = pad_to_multiple(h, w, self.factor)
         return x[..., top : top + h, left : left + w]

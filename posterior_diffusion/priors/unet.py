@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import DiffusionPrior
+from .base import DiffusionPrior, pad_to_multiple
 
 
 class UNetPrior(DiffusionPrior):
@@ -59,9 +59,9 @@ class UNetPrior(DiffusionPrior):
         """The network's output for x_t (B, C, H, W); sides that are not multiples of `downsampling` are
         reflect-padded (split between both ends) for the network and its output cropped back to H x W."""
         h, w = x_t.shape[-2:]
-        pad_h, pad_w = -h % self.downsampling, -w % self.downsampling
-        if not (pad_h or pad_w):
+        padding = pad_to_multiple(h, w, self.downsampling)
+        if not any(padding):
             return self.net(x_t.to(self.dtype), t).sample
-        top, left = pad_h // 2, pad_w // 2
-        padded = F.pad(x_t, (left, pad_w - left, top, pad_h - top), mode="reflect")
+        left, _, top, _ = padding
+        padded = F.pad(x_t, padding, mode="reflect")
         return self.net(padded.to(self.dtype), t).sample[..., top : top + h, left : left + w]
