@@ -105,11 +105,26 @@ def test_bad_options_are_refused(options):
 def test_noiseless_measurements_are_matched_to_kappa(observe, gmm):
     """sigma_y = 0: every observed coordinate is observed at the clean image with noise variance kappa (1e-4); with
     32 particles the samples match y to a mean absolute residual of 0.035 (max 0.13) over the observed pixels,
-    against about 0.3 for prior draws."""
+    against about 0.3 for prior draws. Unclipped: the mixture reaches past [-1, 1], where a clipped chain cannot
+    follow y."""
     op = get_operator("inpaint_random", image_size=8, missing=0.5, noise_sigma=0.0)
     x = gmm.sample(2, torch.Generator().manual_seed(0))
     y = op.measure(x)
-    out = get_sampler("mcgdiff", steps=50, particles=32, observe=observe)(gmm, op, y, num_samples=4)
+    out = get_sampler("mcgdiff", steps=50, particles=32, observe=observe, clip_x0=False)(gmm, op, y, num_samples=4)
     residual = (op(out.samples.flatten(0, 1)) - y.repeat_interleave(4, 0)).abs()
     mean = residual.sum() / op.mask.sum() / len(residual)
     assert mean < 0.06 and residual.max() < 0.2, (float(mean), float(residual.max()))
+
+
+def test_pixel_chains_are_clipped_unless_turned_off():
+    """x0_hat is clipped to [-1, 1] in the chain by default, so the last state (x0_hat of the clean image) of a
+    mixture centred at 1.5 is in range; `clip_x0=False` follows the mixture past 1."""
+    means = torch.full((1, 4), 1.5, dtype=torch.float64)
+    prior = GaussianMixturePrior([1.0], means, 0.01 * torch.eye(4, dtype=torch.float64)[None], image_shape=(1, 1, 4))
+    op = get_operator("inpaint_box", image_size=[1, 4], box_size=[1, 2], top=0, left=2, noise_sigma=0.05)
+    y = op.measure(torch.ones(1, 1, 1, 4))
+    clipped, free = (
+        get_sampler("mcgdiff", steps=20, particles=8, clip_x0=clip)(prior, op, y, num_samples=4).samples
+        for clip in (True, False)
+    )
+    assert clipped.abs().max() <= 1 and free.max() > 1.3, (float(clipped.max()), float(free.max()))
