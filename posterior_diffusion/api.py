@@ -119,6 +119,7 @@ def sample_posterior(
     image_shape: tuple[int, ...] | None = None,
     callback=None,
     measurement_ids=None,
+    compile: bool = False,
     **sampler_options,
 ) -> PosteriorResult:
     """Draw `num_samples` samples of p(x | y) for each measurement in y.
@@ -146,6 +147,9 @@ def sample_posterior(
             dtype is converted as a copy, never in place.
         image_shape: (C, H, W) of x; default op.image_shape(measurement shape).
         callback: called after each sampler step with a dict {"i", "t", "x", "x0_hat", ...}.
+        compile: compile the prior's network with torch.compile (`prior.compile_network()`, in place: a prior
+            object passed in stays compiled for later calls). Off by default: each new batch shape compiles for
+            about a minute on a CPU core, more than a default CPU run saves (README, "Speed").
     """
     device = resolve_device(device)
     if dtype == "auto":
@@ -182,6 +186,8 @@ def sample_posterior(
     )
     prior = load_prior(prior_spec if prior_spec is not None else prior, device=device, dtype=dtype)
     prior.check_image_shape(shape)
+    if compile:
+        prior.compile_network()
     if sampler == "auto":
         name, chosen = choose_sampler(prior, op, on_cpu=device.type == "cpu")
         given = {k: v for k, v in sampler_options.items() if not (k == "preset" and v is None)}  # None: auto's
@@ -224,6 +230,7 @@ def sample_posterior(
         "seed": seed,
         "device": str(device),
         "dtype": str(getattr(prior, "dtype", torch.float32)).replace("torch.", ""),
+        "compile": compile,
         "versions": _versions(),
     }
     return PosteriorResult(samples, mean, std, out.nfe, seconds, config, extras)

@@ -151,7 +151,8 @@ def report(settings: dict[str, dict] | None = None, num_samples: int = 64, progr
                 continue
             pairs.append((name, options, sampler, case))
     lines = [
-        "| sampler | settings | case | mean err (prior) | std ratio | SW (prior) | coverage 50 / 80 / 90 / 95 % | NFE | s |",
+        "| sampler | settings | case | mean err (prior) | std ratio | SW (prior) | coverage 50 / 80 / 90 / 95 % "
+        "| NFE | s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     bar = tqdm(pairs, desc="bench exact", unit="case", disable=not progress)

@@ -11,6 +11,10 @@ over the network alone stays readable. overhead = sampler time / bare time: ever
 work (operators, updates, bookkeeping); 1.00 means none. Also images per second and peak memory (CUDA allocator
 peak; on CPUs the process's peak resident memory, which only grows).
 
+Layout and compilation are columns too: the network in channels-last or the default (contiguous) memory format
+(`UNetPrior.set_channels_last`), eager or compiled (`compile_network`; the warm-up run then compiles, and its
+seconds are the row's `compile_seconds`).
+
 Each time is the fastest of `repeats` runs (after a warm-up), the sampler's and the bare network's alike, as
 `timeit` does: other processes only ever add time, so the minimum is the least noisy estimate of what the code costs.
 The sampler's runs and the bare network's alternate, so that a slow spell of the machine slows both alike.
@@ -18,6 +22,7 @@ The sampler's runs and the bare network's alternate, so that a slow spell of the
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,6 +34,9 @@ from posterior_diffusion.api import on_device, sample_posterior
 from posterior_diffusion.samplers import sampler_applies, sampler_class
 from posterior_diffusion.tasks import TASKS, Task
 from posterior_diffusion.tensor_utils import peak_memory_mb, reset_peak_memory
+
+LAYOUTS = ("channels_last", "contiguous")
+COMPILE_MODES = ("eager", "compiled")
 
 
 def _sync(device: torch.device) -> None:
@@ -117,13 +125,16 @@ def speed_rows(
         gradient = sampler_class(name).network_gradient
         for batch in batch_sizes:
             if progress:
+                layout = "channels-last" if prior.channels_last else "contiguous"
+                mode = ", compiled" if prior.compiled else ""
                 print(
-                    f"timing {name} on {task.operator}, batch {batch}, {dtype or 'float32'} ({repeats} runs)",
+                    f"timing {name} on {task.operator}, batch {batch}, {dtype or 'float32'}, {layout}{mode} "
+                    f"({repeats} runs)",
                     flush=True,
                 )
             x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
             y = op.measure(x, torch.Generator().manual_seed(1))
-            sample_posterior(y, op, prior=prior, sampler=name, progress=False, steps=2)  # warm-up
+            warm_up = sample_posterior(y, op, prior=prior, sampler=name, progress=False, steps=2)  # compiles if asked
             with torch.no_grad():
                 state = prior.from_image(x.to(device))  # the network's input: x, or its latents
             counter = getattr(prior, "autoencoder_passes", {})
@@ -148,6 +159,9 @@ def speed_rows(
                 {
                     "sampler": name,
                     "dtype": dtype or "float32",
+                    "layout": "channels_last" if prior.channels_last else "contiguous",
+                    "compiled": prior.compiled,
+                    "compile_seconds": warm_up.seconds if prior.compiled else 0.0,
                     "batch": batch,
                     "nfe": res.nfe,
                     "seconds": res.seconds,
@@ -168,15 +182,18 @@ def speed_rows(
 
 def speed_table(rows: list[dict]) -> str:
     lines = [
-        "| sampler | dtype | batch | NFE | network | s | bare s | overhead | images / s | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| sampler | dtype | layout | compile (s) | batch | NFE | network | s | bare s | overhead | images / s "
+        "| peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         bare = f"{r['bare_seconds']:.2f}"
         if r["algorithm_seconds"]:  # network (+ autoencoder) + the algorithm's own work
             bare += f" ({r['bare_seconds'] - r['algorithm_seconds']:.2f} + {r['algorithm_seconds']:.2f})"
+        compiled = f"yes ({r['compile_seconds']:.0f})" if r["compiled"] else "no"
         lines.append(
-            f"| {r['sampler']} | {r['dtype']} | {r['batch']} | {r['nfe']} | {r['network']} | {r['seconds']:.2f} | "
+            f"| {r['sampler']} | {r['dtype']} | {r['layout']} | {compiled} | {r['batch']} | {r['nfe']} | "
+            f"{r['network']} | {r['seconds']:.2f} | "
             f"{bare} | {r['overhead']:.2f} | {r['images_per_s']:.2f} | {r['peak_mb']:.0f} |"
         )
     return "\n".join(lines)
@@ -192,6 +209,12 @@ class SpeedConfig:
     batch_sizes: tuple[int, ...] = field(default=(1, 4), metadata={"help": "batch sizes (images per call)"})
     steps: int = field(default=20, metadata={"help": "sampler steps of each timed run"})
     dtypes: tuple[str, ...] = field(default=("float32",), metadata={"help": "network dtypes"})
+    layouts: tuple[str, ...] = field(
+        default=("channels_last",), metadata={"help": "network memory formats: channels_last, contiguous"}
+    )
+    compile: tuple[str, ...] = field(
+        default=("eager",), metadata={"help": "eager and/or compiled (torch.compile; its time is a column)"}
+    )
     methods: tuple[str, ...] | None = field(default=None, metadata={"help": "samplers (default all that apply)"})
     repeats: int = field(default=3, metadata={"help": "each time is the fastest of this many runs"})
     random_init: bool = field(
@@ -215,14 +238,21 @@ def run_speed(cfg: SpeedConfig, progress: bool = True) -> str:
         raise ValueError("--random-init needs --prior ARCH, an ADM architecture such as adm-ffhq-256")
     for name in cfg.methods or ():
         sampler_class(name)  # an unknown name is an error listing the valid ones, not left out
+    for values, valid, option in ((cfg.layouts, LAYOUTS, "layouts"), (cfg.compile, COMPILE_MODES, "compile")):
+        unknown = set(values) - set(valid)
+        if unknown:
+            raise ValueError(f"unknown {option} {', '.join(sorted(unknown))}; valid: {', '.join(valid)}")
     samplers = list(cfg.methods) if cfg.methods else list_samplers()
     device = cfg.device or default_device()
     rows = []
-    for dtype in cfg.dtypes:
+    for dtype, layout, mode in itertools.product(cfg.dtypes, cfg.layouts, cfg.compile):
         if cfg.random_init:
             prior = random_adm_prior(cfg.prior, dtype).to(device)
-        else:
+        else:  # a fresh prior per combination: a compiled network stays compiled
             prior = load_prior(cfg.prior or f"builtin:{default_prior_name(3)}", device=device, dtype=dtype)
+        prior.set_channels_last(layout == "channels_last")
+        if mode == "compiled":
+            prior.compile_network()
         rows += speed_rows(prior, samplers, cfg.batch_sizes, cfg.size, cfg.steps, dtype, cfg.repeats, progress)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

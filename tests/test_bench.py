@@ -181,10 +181,41 @@ def test_bench_speed_says_what_it_times_and_refuses_unknown_samplers(tmp_path, t
     argv += ["--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
     assert main([*argv, "--methods", "ddrm", "resample"]) == 0
     printed = capsys.readouterr().out
-    assert "timing ddrm on inpaint_random, batch 1, float32 (1 runs)" in printed
+    assert "timing ddrm on inpaint_random, batch 1, float32, channels-last (1 runs)" in printed
     assert "skipped: resample: no task it applies to with this prior (pixel space)" in printed
     assert main([*argv, "--methods", "ddrm", "dsp"]) == 1
     assert "unknown sampler 'dsp'" in capsys.readouterr().err
+    assert main([*argv, "--methods", "ddrm", "--layouts", "channels_last", "nhwc"]) == 1
+    assert "unknown layouts nhwc; valid: channels_last, contiguous" in capsys.readouterr().err
+
+
+def test_speed_rows_record_the_layout_and_the_compile_time(tiny_unet_folder, tmp_path):
+    """One row per layout (the table's layout column); a compiled prior's rows say so, with the warm-up run's
+    seconds as its compile time (backend aot_eager here: inductor's C++ build takes a minute)."""
+    from posterior_diffusion.priors import load_prior
+    from posterior_diffusion.speed import SpeedConfig, run_speed, speed_rows, speed_table
+
+    table = run_speed(
+        SpeedConfig(
+            out=str(tmp_path),
+            prior=str(tiny_unet_folder),
+            size=16,
+            steps=2,
+            batch_sizes=(1,),
+            methods=("ddrm",),
+            repeats=1,
+            device="cpu",
+            layouts=("channels_last", "contiguous"),
+        ),
+        progress=False,
+    )
+    assert (
+        "| ddrm | float32 | channels_last | no | 1 |" in table and "| ddrm | float32 | contiguous | no | 1 |" in table
+    )
+    prior = load_prior(tiny_unet_folder, device="cpu").compile_network(backend="aot_eager")
+    (row,) = speed_rows(prior, ["ddrm"], [1], size=16, steps=2, repeats=1)
+    assert row["compiled"] and row["compile_seconds"] > 0 and row["layout"] == "channels_last"
+    assert f"| yes ({row['compile_seconds']:.0f}) |" in speed_table([row])
 
 
 def test_speed_times_are_the_fastest_of_alternating_repeats(monkeypatch, gmm):

@@ -155,3 +155,35 @@ def test_unknown_builtin_lists_the_valid_ones():
     valid = "black-hole, natural-gray, natural-rgb"
     with pytest.raises(ValueError, match=f"unknown built-in prior 'faces'; valid: {valid}"):
         load_prior("builtin:faces")
+
+
+def test_the_network_runs_channels_last_by_default_with_the_same_outputs():
+    """Weights and inputs in NHWC by default (faster on CPUs, README "Speed"); the outputs equal the contiguous
+    layout's up to rounding, on a padded size too, with gradients (DPS) as well."""
+    prior = UNetPrior(_tiny_unet(), linear_alphas_cumprod())
+    assert prior.channels_last and prior.net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, 15, 16, requires_grad=True)
+    nhwc = prior.predict(x, 10).x0_hat
+    (grad_nhwc,) = torch.autograd.grad(nhwc.square().sum(), x)
+    prior.set_channels_last(False)
+    assert not prior.channels_last and prior.net.conv_in.weight.is_contiguous()
+    nchw = prior.predict(x, 10).x0_hat
+    (grad_nchw,) = torch.autograd.grad(nchw.square().sum(), x)
+    assert torch.allclose(nhwc, nchw, atol=1e-5) and torch.allclose(grad_nhwc, grad_nchw, atol=1e-4)
+    assert UNetPrior(_tiny_unet(), linear_alphas_cumprod(), channels_last=False).net.conv_in.weight.is_contiguous()
+
+
+def test_a_compiled_network_gives_the_eager_outputs_and_is_compiled_once(gmm):
+    """torch.compile, traced by dynamo and AOTAutograd (backend "aot_eager": inductor's C++ code generation takes a
+    minute here, the speed bench measures it): the same x0_hat as eager; `sample_posterior(compile=True)` finds the
+    prior object compiled (it compiles in place) and records it; a prior without a network is refused by name."""
+    prior = UNetPrior(_tiny_unet(), linear_alphas_cumprod())
+    x = torch.randn(2, 1, 8, 8)
+    eager = prior.predict(x, 10).x0_hat
+    assert not prior.compiled and prior.compile_network(backend="aot_eager") is prior and prior.compiled
+    assert torch.allclose(prior.predict(x, 10).x0_hat, eager, atol=1e-4)
+    op = get_operator("denoise", noise_sigma=0.1)
+    res = sample_posterior(x[:1], op, prior=prior, sampler="ddrm", steps=2, progress=False, compile=True)
+    assert res.config["compile"] is True and prior.compiled
+    with pytest.raises(ValueError, match="GaussianMixturePrior has no network to compile"):
+        gmm.compile_network()

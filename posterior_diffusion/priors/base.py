@@ -61,6 +61,8 @@ class DiffusionPrior(nn.Module):
     """Base class. Subclasses implement `model_output` (raw network output) or override `predict`."""
 
     space: ClassVar[str] = "pixel"
+    channels_last: bool = False  # the network's memory format and whether it is compiled (network priors set them)
+    compiled: bool = False
 
     def __init__(
         self, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon", variance_type: str = "fixed_small"
@@ -114,6 +116,11 @@ class DiffusionPrior(nn.Module):
 
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def compile_network(self, **options) -> DiffusionPrior:
+        """Compile the prior's network with `torch.compile(**options)`, in place; returns self. Priors with a
+        network override it; an analytic prior has none."""
+        raise ValueError(f"{type(self).__name__} has no network to compile")
 
     def _timesteps(self, t, batch: int) -> torch.Tensor:
         if isinstance(t, int):  # a fill on the device: no host-to-device copy (and stream sync) per step

@@ -53,6 +53,24 @@ class LatentPrior(DiffusionPrior):
         return self.latent.dtype
 
     @property
+    def channels_last(self) -> bool:
+        return self.latent.channels_last
+
+    def set_channels_last(self, enabled: bool = True) -> LatentPrior:
+        """The latent UNet's memory format (`UNetPrior.set_channels_last`)."""
+        self.latent.set_channels_last(enabled)
+        return self
+
+    @property
+    def compiled(self) -> bool:
+        return self.latent.compiled
+
+    def compile_network(self, **options) -> LatentPrior:
+        """Compile the latent UNet (`UNetPrior.compile_network`); the autoencoder runs as it is."""
+        self.latent.compile_network(**options)
+        return self
+
+    @property
     def factor(self) -> int:
         """Spatial downsampling of the autoencoder."""
         return 2 ** (len(self.autoencoder.config.block_out_channels) - 1)
