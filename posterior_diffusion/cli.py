@@ -229,6 +229,7 @@ def cmd_restore(args) -> None:
         dtype=dtype,
         progress=not args.quiet,
         compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
         **options,
     )
     info = {"input": str(args.input), "simulate": args.simulate}
@@ -440,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         action="store_true",
         help="torch.compile the network (about a minute per batch shape on a CPU core: pays off on long runs)",
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="on a GPU, replay the network from CUDA graphs (small networks, small batches; unmeasured)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_restore)

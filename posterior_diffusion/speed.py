@@ -13,7 +13,8 @@ peak; on CPUs the process's peak resident memory, which only grows).
 
 Layout and compilation are columns too: the network in channels-last or the default (contiguous) memory format
 (`UNetPrior.set_channels_last`), eager or compiled (`compile_network`; the warm-up run then compiles, and its
-seconds are the row's `compile_seconds`).
+seconds are the row's `compile_seconds`), or replaying its forward passes from CUDA graphs (`use_cuda_graphs`;
+on a GPU only, the same as eager elsewhere).
 
 Each time is the fastest of `repeats` runs (after a warm-up), the sampler's and the bare network's alike, as
 `timeit` does: other processes only ever add time, so the minimum is the least noisy estimate of what the code costs.
@@ -36,7 +37,7 @@ from posterior_diffusion.tasks import TASKS, Task
 from posterior_diffusion.tensor_utils import peak_memory_mb, reset_peak_memory
 
 LAYOUTS = ("channels_last", "contiguous")
-COMPILE_MODES = ("eager", "compiled")
+COMPILE_MODES = ("eager", "compiled", "cuda_graphs")
 
 
 def _sync(device: torch.device) -> None:
@@ -126,7 +127,7 @@ def speed_rows(
         for batch in batch_sizes:
             if progress:
                 layout = "channels-last" if prior.channels_last else "contiguous"
-                mode = ", compiled" if prior.compiled else ""
+                mode = (", compiled" if prior.compiled else "") + (", CUDA graphs" if prior.cuda_graphs else "")
                 print(
                     f"timing {name} on {task.operator}, batch {batch}, {dtype or 'float32'}, {layout}{mode} "
                     f"({repeats} runs)",
@@ -162,6 +163,7 @@ def speed_rows(
                     "layout": "channels_last" if prior.channels_last else "contiguous",
                     "compiled": prior.compiled,
                     "compile_seconds": warm_up.seconds if prior.compiled else 0.0,
+                    "cuda_graphs": prior.cuda_graphs,
                     "batch": batch,
                     "nfe": res.nfe,
                     "seconds": res.seconds,
@@ -182,7 +184,7 @@ def speed_rows(
 
 def speed_table(rows: list[dict]) -> str:
     lines = [
-        "| sampler | dtype | layout | compile (s) | batch | NFE | network | s | bare s | overhead | images / s "
+        "| sampler | dtype | layout | network mode | batch | NFE | network | s | bare s | overhead | images / s "
         "| peak MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -190,9 +192,11 @@ def speed_table(rows: list[dict]) -> str:
         bare = f"{r['bare_seconds']:.2f}"
         if r["algorithm_seconds"]:  # network (+ autoencoder) + the algorithm's own work
             bare += f" ({r['bare_seconds'] - r['algorithm_seconds']:.2f} + {r['algorithm_seconds']:.2f})"
-        compiled = f"yes ({r['compile_seconds']:.0f})" if r["compiled"] else "no"
+        mode = " + ".join(
+            [f"compiled ({r['compile_seconds']:.0f} s)"] * r["compiled"] + ["CUDA graphs"] * r["cuda_graphs"]
+        )
         lines.append(
-            f"| {r['sampler']} | {r['dtype']} | {r['layout']} | {compiled} | {r['batch']} | {r['nfe']} | "
+            f"| {r['sampler']} | {r['dtype']} | {r['layout']} | {mode or 'eager'} | {r['batch']} | {r['nfe']} | "
             f"{r['network']} | {r['seconds']:.2f} | "
             f"{bare} | {r['overhead']:.2f} | {r['images_per_s']:.2f} | {r['peak_mb']:.0f} |"
         )
@@ -213,7 +217,8 @@ class SpeedConfig:
         default=("channels_last",), metadata={"help": "network memory formats: channels_last, contiguous"}
     )
     compile: tuple[str, ...] = field(
-        default=("eager",), metadata={"help": "eager and/or compiled (torch.compile; its time is a column)"}
+        default=("eager",),
+        metadata={"help": "eager, compiled (torch.compile; its time is a column), cuda_graphs (forward passes)"},
     )
     methods: tuple[str, ...] | None = field(default=None, metadata={"help": "samplers (default all that apply)"})
     repeats: int = field(default=3, metadata={"help": "each time is the fastest of this many runs"})
@@ -253,6 +258,8 @@ def run_speed(cfg: SpeedConfig, progress: bool = True) -> str:
         prior.set_channels_last(layout == "channels_last")
         if mode == "compiled":
             prior.compile_network()
+        elif mode == "cuda_graphs":
+            prior.use_cuda_graphs()
         rows += speed_rows(prior, samplers, cfg.batch_sizes, cfg.size, cfg.steps, dtype, cfg.repeats, progress)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -187,3 +187,21 @@ def test_a_compiled_network_gives_the_eager_outputs_and_is_compiled_once(gmm):
     assert res.config["compile"] is True and prior.compiled
     with pytest.raises(ValueError, match="GaussianMixturePrior has no network to compile"):
         gmm.compile_network()
+
+
+def test_cuda_graphs_leave_the_cpu_path_unchanged(gmm):
+    """`use_cuda_graphs` graphs only CUDA forward passes: on a CPU the outputs equal eager ones exactly and nothing
+    is captured; `sample_posterior(cuda_graphs=True)` records the flag; priors without a network refuse it."""
+    prior = UNetPrior(_tiny_unet(), linear_alphas_cumprod())
+    x = torch.randn(2, 1, 8, 8)
+    eager = prior.predict(x, 10).x0_hat
+    assert not prior.cuda_graphs and prior.use_cuda_graphs() is prior and prior.cuda_graphs
+    with torch.inference_mode():
+        assert torch.equal(prior.predict(x, 10).x0_hat, eager)
+    assert prior.graphed.graphs == {}
+    op = get_operator("denoise", noise_sigma=0.1)
+    res = sample_posterior(x[:1], op, prior=prior, sampler="ddrm", steps=2, progress=False, cuda_graphs=True)
+    assert res.config["cuda_graphs"] is True
+    assert not prior.use_cuda_graphs(False).cuda_graphs
+    with pytest.raises(ValueError, match="GaussianMixturePrior has no network to replay from CUDA graphs"):
+        gmm.use_cuda_graphs()

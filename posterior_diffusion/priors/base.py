@@ -61,8 +61,10 @@ class DiffusionPrior(nn.Module):
     """Base class. Subclasses implement `model_output` (raw network output) or override `predict`."""
 
     space: ClassVar[str] = "pixel"
-    channels_last: bool = False  # the network's memory format and whether it is compiled (network priors set them)
+    # the network's memory format, whether it is compiled and whether it replays CUDA graphs (network priors set them)
+    channels_last: bool = False
     compiled: bool = False
+    cuda_graphs: bool = False
 
     def __init__(
         self, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon", variance_type: str = "fixed_small"
@@ -121,6 +123,10 @@ class DiffusionPrior(nn.Module):
         """Compile the prior's network with `torch.compile(**options)`, in place; returns self. Priors with a
         network override it; an analytic prior has none."""
         raise ValueError(f"{type(self).__name__} has no network to compile")
+
+    def use_cuda_graphs(self, enabled: bool = True) -> DiffusionPrior:
+        """Replay the network from CUDA graphs (`UNetPrior.use_cuda_graphs`); an analytic prior has no network."""
+        raise ValueError(f"{type(self).__name__} has no network to replay from CUDA graphs")
 
     def _timesteps(self, t, batch: int) -> torch.Tensor:
         if isinstance(t, int):  # a fill on the device: no host-to-device copy (and stream sync) per step

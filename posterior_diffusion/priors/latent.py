@@ -65,6 +65,15 @@ class LatentPrior(DiffusionPrior):
     def compiled(self) -> bool:
         return self.latent.compiled
 
+    @property
+    def cuda_graphs(self) -> bool:
+        return self.latent.cuda_graphs
+
+    def use_cuda_graphs(self, enabled: bool = True) -> LatentPrior:
+        """The latent UNet's forward passes from CUDA graphs (`UNetPrior.use_cuda_graphs`)."""
+        self.latent.use_cuda_graphs(enabled)
+        return self
+
     def compile_network(self, **options) -> LatentPrior:
         """Compile the latent UNet (`UNetPrior.compile_network`); the autoencoder runs as it is."""
         self.latent.compile_network(**options)

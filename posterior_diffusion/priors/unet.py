@@ -7,7 +7,8 @@ outputs come back as float32 (DESIGN.md precision rule). Learned-variance networ
 Speed: the network runs in channels-last memory format by default (`set_channels_last`), which the speed bench
 shows faster on CPUs (README, "Speed": the built-in 64 px network on one Xeon core with AMX, batch 4: bfloat16
 119 -> 76 ms a call, float32 252 -> 231 ms); `compile_network` wraps it in `torch.compile` (opt-in: about a minute
-of compilation per input shape on that core, more than a default CPU run saves).
+of compilation per input shape on that core, more than a default CPU run saves); `use_cuda_graphs` replays forward
+passes on a GPU from captured CUDA graphs (`cuda_graphs`, unmeasured).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import DiffusionPrior, pad_to_multiple
+from .cuda_graphs import GraphedForward
 
 
 class UNetPrior(DiffusionPrior):
@@ -47,6 +49,7 @@ class UNetPrior(DiffusionPrior):
             raise ValueError(f"a UNet with {in_ch} input and {out_ch} output channels is not a diffusion denoiser")
         super().__init__(alphas_cumprod, prediction_type, variance_type)
         self.net = unet.eval().requires_grad_(False)
+        self.graphed: GraphedForward | None = None  # set by use_cuda_graphs
         self.set_channels_last(channels_last)
 
     def set_channels_last(self, enabled: bool = True) -> UNetPrior:
@@ -76,6 +79,19 @@ class UNetPrior(DiffusionPrior):
     def compiled(self) -> bool:
         return getattr(self.net, "_compiled_call_impl", None) is not None
 
+    def use_cuda_graphs(self, enabled: bool = True) -> UNetPrior:
+        """Replay the network's forward passes from CUDA graphs on a CUDA device (`cuda_graphs.GraphedForward`;
+        CPU tensors and passes with gradients run eagerly); returns self."""
+        self.graphed = GraphedForward(self.net) if enabled else None
+        return self
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return self.graphed is not None
+
+    def _network(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.graphed(x, t) if self.graphed is not None else self.net(x, t).sample
+
     @property
     def dtype(self) -> torch.dtype:
         return self.net.dtype
@@ -104,7 +120,7 @@ class UNetPrior(DiffusionPrior):
         h, w = x_t.shape[-2:]
         padding = pad_to_multiple(h, w, self.downsampling)
         if not any(padding):
-            return self.net(x_t.to(self.dtype, memory_format=self.memory_format), t).sample
+            return self._network(x_t.to(self.dtype, memory_format=self.memory_format), t)
         left, _, top, _ = padding
         padded = F.pad(x_t, padding, mode="reflect").to(self.dtype, memory_format=self.memory_format)
-        return self.net(padded, t).sample[..., top : top + h, left : left + w]
+        return self._network(padded, t)[..., top : top + h, left : left + w]
