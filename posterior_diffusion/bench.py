@@ -44,7 +44,7 @@ from posterior_diffusion.api import on_device, sample_posterior
 from posterior_diffusion.baselines import BASELINES, baseline, grid_search, tune
 from posterior_diffusion.figures import save_figure
 from posterior_diffusion.images import list_images, load_image, random_crops
-from posterior_diffusion.metrics import kernel_errors, lpips, psnr, ssim
+from posterior_diffusion.metrics import CALIBRATION_COLUMNS, calibration_metrics, kernel_errors, lpips, psnr, ssim
 from posterior_diffusion.perceptual import MIN_SIZE, LPIPSUnavailable, find_weights
 from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
 from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
@@ -52,8 +52,9 @@ from posterior_diffusion.tensor_utils import peak_memory_mb, reset_peak_memory, 
 
 KEY = ("task", "method", "image", "seed")
 # first in the tables; then the tasks' own metrics, as the rows have them. psnr, ssim, lpips: of the mean of the
-# samples; lpips_sample: of the first sample alone (the papers judge perceptual quality on samples)
-METRIC_COLUMNS = ("psnr", "ssim", "lpips", "lpips_sample")
+# samples; lpips_sample: of the first sample alone (the papers judge perceptual quality on samples); then, for
+# samplers with 2 or more samples, how far their spread can be trusted (`metrics.calibration_metrics`)
+METRIC_COLUMNS = ("psnr", "ssim", "lpips", "lpips_sample", *CALIBRATION_COLUMNS)
 NOT_METRICS = {*KEY, "index", "nfe", "seconds", "peak_mb", "best_of", "dtype"}
 
 
@@ -73,7 +74,9 @@ class BenchConfig:
     prior: str | None = field(default=None, metadata={"help": "prior spec (default: the built-in RGB prior)"})
     size: int = field(default=128, metadata={"help": "centre-crop side in pixels"})
     num_images: int | None = field(default=None, metadata={"help": "the first N images of the folder (default all)"})
-    num_samples: int = field(default=1, metadata={"help": "posterior samples per image"})
+    num_samples: int = field(
+        default=4, metadata={"help": "posterior samples per image (2 or more: calibration metrics too)"}
+    )
     seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "noise and chain seeds"})
     steps: int | None = field(default=None, metadata={"help": "sampler steps (default: each sampler's own)"})
     images_per_call: int = field(
@@ -613,14 +616,16 @@ def _aligned(result: dict, samples: torch.Tensor) -> dict:
 
 def _score(result, x, paths, ids, task, method, seed, lpips_net: str) -> list[dict]:
     estimate = result["mean"].float()
+    samples = result["samples"]  # (B, S, C, H, W); S = 1 for baselines, whose one sample is the mean
+    one_sample = samples.shape[1] == 1
     scores = {"psnr": psnr(estimate, x).tolist(), "ssim": ssim(estimate, x).tolist()}
     if lpips_net != "none":
         scores["lpips"] = lpips(estimate, x, net=lpips_net).tolist()
-        samples = result["samples"]  # (B, S, C, H, W); S = 1 for baselines, whose one sample is the mean
-        one_sample = samples.shape[1] == 1
         scores["lpips_sample"] = (
             scores["lpips"] if one_sample else lpips(samples[:, 0].float(), x, net=lpips_net).tolist()
         )
+    if not one_sample:
+        scores |= {k: v.tolist() for k, v in calibration_metrics(samples, x).items()}
     return [
         {
             "task": task,

@@ -74,6 +74,12 @@ def sliced_wasserstein(
 
 
 COVERAGE_LEVELS = (0.5, 0.8, 0.9, 0.95)
+CALIBRATION_COLUMNS = (
+    "psnr_sample",
+    *(f"coverage{round(100 * level)}" for level in COVERAGE_LEVELS),
+    "spearman",
+    "z_spread",
+)
 
 
 def interval_coverage(samples: torch.Tensor, truth: torch.Tensor, levels=COVERAGE_LEVELS) -> torch.Tensor:
@@ -123,3 +129,38 @@ def _student_t_quantile(p: float, df: int) -> float:
         mid = (low + high) / 2
         low, high = (mid, high) if cdf(mid) < p else (low, mid)
     return (low + high) / 2
+
+
+def calibration_metrics(samples: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How far to trust the spread of posterior samples (B, S, C, H, W), S >= 2, against the truth (B, C, H, W) in
+    [-1, 1]; each value is (B,):
+
+        psnr_sample      mean PSNR of the single samples (the mean's PSNR flatters a sampler whose samples are poor)
+        coverage50 ..95  `interval_coverage` at COVERAGE_LEVELS (ideal: the level)
+        spearman         Spearman rank correlation over pixels between the std map and |truth - mean| (1: the std
+                         orders the errors perfectly; 0: it says nothing about them)
+        z_spread         std over pixels of (truth - mean) / std; for samples of a Gaussian posterior it is
+                         sqrt((1 + 1 / S) (S - 1) / (S - 3)) for S > 3 (1.94 at S = 4, 1.02 at S = 64): above that,
+                         the std is too small; below, too large
+    """
+    samples, truth = samples.float(), truth.float()
+    mean, std = samples.mean(1), samples.std(1)
+    error = (truth - mean).flatten(1)
+    out = {"psnr_sample": psnr(samples, truth[:, None]).mean(1)}
+    coverage = interval_coverage(samples, truth)
+    out |= {f"coverage{round(100 * level)}": coverage[:, i] for i, level in enumerate(COVERAGE_LEVELS)}
+    out["spearman"] = _pearson(_ranks(std.flatten(1)), _ranks(error.abs()))
+    out["z_spread"] = (error / std.flatten(1).clamp(min=1e-8)).std(1)
+    return out
+
+
+def _ranks(v: torch.Tensor) -> torch.Tensor:
+    """Ranks 0 .. N-1 along the last axis (ties broken by position), as float."""
+    ranks = torch.empty_like(v)
+    ranks.scatter_(-1, v.argsort(-1), torch.arange(v.shape[-1], dtype=v.dtype, device=v.device).expand_as(v))
+    return ranks
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-12)

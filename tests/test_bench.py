@@ -17,6 +17,7 @@ from PIL import Image
 import posterior_diffusion.bench as bench
 from posterior_diffusion.api import sample_posterior
 from posterior_diffusion.bench import BenchConfig, read_rows, run_bench, summary
+from posterior_diffusion.metrics import calibration_metrics
 from posterior_diffusion.samplers import sampler_class
 from posterior_diffusion.tasks import TASKS, load_tasks_file
 
@@ -627,6 +628,27 @@ def test_lpips_is_scored_on_the_mean_and_on_the_first_sample(monkeypatch, tmp_pa
     rows = bench._score(one, truth, paths, [0, 1], "t", "m", 0, "alex")
     assert [r["lpips_sample"] for r in rows] == [r["lpips"] for r in rows] == pytest.approx([0.1, 0.1])
     assert bench.metric_columns(rows)[:4] == ["psnr", "ssim", "lpips", "lpips_sample"]
+
+
+def test_rows_of_two_or_more_samples_carry_the_calibration_metrics(tmp_path):
+    """Samplers with S >= 2 get `metrics.calibration_metrics` in their rows (the same values); a baseline's single
+    estimate has no spread to score; the summary shows "-" for it."""
+    from pathlib import Path
+
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    samples = truth[:, None] + 0.2 * torch.randn(2, 4, 3, 8, 8, generator=g)
+    result = {"mean": samples.mean(1), "samples": samples, "nfe": 1, "seconds": 1.0, "peak_mb": 1.0}
+    paths = [Path("a.png"), Path("b.png")]
+    rows = bench._score(result, truth, paths, [0, 1], "t", "sampler", 0, "none")
+    expected = calibration_metrics(samples, truth)
+    for name in ("psnr_sample", "coverage50", "coverage80", "coverage90", "coverage95", "spearman", "z_spread"):
+        assert [r[name] for r in rows] == pytest.approx(expected[name].tolist(), abs=1e-5), name
+    single = {**result, "mean": samples[:, 0], "samples": samples[:, :1]}
+    rows += bench._score(single, truth, paths, [0, 1], "t", "baseline", 0, "none")
+    assert "coverage90" not in rows[-1] and bench.metric_columns(rows)[2:4] == ["psnr_sample", "coverage50"]
+    table = bench.write_summary(tmp_path, rows)
+    assert "| t | baseline | " in table and " - | - |" in table
 
 
 def test_speed_rows_of_mcgdiff_time_the_bare_network_on_all_particles(monkeypatch, tiny_unet_folder):

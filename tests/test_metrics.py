@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from posterior_diffusion.images import load_image
-from posterior_diffusion.metrics import interval_coverage, lpips, predictive_factor, psnr, ssim
+from posterior_diffusion.metrics import calibration_metrics, interval_coverage, lpips, predictive_factor, psnr, ssim
 from posterior_diffusion.perceptual import LPIPS, LPIPSUnavailable, find_weights
 
 SHARED_LPIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "lpips"
@@ -150,3 +150,18 @@ def test_predictive_factor_matches_scipy_and_gaussian_samples_are_covered_at_the
 def test_interval_coverage_refuses_a_single_sample():
     with pytest.raises(ValueError, match="at least 2 samples"):
         interval_coverage(torch.zeros(1, 1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+
+
+def test_calibration_metrics_by_hand():
+    """Two samples -d, +d (std sqrt(2) d) about a zero mean, d = 0.1, 0.2, 0.3, 0.4, and a truth of d, d, 3d, 3d:
+    standardised errors 0.71, 0.71, 2.12, 2.12; the 50 % interval (z = 1.22 at S = 2) holds half of them, the
+    80 % one (z = 3.77) all; the std orders the errors exactly (Spearman 1); their spread is sqrt(4 x 0.5 / 3)."""
+    d = torch.tensor([0.1, 0.2, 0.3, 0.4]).reshape(1, 1, 2, 2)
+    samples = torch.stack([-d, d], dim=1)
+    truth = d * torch.tensor([1.0, 1.0, 3.0, 3.0]).reshape(1, 1, 2, 2)
+    m = calibration_metrics(samples, truth)
+    assert m["coverage50"].tolist() == [0.5] and m["coverage80"].tolist() == [1.0]
+    assert m["spearman"].item() == pytest.approx(1.0) and m["z_spread"].item() == pytest.approx((2 / 3) ** 0.5)
+    assert m["psnr_sample"].item() == pytest.approx(psnr(samples[0], truth.expand(2, 1, 2, 2)).mean().item())
+    reversed_std = torch.stack([-d.flip(-1).flip(-2), d.flip(-1).flip(-2)], dim=1)  # std now 0.4, 0.3, 0.2, 0.1
+    assert calibration_metrics(reversed_std, truth)["spearman"].item() < -0.8
