@@ -44,7 +44,15 @@ from posterior_diffusion.api import on_device, sample_posterior
 from posterior_diffusion.baselines import BASELINES, baseline, grid_search, tune
 from posterior_diffusion.figures import save_figure
 from posterior_diffusion.images import list_images, load_image, random_crops
-from posterior_diffusion.metrics import CALIBRATION_COLUMNS, calibration_metrics, kernel_errors, lpips, psnr, ssim
+from posterior_diffusion.metrics import (
+    CALIBRATION_COLUMNS,
+    COVERAGE_LEVELS,
+    calibration_metrics,
+    kernel_errors,
+    lpips,
+    psnr,
+    ssim,
+)
 from posterior_diffusion.perceptual import MIN_SIZE, LPIPSUnavailable, find_weights
 from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
 from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
@@ -140,6 +148,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[dict]:
         if state.is_main_process:
             write_summary(out, rows)
             _cost_figures(out, rows)
+            _calibration_figures(out, rows)
     return rows
 
 
@@ -773,3 +782,28 @@ def _cost_figures(out: Path, rows: list[dict]) -> None:
         ax.legend(fontsize=8)
         fig.tight_layout()
         save_figure(fig, folder / f"psnr_vs_nfe_{task}.png", dpi=100)
+
+
+def _calibration_figures(out: Path, rows: list[dict]) -> None:
+    """Per task with calibration rows: observed coverage of the central intervals (mean over images) against the
+    level, one line per method, and the diagonal of perfect calibration (figures/calibration_TASK.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [f"coverage{round(100 * level)}" for level in COVERAGE_LEVELS]
+    table = [e for e in summary(rows) if all(c in e for c in columns)]
+    for task in sorted({e["task"] for e in table}):
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="calibrated")
+        for e in (e for e in table if e["task"] == task):
+            ax.plot(COVERAGE_LEVELS, [e[c] for c in columns], marker="o", label=e["method"])
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("interval level (expected coverage)")
+        ax.set_ylabel("observed coverage")
+        ax.set_title(task)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        save_figure(fig, out / "figures" / f"calibration_{task}.png", dpi=100)

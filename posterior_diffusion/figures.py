@@ -44,24 +44,32 @@ def restoration_figure(
     truth: torch.Tensor | None = None,
     max_samples: int = 3,
 ) -> None:
-    """Side-by-side figure: [truth] | measurement | posterior mean | per-pixel std | a few samples.
+    """Side-by-side figure: [truth] | measurement | posterior mean | [|error| of the mean] | per-pixel std | a few
+    samples.
 
     All images (C, H, W) in [-1, 1]; `measurement` may have another size (shown as is) or be None when it
-    is not an image; std is shown as a heat map of the channel-averaged std.
+    is not an image; std is shown as a heat map of the channel-averaged std and, with a truth, beside it the
+    channel-averaged absolute error of the mean on the same scale (where the std is trustworthy, the two maps
+    look alike).
     """
     panels = []
     if truth is not None:
         panels.append(("ground truth", truth, {}))
     if measurement is not None:
         panels.append(("measurement", measurement, {}))
-    save_panels(path, panels + posterior_panels(mean, std, samples, max_samples))
+    save_panels(path, panels + posterior_panels(mean, std, samples, max_samples, truth))
 
 
-def posterior_panels(mean: torch.Tensor, std: torch.Tensor, samples: torch.Tensor, max_samples: int) -> list:
-    """(title, image, `_show` options) of the posterior mean, the channel-averaged std heat map and samples."""
-    std_map = std.mean(0, keepdim=True)
-    panels = [("posterior mean", mean, {})]
-    panels.append(("posterior std", std_map, {"cmap": "magma", "vmin": 0.0, "vmax": max(float(std_map.max()), 1e-6)}))
+def posterior_panels(
+    mean: torch.Tensor, std: torch.Tensor, samples: torch.Tensor, max_samples: int, truth: torch.Tensor | None = None
+) -> list:
+    """(title, image, `_show` options) of the posterior mean, [the channel-averaged |truth - mean|,] the
+    channel-averaged std heat map (both on one scale) and samples."""
+    maps = [("posterior std", std.mean(0, keepdim=True))]
+    if truth is not None:
+        maps.insert(0, ("|error| of the mean", (truth - mean).abs().mean(0, keepdim=True)))
+    scale = {"cmap": "magma", "vmin": 0.0, "vmax": max(max(float(m.max()) for _, m in maps), 1e-6)}
+    panels = [("posterior mean", mean, {})] + [(title, m, scale) for title, m in maps]
     return panels + [(f"sample {i + 1}", s, {}) for i, s in enumerate(samples[:max_samples])]
 
 

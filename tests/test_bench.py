@@ -96,6 +96,9 @@ def test_rows_summary_and_figures(tmp_path, images, tiny_unet_folder):
     assert (out / "summary.md").read_text().count("\n") == 2 + len(methods)
     assert (out / "figures" / "random_inpaint_dps.png").exists()
     assert (out / "figures" / "psnr_vs_nfe_gaussian_deblur.png").exists()
+    # 4 samples by default: the samplers' rows are scored for calibration too, with a plot per task
+    assert all(("coverage90" in r) == (r["method"] == "dps") for r in rows)
+    assert all((out / "figures" / f"calibration_{t}.png").exists() for t in ("random_inpaint", "gaussian_deblur"))
 
 
 def test_an_interrupted_run_resumes_without_recomputing(tmp_path, images, tiny_unet_folder, monkeypatch):

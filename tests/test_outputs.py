@@ -66,3 +66,18 @@ def test_restore_names_every_file_it_wrote(tmp_path, tiny_unet_folder, capsys):
 
 def test_the_readme_first_command_output_is_ignored_by_git():
     assert "/restored/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def test_the_error_map_of_the_mean_sits_beside_the_std_on_its_scale():
+    """With a truth, the figure shows |truth - mean| next to the std, both channel-averaged on one colour scale."""
+    from posterior_diffusion.figures import posterior_panels
+
+    mean, truth = torch.zeros(3, 4, 4), torch.full((3, 4, 4), 0.5)
+    std, samples = torch.full((3, 4, 4), 0.1), torch.zeros(2, 3, 4, 4)
+    titles = [t for t, _, _ in posterior_panels(mean, std, samples, 2)]
+    assert titles == ["posterior mean", "posterior std", "sample 1", "sample 2"]
+    panels = posterior_panels(mean, std, samples, 2, truth)
+    assert [t for t, _, _ in panels][:3] == ["posterior mean", "|error| of the mean", "posterior std"]
+    (_, error, error_scale), (_, std_map, std_scale) = panels[1], panels[2]
+    assert error.shape == std_map.shape == (1, 4, 4) and float(error.max()) == 0.5
+    assert error_scale == std_scale and error_scale["vmax"] == 0.5
