@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from posterior_diffusion import guards
+from posterior_diffusion.calibration import Calibration
 from posterior_diffusion.operators import Operator, get_operator
 from posterior_diffusion.priors import DiffusionPrior, default_prior_name, load_prior, resolve_dtype
 from posterior_diffusion.samplers import Sampler, get_sampler
@@ -33,6 +34,8 @@ class PosteriorResult:
     mean, std: per-pixel posterior mean and standard deviation over the S samples, (B, C, H, W) (or (C, H, W));
     std is 0 when S = 1. nfe: network evaluations per sample; seconds: wall time of the sampling;
     config: every setting needed to reproduce the run; extras: sampler outputs such as a kernel estimate.
+    lower, upper: with a calibration, the conformally calibrated interval mean -+ factor std at its level (shaped as
+    mean; `calibration.Calibration`), else None.
     """
 
     samples: torch.Tensor
@@ -42,6 +45,8 @@ class PosteriorResult:
     seconds: float
     config: dict[str, Any]
     extras: dict[str, Any] = field(default_factory=dict)
+    lower: torch.Tensor | None = None
+    upper: torch.Tensor | None = None
 
 
 WORKING_COPIES = 4  # image-sized tensors a chain holds at least (x_t, x0_hat, a gradient, noise), for memory estimates
@@ -121,6 +126,8 @@ def sample_posterior(
     measurement_ids=None,
     compile: bool = False,
     cuda_graphs: bool = False,
+    calibration=None,
+    level: float = 0.9,
     **sampler_options,
 ) -> PosteriorResult:
     """Draw `num_samples` samples of p(x | y) for each measurement in y.
@@ -154,8 +161,16 @@ def sample_posterior(
         cuda_graphs: on a CUDA device, replay the network's forward passes from captured CUDA graphs
             (`prior.use_cuda_graphs()`, in place like compile; for small networks at small batches, where the GPU
             waits for Python; unmeasured). The CPU path is unchanged.
+        calibration: a `calibration.Calibration` or the path of a file written by `posterior-diffusion calibrate`:
+            the result's `lower` / `upper` are then the conformally calibrated interval at `level` (one of the
+            calibrated levels, default 0.9). A calibration made for another operator, prior, sampler (any option)
+            or number of samples is refused before any work, naming both.
     """
     device = resolve_device(device)
+    if calibration is not None and not isinstance(calibration, Calibration):
+        calibration = Calibration.load(calibration)
+    if calibration is not None and level not in calibration.factors:
+        raise ValueError(f"level {level} was not calibrated; calibrated levels: {sorted(calibration.factors)}")
     if dtype == "auto":
         dtype = None if isinstance(prior, DiffusionPrior) else guards.auto_dtype(device)
     dtype = resolve_dtype(dtype)
@@ -203,6 +218,23 @@ def sample_posterior(
     op = on_device(op, device)
     y = op.restrict(y.to(device))
 
+    config = {
+        "operator": op.to_config(),
+        "sampler": sampler.to_config(),
+        "prior": prior_spec if prior_spec is not None else type(prior).__name__,
+        "image_shape": list(shape),
+        "num_samples": num_samples,
+        "batch_size": batch_size,
+        "seed": seed,
+        "device": str(device),
+        "dtype": str(getattr(prior, "dtype", torch.float32)).replace("torch.", ""),
+        "compile": compile,
+        "cuda_graphs": cuda_graphs,
+        "versions": _versions(),
+    }
+    if calibration is not None:
+        calibration.check(config)  # before any work
+
     start = time.perf_counter()
     out = sampler(
         prior,
@@ -226,21 +258,11 @@ def sample_posterior(
     if unbatched:
         samples, mean, std = samples[0], mean[0], std[0]
         extras = {k: (v[0] if isinstance(v, torch.Tensor) else v) for k, v in extras.items()}
-    config = {
-        "operator": op.to_config(),
-        "sampler": sampler.to_config(),
-        "prior": prior_spec if prior_spec is not None else type(prior).__name__,
-        "image_shape": list(shape),
-        "num_samples": num_samples,
-        "batch_size": batch_size,
-        "seed": seed,
-        "device": str(device),
-        "dtype": str(getattr(prior, "dtype", torch.float32)).replace("torch.", ""),
-        "compile": compile,
-        "cuda_graphs": cuda_graphs,
-        "versions": _versions(),
-    }
-    return PosteriorResult(samples, mean, std, out.nfe, seconds, config, extras)
+    lower = upper = None
+    if calibration is not None:
+        lower, upper = calibration.interval(mean, std, level)
+        config["calibration"] = {"task": calibration.task, "level": level, "factor": calibration.factors[level]}
+    return PosteriorResult(samples, mean, std, out.nfe, seconds, config, extras, lower, upper)
 
 
 def _check_memory(total: int, chains: int, shape: tuple[int, ...], device: torch.device) -> None:

@@ -43,7 +43,7 @@ import torch
 from posterior_diffusion.api import on_device, sample_posterior
 from posterior_diffusion.baselines import BASELINES, baseline, grid_search, tune
 from posterior_diffusion.figures import save_figure
-from posterior_diffusion.images import list_images, load_image, random_crops
+from posterior_diffusion.images import list_images, load_center_crops, random_crops
 from posterior_diffusion.metrics import (
     CALIBRATION_COLUMNS,
     COVERAGE_LEVELS,
@@ -56,7 +56,13 @@ from posterior_diffusion.metrics import (
 from posterior_diffusion.perceptual import MIN_SIZE, LPIPSUnavailable, find_weights
 from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
 from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
-from posterior_diffusion.tensor_utils import peak_memory_mb, reset_peak_memory, sample_moments, seed_for
+from posterior_diffusion.tensor_utils import (
+    measurement_generator,
+    peak_memory_mb,
+    reset_peak_memory,
+    sample_moments,
+    seed_for,
+)
 
 KEY = ("task", "method", "image", "seed")
 # first in the tables; then the tasks' own metrics, as the rows have them. psnr, ssim, lpips: of the mean of the
@@ -132,7 +138,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[dict]:
         lpips_net = _lpips_net(cfg, announce=state.is_main_process)
         channels = prior.default_image_shape()[0] if prior is not None else 3
         paths = list_images(cfg.images)[: cfg.num_images]
-        x = _load_images(paths, channels, cfg.size)
+        x = load_center_crops(paths, channels, cfg.size)
         if state.is_main_process:
             _drop_malformed_rows(out)
         state.wait_for_everyone()
@@ -314,8 +320,8 @@ class _Run:
             return
         x = self.x
         if task.channels not in (None, x.shape[1]):  # e.g. 1-channel black-hole images with no prior to fix it
-            x = _load_images(self.paths, task.channels, self.cfg.size)
-        y = torch.cat([op.measure(x[i : i + 1], _generator(seed, i)) for i in mine])
+            x = load_center_crops(self.paths, task.channels, self.cfg.size)
+        y = torch.cat([op.measure(x[i : i + 1], measurement_generator(seed, i)) for i in mine])
         given = _given_operator(op) if task.blind else op
         draws_figure = mine[0] == 0 and seed == self.cfg.seeds[0]
         for method in methods:
@@ -359,23 +365,6 @@ def _load_prior(cfg: BenchConfig, methods: list[Method], device):
     from posterior_diffusion.priors import default_prior_name, load_prior
 
     return load_prior(cfg.prior or f"builtin:{default_prior_name(3)}", device=device, dtype=cfg.dtype)
-
-
-def _load_images(paths: list[Path], channels: int, size: int) -> torch.Tensor:
-    """The images (N, channels, size, size) in [-1, 1], centre-cropped."""
-    return torch.stack([_center_crop(load_image(p, channels), size, p) for p in paths])
-
-
-def _center_crop(image: torch.Tensor, size: int, path: Path) -> torch.Tensor:
-    h, w = image.shape[1:]
-    if min(h, w) < size:
-        raise ValueError(f"image '{path}' ({h}x{w}) is smaller than the benchmark size {size}")
-    top, left = (h - size) // 2, (w - size) // 2
-    return image[:, top : top + size, left : left + size]
-
-
-def _generator(seed: int, image_index: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed_for(seed, image_index, 1))
 
 
 def _given_operator(op):

@@ -5,6 +5,7 @@
     posterior-diffusion restore photo.png --simulate --operator super_resolution --op-param factor=4 \
         --sampler dps --num-samples 4 --out results/
     posterior-diffusion bench grid --images kodak/ --out bench/ --tasks sr4 --methods dps ddrm tikhonov
+    posterior-diffusion calibrate --images kodak/ --task sr4 --sampler ddrm --out sr4_ddrm.json
     posterior-diffusion train --data my_images/ --out my_prior/ --steps 10000
     posterior-diffusion convert ffhq_10m.pt --arch adm-ffhq-256 --out ffhq_prior/
 
@@ -184,6 +185,17 @@ def cmd_degrade(args) -> None:
     print(f"wrote {out} (operator config: {config_path})")
 
 
+def _sampler_options(args) -> dict:
+    """Sampler options from --sampler-param, --steps and --preset (none: the sampler's own defaults, or auto's
+    preset for the task)."""
+    options = _parse_params(args.sampler_param, "--sampler-param")
+    if args.steps is not None:
+        options["steps"] = args.steps
+    if args.preset is not None:
+        options["preset"] = args.preset
+    return options
+
+
 def cmd_restore(args) -> None:
     from posterior_diffusion.api import check_seed, resolve_device, sample_posterior
     from posterior_diffusion.images import load_image
@@ -203,11 +215,7 @@ def cmd_restore(args) -> None:
     else:
         y = _read_measurement(Path(args.input), args.channels)
         op = _build_operator(args, tuple(y.shape) if y.ndim == 3 else None)
-    options = _parse_params(args.sampler_param, "--sampler-param")
-    if args.steps is not None:
-        options["steps"] = args.steps
-    if args.preset is not None:  # else the sampler's own defaults, or auto's preset for the task
-        options["preset"] = args.preset
+    options = _sampler_options(args)
     prior, dtype = args.prior, args.dtype
     if args.prior_arch:  # a guided-diffusion checkpoint, loaded here in its dtype (group norms stay float32)
         from posterior_diffusion.guards import auto_dtype
@@ -230,6 +238,8 @@ def cmd_restore(args) -> None:
         progress=not args.quiet,
         compile=args.compile,
         cuda_graphs=args.cuda_graphs,
+        calibration=args.calibration,
+        level=args.level,
         **options,
     )
     info = {"input": str(args.input), "simulate": args.simulate}
@@ -264,6 +274,56 @@ def cmd_bench_speed(args) -> None:
     from posterior_diffusion.speed import SpeedConfig, run_speed
 
     print(run_speed(config_from_args(SpeedConfig, args), progress=not args.quiet))
+
+
+def cmd_calibrate(args) -> None:
+    from posterior_diffusion.api import check_seed, resolve_device
+    from posterior_diffusion.calibration import calibrate
+    from posterior_diffusion.images import list_images, load_center_crops
+    from posterior_diffusion.tasks import get_task
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"'{out}' exists; pass --overwrite to replace it")
+    if bool(args.task) == bool(args.operator or args.operator_config):
+        raise ValueError("give either --task NAME or --operator NAME (with --op-param ...), not both or neither")
+    check_seed(args.seed)
+    device = resolve_device(args.device)
+    paths = list_images(args.images)[: args.num_images]
+    task = get_task(args.task) if args.task else None
+    channels = args.channels or (task.channels if task and task.channels else 3)
+    x = load_center_crops(paths, channels, args.size)
+    op = task.build(args.size) if task else _build_operator(args, tuple(x.shape[1:]))
+    name = args.task or op.to_config()["name"]
+    cal = calibrate(
+        x,
+        op,
+        name,
+        levels=tuple(args.levels),
+        seed=args.seed,
+        images_per_call=args.images_per_call,
+        num_samples=args.num_samples,
+        guarantee=args.guarantee,
+        prior=args.prior,
+        sampler=args.sampler,
+        batch_size=args.batch_size,
+        device=device,
+        dtype=args.dtype,
+        progress=not args.quiet,
+        compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
+        **_sampler_options(args),
+    )
+    cal.save(out)
+    print(
+        f"wrote {out}: {cal.sampler['name']} on {name}, {cal.images} images x {cal.num_samples} samples, "
+        f"{cal.guarantee} guarantee"
+    )
+    for level, factor in cal.factors.items():
+        print(
+            f"  {level:.0%}: raw coverage {cal.raw_coverage[level]:.3f}, factor {factor:.3f} x std "
+            f"(calibration images: {cal.calibrated_coverage[level]:.3f})"
+        )
 
 
 def cmd_lpips_weights(args) -> None:
@@ -409,6 +469,36 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="seed of the noise and the samples (default 0)")
         p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
+    def sampler_args(p):
+        """The sampling options of restore and calibrate."""
+        p.add_argument(
+            "--sampler", default="auto", help="sampler name, or auto: the one measured best for the operator (default)"
+        )
+        p.add_argument("--preset", help="the sampler's task preset (see `list`)")
+        p.add_argument("--sampler-param", action="append", metavar="K=V", help="sampler option (repeatable)")
+        p.add_argument("--steps", type=int, help="sampler steps (default: the sampler's)")
+        p.add_argument("--prior", help="prior: builtin:NAME, a diffusers folder or hub id (default: built-in)")
+        p.add_argument("--num-samples", type=int, default=4, help="posterior samples (default 4)")
+        p.add_argument("--batch-size", type=int, help="samples per network call (default all)")
+        p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda if available)")
+        p.add_argument(
+            "--dtype",
+            choices=("auto", "float32", "float16", "bfloat16"),
+            default="auto",
+            help="network precision (default auto: bfloat16 on CUDA and on CPUs with native bfloat16, else float32)",
+        )
+        p.add_argument(
+            "--compile",
+            action="store_true",
+            help="torch.compile the network (about a minute per batch shape on a CPU core: pays off on long runs)",
+        )
+        p.add_argument(
+            "--cuda-graphs",
+            action="store_true",
+            help="on a GPU, replay the network from CUDA graphs (small networks, small batches; unmeasured)",
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("degrade", help="simulate a measurement of a clean image")
     p.add_argument("input", help="clean image file")
     p.add_argument("--out", required=True, help="measurement file (.png, or .pt/.npz for exact values)")
@@ -420,35 +510,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--simulate", action="store_true", help="INPUT is a clean image: measure it first")
     operator_args(p)
-    p.add_argument(
-        "--sampler", default="auto", help="sampler name, or auto: the one measured best for the operator (default)"
-    )
-    p.add_argument("--preset", help="the sampler's task preset (see `list`)")
-    p.add_argument("--sampler-param", action="append", metavar="K=V", help="sampler option (repeatable)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the sampler's)")
-    p.add_argument("--prior", help="prior: builtin:NAME, a diffusers folder or hub id (default: built-in)")
+    sampler_args(p)
     p.add_argument("--prior-arch", metavar="PRESET", help="--prior is a guided-diffusion .pt of this ADM preset")
-    p.add_argument("--num-samples", type=int, default=4, help="posterior samples (default 4)")
-    p.add_argument("--batch-size", type=int, help="samples per network call (default all)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda if available)")
-    p.add_argument(
-        "--dtype",
-        choices=("auto", "float32", "float16", "bfloat16"),
-        default="auto",
-        help="network precision (default auto: bfloat16 on CUDA and on CPUs with native bfloat16, else float32)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the network (about a minute per batch shape on a CPU core: pays off on long runs)",
-    )
-    p.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        help="on a GPU, replay the network from CUDA graphs (small networks, small batches; unmeasured)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--calibration", metavar="FILE", help="a file from `calibrate`: also write the calibrated interval")
+    p.add_argument("--level", type=float, default=0.9, help="the calibrated interval's level (default 0.9)")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("calibrate", help="conformally calibrate a sampler's intervals on images with known truth")
+    p.add_argument("--images", required=True, help="folder of calibration images (centre-cropped to --size)")
+    p.add_argument("--out", required=True, help="calibration file to write (.json)")
+    p.add_argument("--task", help="a bench task (sr4, random_inpaint, ...; see `bench grid --help`), or --operator")
+    p.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
+    p.add_argument("--num-images", type=int, help="the first N images of the folder (default all)")
+    p.add_argument("--images-per-call", type=int, default=8, help="images sampled together (default 8)")
+    p.add_argument("--levels", type=float, nargs="+", default=[0.8, 0.9, 0.95], help="coverage levels (0.8 0.9 0.95)")
+    p.add_argument(
+        "--guarantee",
+        choices=("pixel", "image"),
+        default="pixel",
+        help="pixel: split conformal over pooled pixels (default, tight); image: risk control per image (exact)",
+    )
+    operator_args(p)
+    sampler_args(p)
+    p.set_defaults(func=cmd_calibrate)
 
     from posterior_diffusion.bench import BenchConfig
     from posterior_diffusion.exact import ExactConfig

@@ -105,6 +105,20 @@ def _warn_alpha(im: Image.Image, path: Path) -> None:
         )
 
 
+def load_center_crops(paths: list[Path], channels: int, size: int) -> torch.Tensor:
+    """The images at `paths` centre-cropped to size x size: (N, channels, size, size) in [-1, 1]; an image smaller
+    than `size` is a ValueError naming it."""
+    crops = []
+    for path in paths:
+        image = load_image(path, channels)
+        h, w = image.shape[1:]
+        if min(h, w) < size:
+            raise ValueError(f"image '{path}' ({h}x{w}) is smaller than the crop size {size}")
+        top, left = (h - size) // 2, (w - size) // 2
+        crops.append(image[:, top : top + size, left : left + size])
+    return torch.stack(crops)
+
+
 def random_crops(folders: list[str], count: int, size: int, channels: int, seed: int = 0) -> torch.Tensor:
     """`count` crops (count, C, size, size) in [-1, 1]: crop k from image k mod N of the folders (sorted by name),
     at a position seeded by seed + k."""

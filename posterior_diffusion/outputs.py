@@ -17,7 +17,15 @@ from posterior_diffusion.figures import restoration_figure
 from posterior_diffusion.images import save_image
 from posterior_diffusion.metrics import psnr
 
-OUTPUT_PATTERNS = ("samples/sample_*.png", "kernel_*.png", "mean.png", "std.png", "measurement.png", "figure.png")
+OUTPUT_PATTERNS = (
+    "samples/sample_*.png",
+    "kernel_*.png",
+    "mean.png",
+    "std.png",
+    "interval_*.png",
+    "measurement.png",
+    "figure.png",
+)
 OUTPUT_PATTERNS += ("results.safetensors", "run.json")
 
 
@@ -33,10 +41,14 @@ def write_restoration(
 
     samples/sample_000.png ...   each sample (S, C, H, W)
     mean.png, std.png            the posterior mean; the channel-averaged std scaled to its maximum
+    interval_lo.png, interval_hi.png, interval_width.png
+                                 with a calibration: the calibrated interval's bounds (clipped to [-1, 1]) and
+                                 its channel-averaged width scaled to its maximum (run.json: the level, the factor
+                                 and the width's maximum)
     measurement.png              y, when it is an image (1 or 3 channels)
     kernel_000.png ...           the kernel estimate of each sample (blind samplers), scaled to its maximum
     figure.png                   [truth] | measurement | mean | std | samples
-    results.safetensors          samples, mean, std, y (real), extras such as kernels, truth (float32)
+    results.safetensors          samples, mean, std, y (real), lower / upper, extras such as kernels, truth (float32)
     run.json                     result.config, nfe, seconds, `run_info`, and the PSNR of the mean and of each
                                  sample when `truth` is given
 
@@ -69,6 +81,11 @@ def write_restoration(
     image(result.mean, "mean.png")
     std_map = result.std.mean(0, keepdim=True)
     image(std_map / std_map.max().clamp(min=1e-8) * 2 - 1, "std.png")
+    if result.lower is not None:
+        image(result.lower.clamp(-1, 1), "interval_lo.png")
+        image(result.upper.clamp(-1, 1), "interval_hi.png")
+        width = (result.upper - result.lower).mean(0, keepdim=True)
+        image(width / width.max().clamp(min=1e-8) * 2 - 1, "interval_width.png")
     shown = y if y.ndim == 3 and y.shape[0] in (1, 3) else None  # image-like measurements
     if shown is not None:
         image(shown, "measurement.png")
@@ -78,6 +95,8 @@ def write_restoration(
     written.append(out / "figure.png")
     written.append(_write_tensors(out / "results.safetensors", result, y, truth))
     run = {**result.config, **(run_info or {}), "nfe": result.nfe, "seconds": round(result.seconds, 3)}
+    if result.lower is not None:
+        run["calibration"] = {**run["calibration"], "width_max": round(float(width.max()), 5)}
     if truth is not None:
         run["psnr_mean"] = round(float(psnr(result.mean[None], truth[None])[0]), 3)
         samples_psnr = psnr(result.samples, truth[None].expand_as(result.samples))
@@ -116,6 +135,8 @@ def _write_tensors(path: Path, result: PosteriorResult, y: torch.Tensor, truth: 
     from safetensors.torch import save
 
     tensors = {"samples": result.samples, "mean": result.mean, "std": result.std, "y": y}
+    if result.lower is not None:
+        tensors |= {"lower": result.lower, "upper": result.upper}
     tensors |= {k: v for k, v in result.extras.items() if isinstance(v, torch.Tensor)}
     if truth is not None:
         tensors["truth"] = truth

@@ -44,6 +44,12 @@ def _float32_like(r: torch.Tensor) -> torch.dtype:
     return torch.float64 if r.dtype == torch.float64 else torch.float32
 
 
+def measurement_generator(seed: int, image_index: int) -> torch.Generator:
+    """The generator of image `image_index`'s measurement noise (and random operator draws) under `seed`, the same
+    in the bench and in calibration runs."""
+    return torch.Generator().manual_seed(seed_for(seed, image_index, 1))
+
+
 def seed_for(*keys: int) -> int:
     """A 63-bit seed derived from integer keys (e.g. global seed, image index, sample index).
 

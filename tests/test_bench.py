@@ -17,9 +17,11 @@ from PIL import Image
 import posterior_diffusion.bench as bench
 from posterior_diffusion.api import sample_posterior
 from posterior_diffusion.bench import BenchConfig, read_rows, run_bench, summary
+from posterior_diffusion.images import load_center_crops
 from posterior_diffusion.metrics import calibration_metrics
 from posterior_diffusion.samplers import sampler_class
 from posterior_diffusion.tasks import TASKS, load_tasks_file
+from posterior_diffusion.tensor_utils import measurement_generator
 
 TIMING = ("seconds", "peak_mb")
 
@@ -517,8 +519,8 @@ def test_baseline_weights_are_tuned_on_other_images_and_kept(tmp_path, images, c
     kept = json.loads((tmp_path / "out" / "tuned.json").read_text())
     assert kept["params"]["gaussian_deblur/tikhonov"] == expected and expected["reg"] != 1e-2
     assert f"tuned: tikhonov on gaussian_deblur: reg={expected['reg']:g}" in capsys.readouterr().out
-    x = bench._load_images(sorted(images.iterdir()), 3, 16)
-    y = torch.cat([op.measure(x[i : i + 1], bench._generator(0, i)) for i in range(len(x))])
+    x = load_center_crops(sorted(images.iterdir()), 3, 16)
+    y = torch.cat([op.measure(x[i : i + 1], measurement_generator(0, i)) for i in range(len(x))])
     from posterior_diffusion.metrics import psnr
 
     scores = psnr(baseline("tikhonov", op, y, reg=expected["reg"]), x)
@@ -580,8 +582,8 @@ def test_a_tuned_sampler_takes_the_grid_values_best_on_other_images(
         in capsys.readouterr().out
     )
     tuned = sorted(r["psnr"] for r in rows if r["method"] == "diffpir:tuned")
-    x = bench._load_images(sorted(images.iterdir()), 3, 16)
-    y_test = torch.cat([op.measure(x[i : i + 1], bench._generator(0, i)) for i in range(len(x))])
+    x = load_center_crops(sorted(images.iterdir()), 3, 16)
+    y_test = torch.cat([op.measure(x[i : i + 1], measurement_generator(0, i)) for i in range(len(x))])
     direct = sample_posterior(
         y_test,
         op,

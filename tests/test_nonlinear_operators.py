@@ -12,6 +12,7 @@ from PIL import Image
 
 import posterior_diffusion.bench as bench
 from posterior_diffusion.bench import BenchConfig, run_bench
+from posterior_diffusion.images import load_center_crops
 from posterior_diffusion.metrics import psnr
 from posterior_diffusion.operators import get_operator, operator_class
 from posterior_diffusion.tasks import TASKS, Task, load_tasks_file
@@ -181,7 +182,7 @@ def test_the_bench_scores_the_best_of_several_runs(tmp_path, tiny_unet_folder, m
     )
     rows = run_bench(config, progress=False)
     assert len(runs) == 4 and runs[0][0] == 0 and len({seed for seed, _, _ in runs}) == 4
-    truth = bench._load_images(sorted(images.glob("*.png")), 3, 16)
+    truth = load_center_crops(sorted(images.glob("*.png")), 3, 16)
     scores = torch.stack([psnr(mean, truth) for _, _, mean in runs])  # (runs, images)
     assert not torch.equal(runs[0][2], runs[1][2])  # independent chains
     for row in rows:

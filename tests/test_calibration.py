@@ -1,0 +1,145 @@
+"""Conformal calibration of the posterior's intervals: the two guarantees, calibration files, refusals, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from posterior_diffusion import sample_posterior
+from posterior_diffusion.calibration import (
+    Calibration,
+    calibration_from_samples,
+    conformal_factor,
+    standardised_errors,
+)
+from posterior_diffusion.cli import main
+from posterior_diffusion.operators import get_operator
+
+TRIALS = 400
+
+
+def test_the_factors_by_hand():
+    """Two images of 4 pixels, scores 1..8. Pixel: ceil(9 x 0.8) = 8th smallest = 8, ceil(9 x 0.5) = 5th = 5.
+    Image (n = 2, alpha = 0.5): R_n must be <= (0.5 x 3 - 1) / 2 = 0.25, i.e. at most 2 of the 8 scores above
+    lambda: lambda = 6."""
+    scores = torch.arange(1.0, 9.0, dtype=torch.float64).reshape(2, 4)
+    assert conformal_factor(scores, 0.2, "pixel") == 8.0 and conformal_factor(scores, 0.5, "pixel") == 5.0
+    assert conformal_factor(scores, 0.5, "image") == 6.0
+    with pytest.raises(ValueError, match=r"2 calibration scores .* cannot certify coverage 0.8: it needs at least 4"):
+        conformal_factor(scores, 0.2, "image")
+    with pytest.raises(ValueError, match="unknown guarantee 'pixels'; valid: pixel, image"):
+        conformal_factor(scores, 0.2, "pixels")
+
+
+def test_standardised_errors_treat_a_zero_std_by_its_error():
+    samples = torch.tensor([[[0.0, 1.0, 1.0]], [[2.0, 1.0, 1.0]]]).reshape(1, 2, 1, 1, 3)  # std sqrt 2, 0, 0
+    truth = torch.tensor([0.0, 1.0, 2.0]).reshape(1, 1, 1, 3)
+    scores = standardised_errors(samples, truth)
+    assert scores[0, 0] == pytest.approx(1 / 2**0.5) and scores[0, 1] == 0 and scores[0, 2] == float("inf")
+
+
+@pytest.mark.parametrize("level", [0.8, 0.9, 0.95])
+def test_pixel_guarantee_holds_on_exchangeable_pixels(level):
+    """Independent pixel scores (exchangeable): over 400 random calibration / test draws, a test pixel is covered
+    with probability in [level, level + 1 / (N + 1)], within Monte Carlo error (3 standard errors)."""
+    g = torch.Generator().manual_seed(1)
+    n, pixels = 5, 4  # N = 20 scores: the finite-sample correction matters
+    covered = []
+    for _ in range(TRIALS):
+        scores = torch.randn(n + 1, pixels, generator=g, dtype=torch.float64).abs() * 0.3
+        factor = conformal_factor(scores[:n], 1 - level, "pixel")
+        covered.append((scores[n] <= factor).double().mean())
+    coverage, error = float(torch.stack(covered).mean()), 3 * (level * (1 - level) / (TRIALS * pixels)) ** 0.5
+    assert level - error <= coverage <= level + 1 / (n * pixels + 1) + error, coverage
+
+
+@pytest.mark.parametrize("level", [0.8, 0.9, 0.95])
+def test_image_guarantee_holds_when_pixels_share_their_image(level):
+    """Each image's pixels share a random scale (log-normal), so pixels are not exchangeable across images; the
+    per-image guarantee still holds: a new image's expected coverage is at least the level (3 standard errors of
+    the 400 draws). The pooled-pixel factor has no such guarantee here (not asserted)."""
+    g = torch.Generator().manual_seed(2)
+    n, pixels = 24, 50
+    coverage = []
+    for _ in range(TRIALS):
+        scale = torch.exp(0.7 * torch.randn(n + 1, 1, generator=g, dtype=torch.float64))
+        scores = scale * torch.randn(n + 1, pixels, generator=g, dtype=torch.float64).abs()
+        factor = conformal_factor(scores[:n], 1 - level, "image")
+        coverage.append((scores[n] <= factor).double().mean())
+    coverage = torch.stack(coverage)
+    assert float(coverage.mean()) >= level - 3 * float(coverage.std()) / TRIALS**0.5, float(coverage.mean())
+
+
+def _calibration(**changes) -> Calibration:
+    op = get_operator("denoise", noise_sigma=0.1)
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(20, 1, 4, 4, generator=g) * 2 - 1
+    samples = truth[:, None] + 0.1 * torch.randn(20, 4, 1, 4, 4, generator=g)
+    config = {"operator": op.to_config(), "prior": "GaussianMixturePrior", "num_samples": 4}
+    config["sampler"] = {"name": "ddrm", "preset": None, "steps": 5, "eta": 0.85, "eta_b": 1.0} | changes
+    return calibration_from_samples(samples, truth, config, "denoise_test")
+
+
+def test_a_calibration_file_round_trips_and_refuses_what_it_is_not(tmp_path):
+    cal = _calibration()
+    path = cal.save(tmp_path / "c.json")
+    assert Calibration.load(path) == cal and set(cal.factors) == {0.8, 0.9, 0.95}
+    assert cal.calibrated_coverage[0.9] == pytest.approx(0.9, abs=0.01)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"kind": "something else"}))
+    with pytest.raises(ValueError, match=r"'.*other.json' is not a calibration file"):
+        Calibration.load(other)
+    (tmp_path / "bad.json").write_bytes(b"\x89PNG\x00")
+    with pytest.raises(ValueError, match="cannot read calibration file"):
+        Calibration.load(tmp_path / "bad.json")
+
+
+def test_sample_posterior_returns_the_calibrated_interval_and_refuses_another_run(gmm):
+    """lower / upper = mean -+ factor std at the level; a calibration made with another sampler setting or for
+    another operator is refused before any work, naming both."""
+    op = get_operator("denoise", noise_sigma=0.1)
+    y = op.measure(gmm.sample(1, torch.Generator().manual_seed(0)))
+    run = sample_posterior(y, op, prior=gmm, sampler="ddrm", steps=5, num_samples=4, progress=False)
+    cal = _calibration()
+    cal = Calibration(**{**cal.__dict__, "prior": run.config["prior"], "operator": run.config["operator"]})
+    res = sample_posterior(y, op, prior=gmm, sampler="ddrm", steps=5, num_samples=4, progress=False, calibration=cal)
+    half = cal.factors[0.9] * res.std
+    assert torch.allclose(res.lower, res.mean - half) and torch.allclose(res.upper, res.mean + half)
+    assert res.config["calibration"] == {"task": "denoise_test", "level": 0.9, "factor": cal.factors[0.9]}
+    with pytest.raises(ValueError, match=r"made for task 'denoise_test' with sampler 'ddrm'.*\"steps\": 6"):
+        sample_posterior(y, op, prior=gmm, sampler="ddrm", steps=6, num_samples=4, calibration=cal)
+    blur = get_operator("gaussian_blur", kernel_size=3, sigma=1.0, boundary="circular", noise_sigma=0.1)
+    with pytest.raises(ValueError, match="this run uses operator 'gaussian_blur' with sampler 'ddrm'"):
+        sample_posterior(
+            blur.measure(gmm.sample(1)), blur, prior=gmm, sampler="ddrm", steps=5, num_samples=4, calibration=cal
+        )
+    with pytest.raises(ValueError, match=r"level 0.5 was not calibrated; calibrated levels: \[0.8, 0.9, 0.95\]"):
+        sample_posterior(y, op, prior=gmm, sampler="ddrm", steps=5, num_samples=4, calibration=cal, level=0.5)
+
+
+def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_folder):
+    """The command line end to end: `calibrate` on 20 images writes a file; `restore --calibration` writes
+    interval_lo / hi / width and records the level; another sampler setting is refused naming both."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(images / f"{i:02d}.png")
+    common = ["--prior", str(tiny_unet_folder), "--sampler", "ddrm", "--steps", "2", "--device", "cpu", "--quiet"]
+    cal = tmp_path / "c.json"
+    argv = ["calibrate", "--images", str(images), "--size", "16", "--task", "random_inpaint", "--out", str(cal)]
+    assert main([*argv, *common]) == 0
+    assert Calibration.load(cal).images == 20 and Calibration.load(cal).task == "random_inpaint"
+    restore = ["restore", str(images / "00.png"), "--simulate", "--operator", "inpaint_random"]
+    restore += ["--op-param", "missing=0.7", "--calibration", str(cal), "--level", "0.8", *common]
+    assert main([*restore, "--out", str(tmp_path / "r")]) == 0
+    for name in ("interval_lo.png", "interval_hi.png", "interval_width.png"):
+        assert (tmp_path / "r" / name).exists()
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["calibration"]["level"] == 0.8 and run["calibration"]["factor"] == Calibration.load(cal).factors[0.8]
+    assert main([*restore, "--out", str(tmp_path / "r2"), "--steps", "3"]) == 1
+    assert not (tmp_path / "r2").exists()
