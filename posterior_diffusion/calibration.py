@@ -183,22 +183,53 @@ def calibrate(
     guarantee: str = "pixel",
     **sample_options,
 ) -> Calibration:
-    """Measure the calibration images x (n, C, H, W) in [-1, 1] with `op` (image i's noise from
-    `measurement_generator(seed, i)`, as the bench), sample their posteriors with `sample_posterior(...,
-    **sample_options)` (`images_per_call` at a time; measurement_ids = image indices) and calibrate at `levels`."""
-    from posterior_diffusion.api import sample_posterior
-
+    """Measure the calibration images x (n, C, H, W) in [-1, 1] with `op`, sample their posteriors
+    (`posterior_samples`) and calibrate at `levels`."""
     if guarantee not in GUARANTEES:
         raise ValueError(f"unknown guarantee {guarantee!r}; valid: {', '.join(GUARANTEES)}")
     check_enough_images(len(x) if guarantee == "image" else x[0].numel() * len(x), levels)
+    samples, config = posterior_samples(x, op, seed, images_per_call, num_samples, **sample_options)
+    return calibration_from_samples(samples, x, config, task, levels, guarantee)
+
+
+def posterior_samples(
+    x: torch.Tensor, op, seed: int, images_per_call: int, num_samples: int, first_id: int = 0, **sample_options
+) -> tuple[torch.Tensor, dict]:
+    """Samples (n, S, C, H, W) of the posteriors of measurements of images x (n, C, H, W) and the run's config:
+    image i is measured with noise from `measurement_generator(seed, first_id + i)` (as the bench) and sampled with
+    `sample_posterior(..., **sample_options)`, `images_per_call` at a time (measurement_ids = first_id + i)."""
+    from posterior_diffusion.api import sample_posterior
+
     samples, config = [], None
     for start in range(0, len(x), images_per_call):
         ids = list(range(start, min(start + images_per_call, len(x))))
-        y = torch.cat([op.measure(x[i : i + 1], measurement_generator(seed, i)) for i in ids])
-        result = sample_posterior(y, op, num_samples=num_samples, seed=seed, measurement_ids=ids, **sample_options)
+        y = torch.cat([op.measure(x[i : i + 1], measurement_generator(seed, first_id + i)) for i in ids])
+        result = sample_posterior(
+            y, op, num_samples=num_samples, seed=seed, measurement_ids=[first_id + i for i in ids], **sample_options
+        )
         samples.append(result.samples)
         config = result.config
-    return calibration_from_samples(torch.cat(samples), x, config, task, levels, guarantee)
+    return torch.cat(samples), config
+
+
+HELD_OUT_IDS = 10**6  # held-out images' measurement ids start here: noise and chains apart from the calibration's
+
+
+def held_out_coverage(
+    cal: Calibration, x: torch.Tensor, op, seed: int = 0, images_per_call: int = 8, **sample_options
+) -> tuple[dict[float, float], dict[float, float]]:
+    """Coverage on other images x (n, C, H, W) with known truth, sampled as the calibration was: ({level: raw
+    Gaussian interval's coverage}, {level: calibrated interval's coverage}), means over images of the fraction of
+    pixels inside. A run that differs from the calibration's is refused (`Calibration.check`)."""
+    samples, config = posterior_samples(
+        x, op, seed, images_per_call, cal.num_samples, first_id=HELD_OUT_IDS, **sample_options
+    )
+    cal.check(config)
+    levels = tuple(cal.factors)
+    raw = interval_coverage(samples, x, levels).mean(0)
+    scores = standardised_errors(samples, x)
+    calibrated = {level: float((scores <= cal.factors[level]).double().mean()) for level in levels}
+    return dict(zip(levels, raw.tolist(), strict=True)), calibrated
 
 
 def calibration_from_samples(
@@ -235,6 +266,8 @@ __all__ = [
     "calibrate",
     "calibration_from_samples",
     "conformal_factor",
+    "held_out_coverage",
     "operator_identity",
+    "posterior_samples",
     "standardised_errors",
 ]

@@ -278,7 +278,7 @@ def cmd_bench_speed(args) -> None:
 
 def cmd_calibrate(args) -> None:
     from posterior_diffusion.api import check_seed, resolve_device
-    from posterior_diffusion.calibration import calibrate
+    from posterior_diffusion.calibration import calibrate, held_out_coverage
     from posterior_diffusion.images import list_images, load_center_crops
     from posterior_diffusion.tasks import get_task
 
@@ -295,15 +295,7 @@ def cmd_calibrate(args) -> None:
     x = load_center_crops(paths, channels, args.size)
     op = task.build(args.size) if task else _build_operator(args, tuple(x.shape[1:]))
     name = args.task or op.to_config()["name"]
-    cal = calibrate(
-        x,
-        op,
-        name,
-        levels=tuple(args.levels),
-        seed=args.seed,
-        images_per_call=args.images_per_call,
-        num_samples=args.num_samples,
-        guarantee=args.guarantee,
+    sampling = dict(
         prior=args.prior,
         sampler=args.sampler,
         batch_size=args.batch_size,
@@ -313,6 +305,10 @@ def cmd_calibrate(args) -> None:
         compile=args.compile,
         cuda_graphs=args.cuda_graphs,
         **_sampler_options(args),
+    )
+    common = dict(seed=args.seed, images_per_call=args.images_per_call)
+    cal = calibrate(
+        x, op, name, tuple(args.levels), num_samples=args.num_samples, guarantee=args.guarantee, **common, **sampling
     )
     cal.save(out)
     print(
@@ -324,6 +320,12 @@ def cmd_calibrate(args) -> None:
             f"  {level:.0%}: raw coverage {cal.raw_coverage[level]:.3f}, factor {factor:.3f} x std "
             f"(calibration images: {cal.calibrated_coverage[level]:.3f})"
         )
+    if args.test_images:
+        test = load_center_crops(list_images(args.test_images)[: args.num_test_images], channels, args.size)
+        raw, calibrated = held_out_coverage(cal, test, op, **common, **sampling)
+        print(f"test images ({len(test)}, {args.test_images}):")
+        for level in cal.factors:
+            print(f"  {level:.0%}: raw coverage {raw[level]:.3f}, calibrated {calibrated[level]:.3f}")
 
 
 def cmd_lpips_weights(args) -> None:
@@ -524,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, help="the first N images of the folder (default all)")
     p.add_argument("--images-per-call", type=int, default=8, help="images sampled together (default 8)")
     p.add_argument("--levels", type=float, nargs="+", default=[0.8, 0.9, 0.95], help="coverage levels (0.8 0.9 0.95)")
+    p.add_argument("--test-images", help="folder of other images to measure the calibrated coverage on (optional)")
+    p.add_argument("--num-test-images", type=int, help="the first N test images (default all)")
     p.add_argument(
         "--guarantee",
         choices=("pixel", "image"),

@@ -121,8 +121,9 @@ def test_sample_posterior_returns_the_calibrated_interval_and_refuses_another_ru
         sample_posterior(y, op, prior=gmm, sampler="ddrm", steps=5, num_samples=4, calibration=cal, level=0.5)
 
 
-def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_folder):
-    """The command line end to end: `calibrate` on 20 images writes a file; `restore --calibration` writes
+def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_folder, capsys):
+    """The command line end to end: `calibrate` on 20 images writes a file (and measures the coverage on 4 test
+    images); `restore --calibration` writes
     interval_lo / hi / width and records the level; another sampler setting is refused naming both."""
     images = tmp_path / "images"
     images.mkdir()
@@ -132,8 +133,10 @@ def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_fol
     common = ["--prior", str(tiny_unet_folder), "--sampler", "ddrm", "--steps", "2", "--device", "cpu", "--quiet"]
     cal = tmp_path / "c.json"
     argv = ["calibrate", "--images", str(images), "--size", "16", "--task", "random_inpaint", "--out", str(cal)]
-    assert main([*argv, *common]) == 0
+    assert main([*argv, *common, "--test-images", str(images), "--num-test-images", "4"]) == 0
     assert Calibration.load(cal).images == 20 and Calibration.load(cal).task == "random_inpaint"
+    printed = capsys.readouterr().out
+    assert "test images (4," in printed and "90%: raw coverage" in printed
     restore = ["restore", str(images / "00.png"), "--simulate", "--operator", "inpaint_random"]
     restore += ["--op-param", "missing=0.7", "--calibration", str(cal), "--level", "0.8", *common]
     assert main([*restore, "--out", str(tmp_path / "r")]) == 0
@@ -143,3 +146,28 @@ def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_fol
     assert run["calibration"]["level"] == 0.8 and run["calibration"]["factor"] == Calibration.load(cal).factors[0.8]
     assert main([*restore, "--out", str(tmp_path / "r2"), "--steps", "3"]) == 1
     assert not (tmp_path / "r2").exists()
+
+
+def test_held_out_coverage_is_the_share_of_pixels_inside(gmm, monkeypatch):
+    """On held-out images the calibrated coverage is the share of pixels with |x - mean| <= factor std, and the raw
+    one `interval_coverage`'s (checked against the same samples)."""
+    import posterior_diffusion.calibration as calibration
+
+    op = get_operator("denoise", noise_sigma=0.1)
+    x = gmm.sample(3, torch.Generator().manual_seed(0)).float()
+    seen = {}
+    original = calibration.posterior_samples
+
+    def recording(*args, **kwargs):
+        seen["out"] = original(*args, **kwargs)
+        return seen["out"]
+
+    monkeypatch.setattr(calibration, "posterior_samples", recording)
+    samples, config = original(x, op, 0, 8, 4, prior=gmm, sampler="ddrm", steps=5, progress=False)
+    cal = calibration_from_samples(samples, x, config, "denoise_test", levels=(0.5, 0.9))
+    raw, calibrated = calibration.held_out_coverage(cal, x, op, prior=gmm, sampler="ddrm", steps=5, progress=False)
+    held, _ = seen["out"]
+    scores = standardised_errors(held, x)
+    assert calibrated[0.9] == pytest.approx(float((scores <= cal.factors[0.9]).double().mean()))
+    assert raw[0.5] == pytest.approx(float(calibration.interval_coverage(held, x, (0.5,)).mean()))
+    assert not torch.equal(held, samples)  # other measurement noise and chains than the calibration run's
