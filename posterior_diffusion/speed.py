@@ -11,10 +11,11 @@ over the network alone stays readable. overhead = sampler time / bare time: ever
 work (operators, updates, bookkeeping); 1.00 means none. Also images per second and peak memory (CUDA allocator
 peak; on CPUs the process's peak resident memory, which only grows).
 
-Layout and compilation are columns too: the network in channels-last or the default (contiguous) memory format
-(`UNetPrior.set_channels_last`), eager or compiled (`compile_network`; the warm-up run then compiles, and its
-seconds are the row's `compile_seconds`), or replaying its forward passes from CUDA graphs (`use_cuda_graphs`;
-on a GPU only, the same as eager elsewhere).
+Layout and compilation are columns too: the network's memory format in the run, channels-last or contiguous
+(`--layouts auto`: what each run chooses, `UNetPrior.prepare`; or pinned, `UNetPrior.set_channels_last`), and
+eager or compiled (`compile_network`; the warm-up run then compiles, and its seconds are the row's
+`compile_seconds`), or replaying its forward passes from CUDA graphs (`use_cuda_graphs`; on a GPU only, the same
+as eager elsewhere).
 
 Each time is the fastest of `repeats` runs (after a warm-up), the sampler's and the bare network's alike, as
 `timeit` does: other processes only ever add time, so the minimum is the least noisy estimate of what the code costs.
@@ -36,7 +37,7 @@ from posterior_diffusion.samplers import sampler_applies, sampler_class
 from posterior_diffusion.tasks import TASKS, Task
 from posterior_diffusion.tensor_utils import peak_memory_mb, reset_peak_memory
 
-LAYOUTS = ("channels_last", "contiguous")
+LAYOUTS = ("auto", "channels_last", "contiguous")
 COMPILE_MODES = ("eager", "compiled", "cuda_graphs")
 
 
@@ -125,7 +126,10 @@ def speed_rows(
         op = task.build(size)
         gradient = sampler_class(name).network_gradient
         for batch in batch_sizes:
-            if progress:
+            x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+            y = op.measure(x, torch.Generator().manual_seed(1))
+            warm_up = sample_posterior(y, op, prior=prior, sampler=name, progress=False, steps=2)  # compiles if asked
+            if progress:  # after the warm-up run, which chose the layout
                 layout = "channels-last" if prior.channels_last else "contiguous"
                 mode = (", compiled" if prior.compiled else "") + (", CUDA graphs" if prior.cuda_graphs else "")
                 print(
@@ -133,9 +137,6 @@ def speed_rows(
                     f"({repeats} runs)",
                     flush=True,
                 )
-            x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-            y = op.measure(x, torch.Generator().manual_seed(1))
-            warm_up = sample_posterior(y, op, prior=prior, sampler=name, progress=False, steps=2)  # compiles if asked
             with torch.no_grad():
                 state = prior.from_image(x.to(device))  # the network's input: x, or its latents
             counter = getattr(prior, "autoencoder_passes", {})
@@ -214,7 +215,8 @@ class SpeedConfig:
     steps: int = field(default=20, metadata={"help": "sampler steps of each timed run"})
     dtypes: tuple[str, ...] = field(default=("float32",), metadata={"help": "network dtypes"})
     layouts: tuple[str, ...] = field(
-        default=("channels_last",), metadata={"help": "network memory formats: channels_last, contiguous"}
+        default=("auto",),
+        metadata={"help": "network memory formats: auto (each run's choice), channels_last, contiguous"},
     )
     compile: tuple[str, ...] = field(
         default=("eager",),
@@ -255,7 +257,7 @@ def run_speed(cfg: SpeedConfig, progress: bool = True) -> str:
             prior = random_adm_prior(cfg.prior, dtype).to(device)
         else:  # a fresh prior per combination: a compiled network stays compiled
             prior = load_prior(cfg.prior or f"builtin:{default_prior_name(3)}", device=device, dtype=dtype)
-        prior.set_channels_last(layout == "channels_last")
+        prior.set_channels_last(None if layout == "auto" else layout == "channels_last")
         if mode == "compiled":
             prior.compile_network()
         elif mode == "cuda_graphs":

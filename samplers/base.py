@@ -257,6 +257,7 @@ class Sampler:
         y = y.to(prior.device)
         image_shape = tuple(image_shape or op.image_shape(tuple(y.shape[1:])))
         prior = prior.for_image_shape(image_shape)  # a latent prior's view that decodes to this size
+        prior.prepare(gradient=self.network_gradient)  # the network's layout for this run (UNetPrior.prepare)
         b, s = y.shape[0], num_samples
         ids = list(range(b)) if measurement_ids is None else [int(i) for i in measurement_ids]
         if len(ids) != b:

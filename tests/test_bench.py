@@ -187,12 +187,12 @@ def test_bench_speed_says_what_it_times_and_refuses_unknown_samplers(tmp_path, t
     argv += ["--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]
     assert main([*argv, "--methods", "ddrm", "resample"]) == 0
     printed = capsys.readouterr().out
-    assert "timing ddrm on inpaint_random, batch 1, float32, channels-last (1 runs)" in printed
+    assert "timing ddrm on inpaint_random, batch 1, float32, contiguous (1 runs)" in printed
     assert "skipped: resample: no task it applies to with this prior (pixel space)" in printed
     assert main([*argv, "--methods", "ddrm", "dsp"]) == 1
     assert "unknown sampler 'dsp'" in capsys.readouterr().err
     assert main([*argv, "--methods", "ddrm", "--layouts", "channels_last", "nhwc"]) == 1
-    assert "unknown layouts nhwc; valid: channels_last, contiguous" in capsys.readouterr().err
+    assert "unknown layouts nhwc; valid: auto, channels_last, contiguous" in capsys.readouterr().err
 
 
 def test_speed_rows_record_the_layout_and_the_compile_time(tiny_unet_folder, tmp_path):
@@ -219,7 +219,7 @@ def test_speed_rows_record_the_layout_and_the_compile_time(tiny_unet_folder, tmp
     assert "| ddrm | float32 | contiguous | eager | 1 |" in table
     prior = load_prior(tiny_unet_folder, device="cpu").compile_network(backend="aot_eager")
     (row,) = speed_rows(prior, ["ddrm"], [1], size=16, steps=2, repeats=1)
-    assert row["compiled"] and row["compile_seconds"] > 0 and row["layout"] == "channels_last"
+    assert row["compiled"] and row["compile_seconds"] > 0 and row["layout"] == "contiguous"  # float32: auto
     assert f"| compiled ({row['compile_seconds']:.0f} s) |" in speed_table([row])
 
 

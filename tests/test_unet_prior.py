@@ -157,20 +157,39 @@ def test_unknown_builtin_lists_the_valid_ones():
         load_prior("builtin:faces")
 
 
-def test_the_network_runs_channels_last_by_default_with_the_same_outputs():
-    """Weights and inputs in NHWC by default (faster on CPUs, README "Speed"); the outputs equal the contiguous
-    layout's up to rounding, on a padded size too, with gradients (DPS) as well."""
+def test_the_layout_follows_the_run_unless_pinned_with_the_same_outputs():
+    """By default each run chooses: channels-last (NHWC) for a half-precision network without gradients through it,
+    contiguous otherwise (the speed bench's faster ones); a pinned layout stays. Outputs and gradients equal the
+    contiguous layout's up to rounding, on a padded size too."""
     prior = UNetPrior(_tiny_unet(), linear_alphas_cumprod())
+    assert prior.layout is None and not prior.channels_last
+    prior.prepare(gradient=False)
+    assert not prior.channels_last  # float32
+    prior.net.to(torch.bfloat16)
+    prior.prepare(gradient=False)
     assert prior.channels_last and prior.net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    x = torch.randn(2, 1, 15, 16, requires_grad=True)
-    nhwc = prior.predict(x, 10).x0_hat
-    (grad_nhwc,) = torch.autograd.grad(nhwc.square().sum(), x)
-    prior.set_channels_last(False)
+    prior.prepare(gradient=True)
     assert not prior.channels_last and prior.net.conv_in.weight.is_contiguous()
+    prior.net.float()
+    x = torch.randn(2, 1, 15, 16, requires_grad=True)
     nchw = prior.predict(x, 10).x0_hat
     (grad_nchw,) = torch.autograd.grad(nchw.square().sum(), x)
+    prior.set_channels_last(True)
+    prior.prepare(gradient=True)  # pinned: stays channels-last
+    assert prior.channels_last and prior.net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    nhwc = prior.predict(x, 10).x0_hat
+    (grad_nhwc,) = torch.autograd.grad(nhwc.square().sum(), x)
     assert torch.allclose(nhwc, nchw, atol=1e-5) and torch.allclose(grad_nhwc, grad_nchw, atol=1e-4)
-    assert UNetPrior(_tiny_unet(), linear_alphas_cumprod(), channels_last=False).net.conv_in.weight.is_contiguous()
+    res = sample_posterior(
+        torch.zeros(1, 1, 8, 8),
+        "denoise",
+        prior=prior.set_channels_last(None),
+        sampler="ddrm",
+        steps=2,
+        progress=False,
+        dtype="bfloat16",
+    )
+    assert res.config["dtype"] == "bfloat16"
 
 
 def test_a_compiled_network_gives_the_eager_outputs_and_is_compiled_once(gmm):

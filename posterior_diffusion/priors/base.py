@@ -119,6 +119,10 @@ class DiffusionPrior(nn.Module):
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def prepare(self, gradient: bool) -> None:
+        """Called by a sampler before its run (`gradient`: whether it differentiates through the network), so that a
+        network prior can lay itself out for it (`UNetPrior.prepare`); nothing here."""
+
     def compile_network(self, **options) -> DiffusionPrior:
         """Compile the prior's network with `torch.compile(**options)`, in place; returns self. Priors with a
         network override it; an analytic prior has none."""

@@ -56,10 +56,13 @@ class LatentPrior(DiffusionPrior):
     def channels_last(self) -> bool:
         return self.latent.channels_last
 
-    def set_channels_last(self, enabled: bool = True) -> LatentPrior:
+    def set_channels_last(self, enabled: bool | None = True) -> LatentPrior:
         """The latent UNet's memory format (`UNetPrior.set_channels_last`)."""
         self.latent.set_channels_last(enabled)
         return self
+
+    def prepare(self, gradient: bool) -> None:
+        self.latent.prepare(gradient)
 
     @property
     def compiled(self) -> bool:

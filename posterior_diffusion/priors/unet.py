@@ -4,11 +4,14 @@ The network runs in its dtype (float32, float16 or bfloat16); inputs are cast to
 outputs come back as float32 (DESIGN.md precision rule). Learned-variance networks (out_channels =
 2 * in_channels, as in guided-diffusion / improved DDPM) are split into eps and the variance value v.
 
-Speed: the network runs in channels-last memory format by default (`set_channels_last`), which the speed bench
-shows faster on CPUs (README, "Speed": the built-in 64 px network on one Xeon core with AMX, batch 4: bfloat16
-119 -> 76 ms a call, float32 252 -> 231 ms); `compile_network` wraps it in `torch.compile` (opt-in: about a minute
-of compilation per input shape on that core, more than a default CPU run saves); `use_cuda_graphs` replays forward
-passes on a GPU from captured CUDA graphs (`cuda_graphs`, unmeasured).
+Speed: the memory format follows what the speed bench measured faster (README, "Layout and compilation"; the
+built-in 64 px network on one core of a Xeon with AMX): by default (`channels_last=None`) each sampler run lays the
+network out channels-last (NHWC) when it is half precision and the run needs no gradient through it (DDRM 20
+steps, batch 4: 1.06 s against 1.55 s contiguous), and contiguous (NCHW) otherwise (bfloat16 DPS: 3.26 s against
+3.90 s channels-last; float32 DDRM: 3.33 s against 4.05 s); `set_channels_last(True / False)` pins one.
+`compile_network` wraps the network in `torch.compile` (opt-in: about a minute of compilation per input shape on
+that core, more than a default CPU run saves); `use_cuda_graphs` replays forward passes on a GPU from captured
+CUDA graphs (`cuda_graphs`, unmeasured).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ class UNetPrior(DiffusionPrior):
         prediction_type: "epsilon", "v_prediction" or "sample" (from the scheduler config).
         variance_type: the scheduler's ("fixed_small", "fixed_large", "learned_range", ...); a network with
             2C output channels implies a learned variance ("learned_range" unless the config says "learned").
-        channels_last: run the network in channels-last memory format (see the module docstring).
+        channels_last: True / False pins the network's memory format to channels-last / contiguous; None (default)
+            lets each sampler run choose (`prepare`, see the module docstring).
     """
 
     def __init__(
@@ -40,7 +44,7 @@ class UNetPrior(DiffusionPrior):
         alphas_cumprod,
         prediction_type: str = "epsilon",
         variance_type: str = "fixed_small",
-        channels_last: bool = True,
+        channels_last: bool | None = None,
     ):
         in_ch, out_ch = unet.config.in_channels, unet.config.out_channels
         if out_ch == 2 * in_ch and variance_type not in ("learned", "learned_range"):
@@ -50,14 +54,29 @@ class UNetPrior(DiffusionPrior):
         super().__init__(alphas_cumprod, prediction_type, variance_type)
         self.net = unet.eval().requires_grad_(False)
         self.graphed: GraphedForward | None = None  # set by use_cuda_graphs
+        self.memory_format = torch.contiguous_format
         self.set_channels_last(channels_last)
 
-    def set_channels_last(self, enabled: bool = True) -> UNetPrior:
-        """Lay the network's weights and inputs out channels-last (NHWC) or back in the default NCHW; returns self.
-        The outputs are the same up to rounding (other convolution kernels)."""
-        self.memory_format = torch.channels_last if enabled else torch.contiguous_format
-        self.net.to(memory_format=self.memory_format)
+    def set_channels_last(self, enabled: bool | None = True) -> UNetPrior:
+        """Pin the network's weights and inputs to channels-last (NHWC, True) or contiguous (NCHW, False), or let
+        each sampler run choose (None, `prepare`); returns self. The outputs are the same up to rounding (other
+        convolution kernels)."""
+        self.layout = enabled
+        if enabled is not None:
+            self._lay_out(enabled)
         return self
+
+    def prepare(self, gradient: bool) -> None:
+        """Called by a sampler before its run: with the automatic layout, channels-last for a half-precision
+        network in a run without gradients through it, contiguous otherwise (the speed bench's faster one)."""
+        if self.layout is None:
+            self._lay_out(self.dtype in (torch.float16, torch.bfloat16) and not gradient)
+
+    def _lay_out(self, channels_last: bool) -> None:
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if memory_format != self.memory_format:
+            self.memory_format = memory_format
+            self.net.to(memory_format=memory_format)
 
     @property
     def channels_last(self) -> bool:
