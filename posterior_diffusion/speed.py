@@ -259,6 +259,7 @@ def run_speed(cfg: SpeedConfig, progress: bool = True) -> str:
             prior = load_prior(cfg.prior or f"builtin:{default_prior_name(3)}", device=device, dtype=dtype)
         prior.set_channels_last(None if layout == "auto" else layout == "channels_last")
         if mode == "compiled":
+            torch._dynamo.reset()  # a fresh compile cache: the previous priors' graphs would exhaust its limit
             prior.compile_network()
         elif mode == "cuda_graphs":
             prior.use_cuda_graphs()
