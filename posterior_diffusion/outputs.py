@@ -43,8 +43,8 @@ def write_restoration(
     mean.png, std.png            the posterior mean; the channel-averaged std scaled to its maximum
     interval_lo.png, interval_hi.png, interval_width.png
                                  with a calibration: the calibrated interval's bounds (clipped to [-1, 1]) and
-                                 its channel-averaged width scaled to its maximum (run.json: the level, the factor
-                                 and the width's maximum)
+                                 its channel-averaged width scaled to its maximum (run.json: the level, the factor,
+                                 the width's maximum and, with a truth, the share of its pixels inside)
     measurement.png              y, when it is an image (1 or 3 channels)
     kernel_000.png ...           the kernel estimate of each sample (blind samplers), scaled to its maximum
     figure.png                   [truth] | measurement | mean | std | samples
@@ -97,6 +97,9 @@ def write_restoration(
     run = {**result.config, **(run_info or {}), "nfe": result.nfe, "seconds": round(result.seconds, 3)}
     if result.lower is not None:
         run["calibration"] = {**run["calibration"], "width_max": round(float(width.max()), 5)}
+        if truth is not None:  # the share of the truth's pixels inside the interval
+            inside = (truth >= result.lower) & (truth <= result.upper)
+            run["calibration"]["coverage"] = round(float(inside.float().mean()), 5)
     if truth is not None:
         run["psnr_mean"] = round(float(psnr(result.mean[None], truth[None])[0]), 3)
         samples_psnr = psnr(result.samples, truth[None].expand_as(result.samples))

@@ -144,6 +144,7 @@ def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_fol
         assert (tmp_path / "r" / name).exists()
     run = json.loads((tmp_path / "r" / "run.json").read_text())
     assert run["calibration"]["level"] == 0.8 and run["calibration"]["factor"] == Calibration.load(cal).factors[0.8]
+    assert 0 <= run["calibration"]["coverage"] <= 1
     assert main([*restore, "--out", str(tmp_path / "r2"), "--steps", "3"]) == 1
     assert not (tmp_path / "r2").exists()
 
