@@ -144,7 +144,11 @@ def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_fol
         assert (tmp_path / "r" / name).exists()
     run = json.loads((tmp_path / "r" / "run.json").read_text())
     assert run["calibration"]["level"] == 0.8 and run["calibration"]["factor"] == Calibration.load(cal).factors[0.8]
-    assert 0 <= run["calibration"]["coverage"] <= 1
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "r" / "results.safetensors")
+    inside = (saved["truth"] >= saved["lower"]) & (saved["truth"] <= saved["upper"])
+    assert run["calibration"]["coverage"] == pytest.approx(float(inside.float().mean()), abs=1e-5)
     assert main([*restore, "--out", str(tmp_path / "r2"), "--steps", "3"]) == 1
     assert not (tmp_path / "r2").exists()
 
