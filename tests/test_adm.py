@@ -404,6 +404,6 @@ def test_random_init_prior_has_the_architecture_and_times_with_bench_speed(tmp_p
     monkeypatch.setitem(adm.ADM_PRESETS, "adm-tiny", cfg)
     argv = ["bench", "speed", "--random-init", "--prior", "adm-tiny", "--size", "32", "--out", str(tmp_path)]
     assert main([*argv, "--methods", "ddrm", "--steps", "2", "--batch-sizes", "1", "--repeats", "1"]) in (0, None)
-    assert "| ddrm | float32 | 1 | 2 | forward |" in (tmp_path / "speed.md").read_text()
+    assert "| ddrm | float32 | contiguous | eager | 1 | 2 | forward |" in (tmp_path / "speed.md").read_text()
     assert main(["bench", "speed", "--random-init", "--out", str(tmp_path)]) not in (0, None)
     assert "--random-init needs --prior" in capsys.readouterr().err
