@@ -74,6 +74,7 @@ def sliced_wasserstein(
 
 
 COVERAGE_LEVELS = (0.5, 0.8, 0.9, 0.95)
+Z_STD_FLOOR = 1 / 255  # on [-1, 1]: half an 8-bit step
 CALIBRATION_COLUMNS = (
     "psnr_sample",
     *(f"coverage{round(100 * level)}" for level in COVERAGE_LEVELS),
@@ -141,7 +142,9 @@ def calibration_metrics(samples: torch.Tensor, truth: torch.Tensor) -> dict[str,
                          orders the errors perfectly; 0: it says nothing about them)
         z_spread         std over pixels of (truth - mean) / std; for samples of a Gaussian posterior it is
                          sqrt((1 + 1 / S) (S - 1) / (S - 3)) for S > 3 (1.94 at S = 4, 1.02 at S = 64): above that,
-                         the std is too small; below, too large
+                         the std is too small; below, too large. The std is floored at Z_STD_FLOOR (half an 8-bit
+                         step): samples that agree exactly (clipped at +-1) would otherwise divide by zero, and the
+                         spread would hang on the rounding of near-zero stds
     """
     samples, truth = samples.float(), truth.float()
     mean, std = samples.mean(1), samples.std(1)
@@ -150,7 +153,7 @@ def calibration_metrics(samples: torch.Tensor, truth: torch.Tensor) -> dict[str,
     coverage = interval_coverage(samples, truth)
     out |= {f"coverage{round(100 * level)}": coverage[:, i] for i, level in enumerate(COVERAGE_LEVELS)}
     out["spearman"] = _pearson(_ranks(std.flatten(1)), _ranks(error.abs()))
-    out["z_spread"] = (error / std.flatten(1).clamp(min=1e-8)).std(1)
+    out["z_spread"] = (error / std.flatten(1).clamp(min=Z_STD_FLOOR)).std(1)
     return out
 
 

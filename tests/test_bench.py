@@ -157,12 +157,14 @@ def test_two_processes_give_the_rows_of_one(tmp_path, images, tiny_unet_folder):
     assert sorted(p.name for p in (tmp_path / "two").glob("rows-*.jsonl")) == ["rows-0.jsonl", "rows-1.jsonl"]
     two = _without_timing(read_rows(tmp_path / "two"))
     # the same chains, seeds and metrics; a child process runs one thread where this one may run two, and a
-    # multi-threaded convolution can round differently, so metrics agree to 1e-4, not bit for bit
+    # multi-threaded convolution can round differently, so metrics agree to 1e-4 (relative for z_spread, which
+    # divides by stds down to half an 8-bit step), not bit for bit
     assert [{k: v for k, v in r.items() if isinstance(v, str)} for r in two] == [
         {k: v for k, v in r.items() if isinstance(v, str)} for r in _without_timing(one)
     ]
     assert [{k: v for k, v in r.items() if not isinstance(v, str)} for r in two] == [
-        pytest.approx({k: v for k, v in r.items() if not isinstance(v, str)}, abs=1e-4) for r in _without_timing(one)
+        pytest.approx({k: v for k, v in r.items() if not isinstance(v, str)}, rel=1e-4, abs=1e-4)
+        for r in _without_timing(one)
     ]
     assert torch.tensor([r["psnr"] for r in one]).isfinite().all()
 
