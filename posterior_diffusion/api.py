@@ -167,10 +167,10 @@ def sample_posterior(
             or number of samples is refused before any work, naming both.
     """
     device = resolve_device(device)
-    if calibration is not None and not isinstance(calibration, Calibration):
-        calibration = Calibration.load(calibration)
-    if calibration is not None and level not in calibration.factors:
-        raise ValueError(f"level {level} was not calibrated; calibrated levels: {sorted(calibration.factors)}")
+    if calibration is not None:
+        if not isinstance(calibration, Calibration):
+            calibration = Calibration.load(calibration)
+        calibration.check_level(level)
     if dtype == "auto":
         dtype = None if isinstance(prior, DiffusionPrior) else guards.auto_dtype(device)
     dtype = resolve_dtype(dtype)

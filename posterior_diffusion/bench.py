@@ -46,6 +46,7 @@ from posterior_diffusion.figures import save_figure
 from posterior_diffusion.images import list_images, load_center_crops, random_crops
 from posterior_diffusion.metrics import (
     CALIBRATION_COLUMNS,
+    COVERAGE_COLUMNS,
     COVERAGE_LEVELS,
     calibration_metrics,
     kernel_errors,
@@ -781,7 +782,7 @@ def _calibration_figures(out: Path, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [f"coverage{round(100 * level)}" for level in COVERAGE_LEVELS]
+    columns = COVERAGE_COLUMNS
     table = [e for e in summary(rows) if all(c in e for c in columns)]
     for task in sorted({e["task"] for e in table}):
         fig, ax = plt.subplots(figsize=(4, 4))

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from posterior_diffusion.metrics import COVERAGE_LEVELS, interval_coverage
+from posterior_diffusion.metrics import predictive_factor, standardised_errors
 from posterior_diffusion.tensor_utils import measurement_generator
 
 KIND = "posterior_diffusion.calibration"
@@ -50,16 +50,6 @@ PER_IMAGE_PARAMS = ("image_size", "seed")
 IDENTITY = ("operator", "prior", "sampler", "num_samples")
 
 
-def standardised_errors(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """|truth - mean| / std per pixel: samples (B, S, C, H, W), S >= 2, truth (B, C, H, W) -> (B, C * H * W) float64.
-    A pixel with zero std scores 0 where the mean is exact and +inf elsewhere (no scaling covers it)."""
-    if samples.shape[1] < 2:
-        raise ValueError(f"calibration needs at least 2 samples per image, got {samples.shape[1]}")
-    samples, truth = samples.double(), truth.double()
-    error, std = (truth - samples.mean(1)).abs().flatten(1), samples.std(1).flatten(1)
-    return torch.where(error == 0, 0.0, error / std)
-
-
 GUARANTEES = ("pixel", "image")
 
 
@@ -67,10 +57,8 @@ def conformal_factor(scores: torch.Tensor, alpha: float, guarantee: str = "pixel
     """lambda_hat (module docstring) from the standardised errors `scores` (n, P) of n calibration images:
     "pixel", the split-conformal quantile of the pooled scores; "image", conformal risk control of the per-image
     miscoverage, the smallest lambda with (n R_n(lambda) + 1) / (n + 1) <= alpha."""
-    if guarantee not in GUARANTEES:
-        raise ValueError(f"unknown guarantee {guarantee!r}; valid: {', '.join(GUARANTEES)}")
     n, pixels = scores.shape
-    check_enough_images(n * pixels if guarantee == "pixel" else n, [1 - alpha])
+    check_enough_images(_score_count(guarantee, n, pixels), [1 - alpha])
     if guarantee == "pixel":
         rank = math.ceil((n * pixels + 1) * (1 - alpha))  # 1-based, <= N by the check
         return float(scores.flatten().kthvalue(rank).values)
@@ -80,6 +68,13 @@ def conformal_factor(scores: torch.Tensor, alpha: float, guarantee: str = "pixel
     # grows with k, so the feasible candidates are a prefix and the smallest feasible lambda is its last
     above = torch.searchsorted(-order, -order, right=False).double() / (n * pixels)
     return float(order[(above <= budget).nonzero()[-1, 0]])
+
+
+def _score_count(guarantee: str, images: int, pixels: int) -> int:
+    """How many exchangeable scores a guarantee rests on: pooled pixels ("pixel") or images ("image")."""
+    if guarantee not in GUARANTEES:
+        raise ValueError(f"unknown guarantee {guarantee!r}; valid: {', '.join(GUARANTEES)}")
+    return images * pixels if guarantee == "pixel" else images
 
 
 def check_enough_images(n: int, levels) -> None:
@@ -154,10 +149,13 @@ class Calibration:
                 f"{run['sampler'].get('name')!r} ({details}): calibrate again for this run's settings"
             )
 
-    def interval(self, mean: torch.Tensor, std: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lower, upper) = mean -+ lambda_hat std at a calibrated `level`."""
+    def check_level(self, level: float) -> None:
         if level not in self.factors:
             raise ValueError(f"level {level} was not calibrated; calibrated levels: {sorted(self.factors)}")
+
+    def interval(self, mean: torch.Tensor, std: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lower, upper) = mean -+ lambda_hat std at a calibrated `level`."""
+        self.check_level(level)
         half = self.factors[level] * std
         return mean - half, mean + half
 
@@ -185,9 +183,7 @@ def calibrate(
 ) -> Calibration:
     """Measure the calibration images x (n, C, H, W) in [-1, 1] with `op`, sample their posteriors
     (`posterior_samples`) and calibrate at `levels`."""
-    if guarantee not in GUARANTEES:
-        raise ValueError(f"unknown guarantee {guarantee!r}; valid: {', '.join(GUARANTEES)}")
-    check_enough_images(len(x) if guarantee == "image" else x[0].numel() * len(x), levels)
+    check_enough_images(_score_count(guarantee, len(x), x[0].numel()), levels)
     samples, config = posterior_samples(x, op, seed, images_per_call, num_samples, **sample_options)
     return calibration_from_samples(samples, x, config, task, levels, guarantee)
 
@@ -225,11 +221,18 @@ def held_out_coverage(
         x, op, seed, images_per_call, cal.num_samples, first_id=HELD_OUT_IDS, **sample_options
     )
     cal.check(config)
-    levels = tuple(cal.factors)
-    raw = interval_coverage(samples, x, levels).mean(0)
-    scores = standardised_errors(samples, x)
-    calibrated = {level: float((scores <= cal.factors[level]).double().mean()) for level in levels}
-    return dict(zip(levels, raw.tolist(), strict=True)), calibrated
+    return _coverages(standardised_errors(samples, x), cal.num_samples, cal.factors)
+
+
+def _coverages(scores: torch.Tensor, num_samples: int, factors: dict[float, float]) -> tuple[dict, dict]:
+    """({level: coverage of the raw Gaussian interval, `metrics.interval_coverage`'s}, {level: coverage of mean +-
+    factor std}) from the standardised errors (n, P) of n images with `num_samples` samples each."""
+
+    def share(bound: float) -> float:
+        return float((scores <= bound).double().mean())
+
+    raw = {level: share(predictive_factor(level, num_samples)) for level in factors}
+    return raw, {level: share(factor) for level, factor in factors.items()}
 
 
 def calibration_from_samples(
@@ -243,9 +246,8 @@ def calibration_from_samples(
     """A `Calibration` from calibration images' samples (n, S, C, H, W) and truths (n, C, H, W) and the run's
     `PosteriorResult.config`."""
     scores = standardised_errors(samples, truth)
-    raw = interval_coverage(samples, truth, levels).mean(0)
     factors = {level: conformal_factor(scores, 1 - level, guarantee) for level in levels}
-    calibrated = {level: float((scores <= factor).double().mean()) for level, factor in factors.items()}
+    raw, calibrated = _coverages(scores, samples.shape[1], factors)
     return Calibration(
         factors=factors,
         task=task,
@@ -255,13 +257,12 @@ def calibration_from_samples(
         num_samples=samples.shape[1],
         images=len(samples),
         guarantee=guarantee,
-        raw_coverage=dict(zip(levels, raw.tolist(), strict=True)),
+        raw_coverage=raw,
         calibrated_coverage=calibrated,
     )
 
 
 __all__ = [
-    "COVERAGE_LEVELS",
     "Calibration",
     "calibrate",
     "calibration_from_samples",
@@ -269,5 +270,4 @@ __all__ = [
     "held_out_coverage",
     "operator_identity",
     "posterior_samples",
-    "standardised_errors",
 ]

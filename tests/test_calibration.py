@@ -10,13 +10,9 @@ import torch
 from PIL import Image
 
 from posterior_diffusion import sample_posterior
-from posterior_diffusion.calibration import (
-    Calibration,
-    calibration_from_samples,
-    conformal_factor,
-    standardised_errors,
-)
+from posterior_diffusion.calibration import Calibration, calibration_from_samples, conformal_factor
 from posterior_diffusion.cli import main
+from posterior_diffusion.metrics import interval_coverage, standardised_errors
 from posterior_diffusion.operators import get_operator
 
 TRIALS = 400
@@ -174,5 +170,5 @@ def test_held_out_coverage_is_the_share_of_pixels_inside(gmm, monkeypatch):
     held, _ = seen["out"]
     scores = standardised_errors(held, x)
     assert calibrated[0.9] == pytest.approx(float((scores <= cal.factors[0.9]).double().mean()))
-    assert raw[0.5] == pytest.approx(float(calibration.interval_coverage(held, x, (0.5,)).mean()))
+    assert raw[0.5] == pytest.approx(float(interval_coverage(held, x, (0.5,)).mean()))
     assert not torch.equal(held, samples)  # other measurement noise and chains than the calibration run's
