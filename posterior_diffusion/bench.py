@@ -56,6 +56,7 @@ from posterior_diffusion.metrics import (
 )
 from posterior_diffusion.perceptual import MIN_SIZE, LPIPSUnavailable, find_weights
 from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
+from posterior_diffusion.samplers.long_run import LongRunWarning
 from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
 from posterior_diffusion.tensor_utils import (
     measurement_generator,
@@ -132,7 +133,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[dict]:
         get_task(name, tasks)
     methods = [get_method(name) for name in cfg.methods]
     check_options(cfg, methods)
-    with folder_lock(out, state):
+    with folder_lock(out, state), warnings.catch_warnings():
+        warnings.simplefilter("ignore", LongRunWarning)  # the bench's runs are long by design, its settings fixed
         device = torch.device(cfg.device) if cfg.device else state.device
         prior = _load_prior(cfg, methods, device)
         plan = _plan(cfg, tasks, methods, prior, announce=progress and state.is_main_process)

@@ -14,6 +14,10 @@ LONG_RUN_SECONDS = 600.0  # ten minutes
 TIMED_STEPS = 3  # the steps timed after the first one (which pays for warm-up) before the estimate
 
 
+class LongRunWarning(UserWarning):
+    """The notice's category: a caller whose runs are long by design (the bench) ignores it by this name."""
+
+
 def format_duration(seconds: float) -> str:
     """'45 s', '12 min', '1 h 55 min'."""
     if seconds < 60:
@@ -65,5 +69,6 @@ class LongRunNotice:
         warnings.warn(
             f"{self.sampler}: this run will take about {format_duration(estimate)} ({self.total_nfe} network "
             f"evaluations at {seconds_per_nfe:.2g} s); faster: {'; '.join(faster)}",
+            LongRunWarning,
             stacklevel=4,
         )
