@@ -59,7 +59,7 @@ from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_cla
 from posterior_diffusion.samplers.long_run import LongRunWarning
 from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
 from posterior_diffusion.tensor_utils import (
-    measurement_generator,
+    measure_images,
     peak_memory_mb,
     reset_peak_memory,
     sample_moments,
@@ -324,7 +324,7 @@ class _Run:
         x = self.x
         if task.channels not in (None, x.shape[1]):  # e.g. 1-channel black-hole images with no prior to fix it
             x = load_center_crops(self.paths, task.channels, self.cfg.size)
-        y = torch.cat([op.measure(x[i : i + 1], measurement_generator(seed, i)) for i in mine])
+        y = measure_images(op, x[mine], seed, mine)
         given = _given_operator(op) if task.blind else op
         draws_figure = mine[0] == 0 and seed == self.cfg.seeds[0]
         for method in methods:

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from posterior_diffusion.metrics import predictive_factor, standardised_errors
-from posterior_diffusion.tensor_utils import measurement_generator
+from posterior_diffusion.tensor_utils import measure_images
 
 KIND = "posterior_diffusion.calibration"
 VERSION = 1
@@ -199,7 +199,7 @@ def posterior_samples(
     samples, config = [], None
     for start in range(0, len(x), images_per_call):
         ids = list(range(start, min(start + images_per_call, len(x))))
-        y = torch.cat([op.measure(x[i : i + 1], measurement_generator(seed, first_id + i)) for i in ids])
+        y = measure_images(op, x[ids], seed, [first_id + i for i in ids])
         result = sample_posterior(
             y, op, num_samples=num_samples, seed=seed, measurement_ids=[first_id + i for i in ids], **sample_options
         )

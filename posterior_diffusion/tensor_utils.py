@@ -50,6 +50,12 @@ def measurement_generator(seed: int, image_index: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed_for(seed, image_index, 1))
 
 
+def measure_images(op, x: torch.Tensor, seed: int, ids) -> torch.Tensor:
+    """The measurements of images x (n, C, H, W) in [-1, 1] whose image indices are `ids` (n of them): image k with
+    noise from `measurement_generator(seed, ids[k])`, so that a measurement does not depend on its neighbours."""
+    return torch.cat([op.measure(x[k : k + 1], measurement_generator(seed, i)) for k, i in enumerate(ids)])
+
+
 def seed_for(*keys: int) -> int:
     """A 63-bit seed derived from integer keys (e.g. global seed, image index, sample index).
 

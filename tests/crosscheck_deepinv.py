@@ -41,7 +41,7 @@ from posterior_diffusion.images import list_images, load_center_crops
 from posterior_diffusion.metrics import psnr
 from posterior_diffusion.priors import default_prior_name, load_prior
 from posterior_diffusion.tasks import get_task
-from posterior_diffusion.tensor_utils import measurement_generator, seed_for
+from posterior_diffusion.tensor_utils import measure_images, seed_for
 
 TASK = "gaussian_deblur"
 
@@ -142,7 +142,7 @@ def main(argv=None) -> None:
 
     x = load_center_crops(list_images(args.images)[: args.num_images], 3, args.size)
     op = get_task(TASK).build(args.size)
-    y = torch.cat([op.measure(x[i : i + 1], measurement_generator(args.seed, i)) for i in range(len(x))])
+    y = measure_images(op, x, args.seed, range(len(x)))
     spec = f"builtin:{default_prior_name(3)}"
     theirs_prior = load_prior(spec, device=device, dtype="float32")  # deepinv runs its denoiser in float32
     ours_prior = load_prior(spec, device=device, dtype=args.dtype)

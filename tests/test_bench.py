@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -19,7 +20,7 @@ from posterior_diffusion.api import sample_posterior
 from posterior_diffusion.bench import BenchConfig, read_rows, run_bench, summary
 from posterior_diffusion.images import load_center_crops
 from posterior_diffusion.metrics import calibration_metrics
-from posterior_diffusion.samplers import sampler_class
+from posterior_diffusion.samplers import long_run, sampler_class
 from posterior_diffusion.tasks import TASKS, load_tasks_file
 from posterior_diffusion.tensor_utils import measurement_generator
 
@@ -124,6 +125,17 @@ def test_an_interrupted_run_resumes_without_recomputing(tmp_path, images, tiny_u
     resumed = run_bench(_config(images, tmp_path / "resumed", tiny_unet_folder), progress=False)
     assert _without_timing(resumed) == _without_timing(straight)
     assert len(calls) == 12  # 5 (task, method) pairs x 3 groups, 3 already done
+
+
+def test_the_bench_runs_long_by_design_and_passes_no_notice_on(tmp_path, images, tiny_unet_folder, monkeypatch):
+    monkeypatch.setattr(long_run, "LONG_RUN_SECONDS", 0.0)  # every run would be "long"
+    cfg = _config(images, tmp_path / "out", tiny_unet_folder, tasks=("random_inpaint",), methods=("ddrm",))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = run_bench(replace(cfg, steps=6, num_images=1), progress=False)
+    assert len(rows) == 1
+    assert not [w for w in caught if issubclass(w.category, long_run.LongRunWarning)]
+    assert not warnings.filters or warnings.filters[0][2] is not long_run.LongRunWarning  # nothing left behind
 
 
 def test_sampler_rows_record_their_dtype_and_a_folder_never_mixes_two(tmp_path, images, tiny_unet_folder):

@@ -62,29 +62,3 @@ def test_a_sampler_run_gives_the_notice(tiny_unet_folder, monkeypatch):
             batch_size=1,
             progress=False,
         )
-
-
-def test_the_bench_runs_long_by_design_and_passes_no_notice_on(tiny_unet_folder, tmp_path, monkeypatch):
-    from PIL import Image
-
-    from posterior_diffusion.bench import BenchConfig, run_bench
-
-    monkeypatch.setattr(long_run, "LONG_RUN_SECONDS", 0.0)  # every run would be "long"
-    Image.new("RGB", (16, 16), (90, 120, 200)).save(tmp_path / "a.png")
-    cfg = BenchConfig(
-        images=str(tmp_path),
-        out=str(tmp_path / "out"),
-        prior=str(tiny_unet_folder),
-        tasks=("random_inpaint",),
-        methods=("ddrm",),
-        size=16,
-        steps=6,
-        device="cpu",
-        lpips="none",
-    )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rows = run_bench(cfg, progress=False)
-    assert len(rows) == 1
-    assert not [w for w in caught if issubclass(w.category, long_run.LongRunWarning)]
-    assert not warnings.filters or warnings.filters[0][2] is not long_run.LongRunWarning  # nothing left behind
