@@ -1,7 +1,8 @@
 """`sample_posterior`: the one-call Python entry point.
 
 res = sample_posterior(y, op, prior=None, sampler="auto", num_samples=4, seed=0)
-res.samples (B, S, C, H, W); res.mean, res.std (B, C, H, W); res.nfe; res.seconds; res.config
+res.samples (B, S, C, H, W); res.mean (the best posterior-mean estimate), res.std (B, C, H, W); res.nfe; res.seconds;
+res.config
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from posterior_diffusion import guards
 from posterior_diffusion.calibration import Calibration
 from posterior_diffusion.operators import Operator, get_operator
+from posterior_diffusion.posterior_mean import posterior_mean
 from posterior_diffusion.priors import DiffusionPrior, default_prior_name, load_prior, resolve_dtype
 from posterior_diffusion.samplers import Sampler, get_sampler
 from posterior_diffusion.samplers.auto import choose_sampler
@@ -31,11 +33,13 @@ class PosteriorResult:
     """Posterior samples and their summaries, float32 on the CPU.
 
     samples: (B, S, C, H, W) in about [-1, 1] ((S, C, H, W) if y was one unbatched measurement);
-    mean, std: per-pixel posterior mean and standard deviation over the S samples, (B, C, H, W) (or (C, H, W));
-    std is 0 when S = 1. nfe: network evaluations per sample; seconds: wall time of the sampling;
+    mean: the best posterior-mean estimate of the run, (B, C, H, W) (or (C, H, W)): the exact one-call Tweedie mean
+    for denoising with a pixel prior, else the average of the S samples (`posterior_mean`; which one is in
+    config["mean_estimate"]); std: per-pixel standard deviation over the S samples, 0 when S = 1.
+    nfe: network evaluations per sample; seconds: wall time of the sampling;
     config: every setting needed to reproduce the run; extras: sampler outputs such as a kernel estimate.
-    lower, upper: with a calibration, the conformally calibrated interval mean -+ factor std at its level (shaped as
-    mean; `calibration.Calibration`), else None.
+    lower, upper: with a calibration, the conformally calibrated interval average -+ factor std at its level around
+    the samples' average, as calibrated (shaped as mean; `calibration.Calibration`), else None.
     """
 
     samples: torch.Tensor
@@ -253,14 +257,15 @@ def sample_posterior(
     seconds = time.perf_counter() - start
 
     samples = out.samples.cpu()
-    mean, std = sample_moments(samples)
+    average, std = sample_moments(samples)
+    mean, config["mean_estimate"] = posterior_mean(prior, op, y, samples, batch_size)
     extras = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in out.extras.items()}
     if unbatched:
-        samples, mean, std = samples[0], mean[0], std[0]
+        samples, mean, std, average = samples[0], mean[0], std[0], average[0]
         extras = {k: (v[0] if isinstance(v, torch.Tensor) else v) for k, v in extras.items()}
     lower = upper = None
     if calibration is not None:
-        lower, upper = calibration.interval(mean, std, level)
+        lower, upper = calibration.interval(average, std, level)
         config["calibration"] = {"task": calibration.task, "level": level, "factor": calibration.factors[level]}
     return PosteriorResult(samples, mean, std, out.nfe, seconds, config, extras, lower, upper)
 

@@ -56,6 +56,7 @@ from posterior_diffusion.metrics import (
 )
 from posterior_diffusion.perceptual import MIN_SIZE, LPIPSUnavailable, find_weights
 from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
+from posterior_diffusion.samplers.auto import choose_sampler
 from posterior_diffusion.samplers.long_run import LongRunWarning
 from posterior_diffusion.tasks import TASKS, get_task, load_tasks_file
 from posterior_diffusion.tensor_utils import (
@@ -71,7 +72,7 @@ KEY = ("task", "method", "image", "seed")
 # samples; lpips_sample: of the first sample alone (the papers judge perceptual quality on samples); then, for
 # samplers with 2 or more samples, how far their spread can be trusted (`metrics.calibration_metrics`)
 METRIC_COLUMNS = ("psnr", "ssim", "lpips", "lpips_sample", *CALIBRATION_COLUMNS)
-NOT_METRICS = {*KEY, "index", "nfe", "seconds", "peak_mb", "best_of", "dtype"}
+NOT_METRICS = {*KEY, "index", "nfe", "seconds", "peak_mb", "best_of", "dtype", "estimate", "sampler"}
 
 
 @dataclass
@@ -165,7 +166,7 @@ def _check_same_dtype(out: Path, rows: list[dict], dtype: str | None) -> None:
     """Refuse to add sampler rows in `dtype` to a folder whose sampler rows ran the network in another precision
     (one table would mix them); rows from before rows recorded it ran in float32. Baseline rows have none."""
     wanted = dtype or "float32"
-    found = sorted({r.get("dtype", "float32") for r in rows if r["method"] in list_samplers()} - {wanted})
+    found = sorted({r.get("dtype", "float32") for r in rows if r["method"] in {*list_samplers(), AUTO}} - {wanted})
     if found:
         raise ValueError(
             f"{out} holds sampler rows whose network ran in {', '.join(found)}; this run asks for {wanted}. "
@@ -208,6 +209,7 @@ def _plan(cfg: BenchConfig, tasks: dict, methods: list[Method], prior, announce:
                 if (
                     announce
                     and isinstance(method, SamplerMethod)
+                    and method.sampler != AUTO
                     and "preset" not in method.options(cfg, task.presets.get(method.sampler))
                 ):
                     print(
@@ -460,6 +462,7 @@ class BaselineMethod:
         }
 
 
+AUTO = "auto"  # method "auto": what sample_posterior(sampler="auto") picks per task, at the bench's --steps if given
 TUNED = ":tuned"  # method "NAME:tuned": sampler NAME with its TUNE_GRID options tuned per task on --tune-images
 
 
@@ -532,14 +535,17 @@ class SamplerMethod:
         return SamplerMethod(self.name, params=tuple(params.items()))
 
     def check_options(self, cfg) -> None:
-        get_sampler(self.sampler, **self.options(cfg, None))  # an unknown option or a bad value raises
+        if self.sampler != AUTO:  # auto's options go to the sampler it picks per task
+            get_sampler(self.sampler, **self.options(cfg, None))  # an unknown option or a bad value raises
         if self.tune and cfg.tune_images is None:
             raise ValueError(f"method {self.name!r} tunes {self.sampler} on other images: give --tune-images DIR")
 
     def refusal(self, cfg, task, prior, op) -> str | None:
-        sampler = get_sampler(self.sampler, **self.options(cfg, task.presets.get(self.sampler)))
         try:
-            sampler.check(prior, op)
+            if self.sampler == AUTO:
+                choose_sampler(prior, op, on_cpu=prior.device.type == "cpu")
+            else:
+                get_sampler(self.sampler, **self.options(cfg, task.presets.get(self.sampler))).check(prior, op)
         except ValueError as err:
             return str(err)
         return None
@@ -560,7 +566,9 @@ class SamplerMethod:
             **self.options(cfg, task.presets.get(self.sampler)),
         )
         result = {"mean": res.mean, "samples": res.samples, "std": res.std, "nfe": res.nfe, "seconds": res.seconds}
-        result["dtype"] = res.config["dtype"]
+        result |= {"dtype": res.config["dtype"], "estimate": res.config["mean_estimate"]}
+        if self.sampler == AUTO:  # which sampler auto picked, with its steps
+            result["sampler"] = f"{res.config['sampler']['name']}-{res.config['sampler']['steps']}"
         if "kernel" in res.extras:  # blind samplers: (n, S, kh, kw)
             result["kernel"] = res.extras["kernel"].cpu()
         return result
@@ -570,7 +578,7 @@ def get_method(name: str) -> Method:
     """The baseline or sampler `name`; an unknown name lists the valid ones."""
     if name in BASELINES:
         return BaselineMethod(name)
-    if name in list_samplers():
+    if name in list_samplers() or name == AUTO:
         return SamplerMethod(name)
     base = name.removesuffix(TUNED)
     if name.endswith(TUNED) and base in list_samplers():
@@ -578,7 +586,7 @@ def get_method(name: str) -> Method:
             tunable = [n for n in list_samplers() if sampler_class(n).TUNE_GRID]
             raise ValueError(f"sampler {base!r} has no options to tune; tunable: {', '.join(tunable) or 'none'}")
         return SamplerMethod(name)
-    valid = sorted([*BASELINES, *list_samplers()])
+    valid = sorted([*BASELINES, *list_samplers(), AUTO])
     raise ValueError(f"unknown method {name!r}; valid: {', '.join(valid)}, and SAMPLER{TUNED} for a tunable sampler")
 
 
@@ -639,7 +647,7 @@ def _score(result, x, paths, ids, task, method, seed, lpips_net: str) -> list[di
             "seconds": round(result["seconds"], 4),
             "peak_mb": result["peak_mb"],
             **({"best_of": result["best_of"]} if "best_of" in result else {}),
-            **({"dtype": result["dtype"]} if "dtype" in result else {}),
+            **{key: result[key] for key in ("dtype", "estimate", "sampler") if key in result},
         }
         for n, i in enumerate(ids)
     ]

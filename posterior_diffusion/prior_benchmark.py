@@ -1,8 +1,10 @@
 """How good is a prior? Checks on held-out images, printed as Markdown and saved as JSON.
 
-    python -m posterior_diffusion.prior_benchmark denoise --prior builtin:natural-rgb --images DIR --sigma 25
+    python -m posterior_diffusion.prior_benchmark denoise --prior builtin:natural-rgb --images DIR --sigma 6.4 25
+        [--bm3d]
         One-step Tweedie denoising: x0_hat(sqrt(a) (x + sigma n), t) at the step t whose noise level matches
-        sigma (on the [0, 255] scale), per image (cropped to a multiple of the network's downsampling).
+        sigma (on the [0, 255] scale), per image (cropped to a multiple of the network's downsampling); a column
+        per sigma; --bm3d adds (C)BM3D with the true sigma on the same noisy images.
     python -m posterior_diffusion.prior_benchmark restore --prior builtin:natural-rgb --images DIR [DIR ...] \
         --tune-images DIR --crops 50 --size 128 --steps 1000
         Per-crop PSNR/SSIM of the sampler (one sample per crop) against the classical baseline of each task on
@@ -27,6 +29,8 @@ from posterior_diffusion.baselines import baseline
 from posterior_diffusion.baselines import tune as tune_baseline
 from posterior_diffusion.images import list_images, load_image, random_crops
 from posterior_diffusion.metrics import psnr, ssim
+from posterior_diffusion.operators import get_operator
+from posterior_diffusion.posterior_mean import tweedie_mean
 from posterior_diffusion.priors import load_prior
 from posterior_diffusion.tasks import get_task
 
@@ -116,12 +120,10 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def tweedie_denoise_psnr(prior, images: list[Path], sigma255: float, seed: int = 0) -> list[dict]:
-    """Per-image PSNR of the noisy image and of the prior's one-step denoiser at noise std sigma255 / 255."""
+def tweedie_denoise_psnr(prior, images: list[Path], sigma255: float, seed: int = 0, bm3d: bool = False) -> list[dict]:
+    """Per-image PSNR of the noisy image and of the prior's one-step denoiser (`posterior_mean.tweedie_mean`) at
+    noise std sigma255 / 255, and with `bm3d` of (C)BM3D given the true sigma on the same noisy image."""
     sigma = 2 * sigma255 / 255  # on [-1, 1]
-    variance = (1 - prior.alphas_cumprod) / prior.alphas_cumprod
-    t = int((variance - sigma**2).abs().argmin())
-    scale = prior.alphas_cumprod[t].sqrt()
     channels = prior.default_image_shape()[0]
     rows = []
     for i, path in enumerate(images):
@@ -130,26 +132,46 @@ def tweedie_denoise_psnr(prior, images: list[Path], sigma255: float, seed: int =
         x = x[..., : x.shape[-2] // multiple * multiple, : x.shape[-1] // multiple * multiple].to(prior.device)
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + i)).to(prior.device)
         noisy = x + sigma * noise
-        with torch.inference_mode():
-            x0_hat = prior.denoise(scale * noisy, t).clamp(-1, 1)
-        rows.append({"image": path.name, "psnr_noisy": float(psnr(noisy, x)), "psnr": float(psnr(x0_hat, x))})
+        x0_hat = tweedie_mean(prior, noisy, sigma)
+        row = {
+            "image": path.name,
+            "sigma": sigma255,
+            "psnr_noisy": float(psnr(noisy, x)),
+            "psnr": float(psnr(x0_hat, x)),
+        }
+        if bm3d:
+            row["psnr_bm3d"] = float(psnr(baseline("bm3d", get_operator("denoise", noise_sigma=sigma), noisy), x))
+        rows.append(row)
     return rows
+
+
+def denoise_table(prior: str, folder: str, rows: list[dict]) -> str:
+    """Markdown: one line per prior and test set, a column per noise level: the mean PSNR of the one-call Tweedie
+    denoiser, with (C)BM3D's beside it where the rows have it."""
+    sigmas = sorted({r["sigma"] for r in rows})
+    cells = []
+    for sigma in sigmas:
+        sel = [r for r in rows if r["sigma"] == sigma]
+        cell = f"{sum(r['psnr'] for r in sel) / len(sel):.2f}"
+        if all("psnr_bm3d" in r for r in sel):
+            cell += f" ({sum(r['psnr_bm3d'] for r in sel) / len(sel):.2f})"
+        cells.append(cell)
+    images = len({r["image"] for r in rows})
+    return (
+        f"| prior | images | {' | '.join(f'sigma {s:g}' for s in sigmas)} |\n|---|---|{'---|' * len(sigmas)}\n"
+        f"| {prior} | {Path(folder).name} ({images}) | {' | '.join(cells)} |"
+    )
 
 
 def _denoise(args) -> None:
     prior = load_prior(args.prior, device=args.device)
     images = list_images(args.images)
     start = time.perf_counter()
-    rows = tweedie_denoise_psnr(prior, images, args.sigma)
-    mean = sum(r["psnr"] for r in rows) / len(rows)
-    noisy = sum(r["psnr_noisy"] for r in rows) / len(rows)
-    print(
-        f"| prior | images | sigma | noisy PSNR | Tweedie PSNR | seconds |\n|---|---|---|---|---|---|\n"
-        f"| {args.prior} | {Path(args.images).name} ({len(rows)}) | {args.sigma:g} | {noisy:.2f} | {mean:.2f} | "
-        f"{time.perf_counter() - start:.0f} |"
-    )
+    rows = [r for sigma in args.sigma for r in tweedie_denoise_psnr(prior, images, sigma, bm3d=args.bm3d)]
+    print(denoise_table(args.prior, args.images, rows))
+    print(f"({time.perf_counter() - start:.0f} s; Tweedie PSNR in dB{', (C)BM3D in brackets' if args.bm3d else ''})")
     if args.out:
-        Path(args.out).write_text(json.dumps({"prior": args.prior, "sigma": args.sigma, "rows": rows}, indent=1))
+        Path(args.out).write_text(json.dumps({"prior": args.prior, "images": args.images, "rows": rows}, indent=1))
 
 
 def _restore(args) -> None:
@@ -184,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("denoise", help="one-step Tweedie denoising PSNR")
     p.add_argument("--prior", default="builtin:natural-rgb")
     p.add_argument("--images", required=True, help="folder of held-out images")
-    p.add_argument("--sigma", type=float, default=25.0, help="noise std on the [0, 255] scale")
+    p.add_argument("--sigma", type=float, nargs="+", default=[25.0], help="noise stds on the [0, 255] scale")
+    p.add_argument("--bm3d", action="store_true", help="(C)BM3D on the same noisy images too (the bm3d extra)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="JSON file for the per-image rows")
     p.set_defaults(func=_denoise)

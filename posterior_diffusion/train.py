@@ -40,6 +40,10 @@ class TrainConfig(LoopConfig):
     scaled to unit variance (latent diffusion, Rombach et al. 2022, Sec. 4.3.2).
     init_from: a prior (`load_prior` spec: folder, hub id or builtin:NAME) whose UNet weights start the run, to
     fine-tune it on other images or continue it with other settings; its UNet must match this run's network.
+    low_t_fraction / low_t_max: the timestep distribution (`sample_timesteps`). DDPM draws t uniformly (0);
+    restoration spends most of its network calls and all of its final estimate at low noise, so a fine-tune may
+    spend more of its draws there. Each t's optimum is unchanged (the loss is a sum of per-t terms), only
+    where the capacity and the training time go.
     """
 
     block_out_channels: tuple[int, ...] = (48, 96, 128, 192)
@@ -52,6 +56,17 @@ class TrainConfig(LoopConfig):
         default=None, metadata={"help": "autoencoder folder: train a latent prior on its latents"}
     )
     init_from: str | None = field(default=None, metadata={"help": "prior whose UNet weights start the run"})
+    low_t_fraction: float = field(
+        default=0.0, metadata={"help": "fraction of the timestep draws taken uniformly below --low-t-max"}
+    )
+    low_t_max: int = field(default=100, metadata={"help": "the low timesteps' bound (1000 steps: t=100 is sigma 0.35)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.low_t_fraction <= 1.0:
+            raise ValueError(f"low_t_fraction must be in [0, 1], got {self.low_t_fraction}")
+        if not 1 <= self.low_t_max <= self.num_train_timesteps:
+            raise ValueError(f"low_t_max must be in [1, {self.num_train_timesteps}], got {self.low_t_max}")
 
 
 def build_unet(cfg: TrainConfig, channels: int | None = None, sample_size: int | None = None):
@@ -150,7 +165,7 @@ def train(
             if encoder is not None:
                 x0 = encoder(x0)
             g = randomness.device
-            t = torch.randint(cfg.num_train_timesteps, (cfg.batch_size,), generator=g, device=device)
+            t = sample_timesteps(cfg, cfg.batch_size, g, device)
             noise = torch.randn(x0.shape, generator=g, device=device)
             x_t = scheduler.add_noise(x0, noise, t)  # sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4)
             with accelerator.autocast():
@@ -170,6 +185,17 @@ def train(
         return TrainingJob(unet, loss, export, finish)
 
     return fit(cfg, build, max_steps_this_run, progress, time_limit)
+
+
+def sample_timesteps(cfg: TrainConfig, n: int, generator: torch.Generator, device) -> torch.Tensor:
+    """n training timesteps (int64 in [0, num_train_timesteps)): each one, with probability cfg.low_t_fraction,
+    uniform on [0, low_t_max), else uniform on all steps (DDPM's uniform draw when low_t_fraction is 0)."""
+    t = torch.randint(cfg.num_train_timesteps, (n,), generator=generator, device=device)
+    if cfg.low_t_fraction == 0.0:
+        return t
+    low = torch.randint(cfg.low_t_max, (n,), generator=generator, device=device)
+    pick = torch.rand(n, generator=generator, device=device) < cfg.low_t_fraction
+    return torch.where(pick, low, t)
 
 
 def _load_initial_weights(unet, spec: str) -> None:
@@ -247,5 +273,6 @@ __all__ = [
     "TrainConfig",
     "build_scheduler",
     "build_unet",
+    "sample_timesteps",
     "train",
 ]

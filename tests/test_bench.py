@@ -157,6 +157,28 @@ def test_sampler_rows_record_their_dtype_and_a_folder_never_mixes_two(tmp_path, 
     }
 
 
+def test_the_auto_method_runs_what_sample_posterior_picks_and_records_it(tmp_path, images, tiny_unet_folder):
+    """Method "auto": the sampler `choose_sampler` picks per task (at the bench's --steps), named in each row with its
+    steps, and the estimate its mean is; the denoising mean is the Tweedie one, so its row equals the direct call's."""
+    from posterior_diffusion.priors import load_prior
+    from posterior_diffusion.samplers.auto import choose_sampler
+
+    cfg = _config(images, tmp_path / "out", tiny_unet_folder, tasks=("random_inpaint", "denoise"), methods=("auto",))
+    rows = run_bench(replace(cfg, num_images=2), progress=False)
+    prior = load_prior(str(tiny_unet_folder))
+    for task, estimate in (("random_inpaint", "sample_average"), ("denoise", "tweedie")):
+        picked = choose_sampler(prior, TASKS[task].build(16), on_cpu=True)[0]
+        assert {(r["sampler"], r["estimate"]) for r in rows if r["task"] == task} == {(f"{picked}-2", estimate)}
+    x = load_center_crops(sorted(images.glob("*.png"))[:2], 3, 16)
+    op = TASKS["denoise"].build(16)
+    y = torch.cat([op.measure(x[i : i + 1], measurement_generator(0, i)) for i in range(2)])
+    res = sample_posterior(y, op, prior=prior, steps=2, num_samples=4, device="cpu", progress=False)
+    expected = bench.psnr(res.mean, x).tolist()
+    assert [r["psnr"] for r in rows if r["task"] == "denoise"] == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ValueError, match=r"valid: .*auto"):
+        bench.get_method("autoo")
+
+
 def test_two_processes_give_the_rows_of_one(tmp_path, images, tiny_unet_folder):
     one = run_bench(_config(images, tmp_path / "one", tiny_unet_folder, methods=("dps", "tikhonov")), progress=False)
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "posterior_diffusion.cli"]

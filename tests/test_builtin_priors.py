@@ -84,13 +84,19 @@ def test_prior_none_uses_the_builtin_prior_for_the_channel_count():
 def test_prior_benchmark_denoise_rows(tmp_path, tiny_unet_folder):
     from PIL import Image
 
-    from posterior_diffusion.prior_benchmark import tweedie_denoise_psnr
+    from posterior_diffusion.prior_benchmark import denoise_table, tweedie_denoise_psnr
 
     for i in range(2):
         Image.open(IMAGE).crop((0, 0, 33 + i, 40)).save(tmp_path / f"{i}.png")  # odd sizes get cropped to /2
-    rows = tweedie_denoise_psnr(load_prior(tiny_unet_folder), sorted(tmp_path.glob("*.png")), sigma255=25)
+    rows = tweedie_denoise_psnr(load_prior(tiny_unet_folder), sorted(tmp_path.glob("*.png")), sigma255=25, bm3d=True)
     assert [r["image"] for r in rows] == ["0.png", "1.png"]
     assert all(19.5 < r["psnr_noisy"] < 21.5 and r["psnr"] > 0 for r in rows)  # 20 log10(255 / 25) = 20.17
+    assert all(r["psnr_bm3d"] > r["psnr_noisy"] + 2 for r in rows)  # BM3D given the true sigma denoises
+    more = tweedie_denoise_psnr(load_prior(tiny_unet_folder), sorted(tmp_path.glob("*.png")), sigma255=10)
+    table = denoise_table("tiny", str(tmp_path), rows + more).splitlines()
+    assert table[0] == "| prior | images | sigma 10 | sigma 25 |"
+    mean = lambda rs, key: f"{sum(r[key] for r in rs) / len(rs):.2f}"  # noqa: E731
+    assert table[2].endswith(f"| {mean(more, 'psnr')} | {mean(rows, 'psnr')} ({mean(rows, 'psnr_bm3d')}) |")
 
 
 def test_gibbs_ddrm_natural_preset_recovers_a_motion_kernel_on_a_natural_image():

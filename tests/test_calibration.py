@@ -95,7 +95,7 @@ def test_a_calibration_file_round_trips_and_refuses_what_it_is_not(tmp_path):
 
 
 def test_sample_posterior_returns_the_calibrated_interval_and_refuses_another_run(gmm):
-    """lower / upper = mean -+ factor std at the level; a calibration made with another sampler setting or for
+    """lower / upper = average -+ factor std at the level; a calibration made with another sampler setting or for
     another operator is refused before any work, naming both."""
     op = get_operator("denoise", noise_sigma=0.1)
     y = op.measure(gmm.sample(1, torch.Generator().manual_seed(0)))
@@ -103,8 +103,8 @@ def test_sample_posterior_returns_the_calibrated_interval_and_refuses_another_ru
     cal = _calibration()
     cal = Calibration(**{**cal.__dict__, "prior": run.config["prior"], "operator": run.config["operator"]})
     res = sample_posterior(y, op, prior=gmm, sampler="ddrm", steps=5, num_samples=4, progress=False, calibration=cal)
-    half = cal.factors[0.9] * res.std
-    assert torch.allclose(res.lower, res.mean - half) and torch.allclose(res.upper, res.mean + half)
+    half, average = cal.factors[0.9] * res.std, res.samples.mean(1)  # around the samples' average, as calibrated
+    assert torch.allclose(res.lower, average - half) and torch.allclose(res.upper, average + half)
     assert res.config["calibration"] == {"task": "denoise_test", "level": 0.9, "factor": cal.factors[0.9]}
     with pytest.raises(ValueError, match=r"made for task 'denoise_test' with sampler 'ddrm'.*\"steps\": 6"):
         sample_posterior(y, op, prior=gmm, sampler="ddrm", steps=6, num_samples=4, calibration=cal)

@@ -23,7 +23,7 @@ LAYERS = [
     ("operators", ["operators", "tasks", "baselines"]),
     ("priors", ["priors"]),
     ("samplers", ["samplers"]),
-    ("api", ["api", "calibration"]),
+    ("api", ["api", "calibration", "posterior_mean"]),
     ("tools", ["bench", "exact", "speed", "outputs", "cli", "train", "training_loop", "train_autoencoder"]),
     ("tools", ["prior_benchmark", "applications", ""]),  # "": the package's __init__, which loads applications
 ]

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import posterior_diffusion.training_loop as loop
 from posterior_diffusion.priors import LatentPrior, load_prior
-from posterior_diffusion.train import TrainConfig, train
+from posterior_diffusion.train import TrainConfig, sample_timesteps, train
 from posterior_diffusion.train_autoencoder import AutoencoderConfig, train_autoencoder
 
 
@@ -72,6 +72,22 @@ def test_interrupted_run_resumes_exactly(tmp_path, image_folder, monkeypatch):
 
     prior = load_prior(tmp_path / "resumed")
     assert torch.isfinite(prior.denoise(torch.randn(1, 3, 16, 16), 100)).all()
+
+
+def test_low_t_fraction_moves_that_share_of_the_timestep_draws_below_low_t_max(tmp_path):
+    def below(fraction: float) -> float:
+        cfg = TrainConfig(data="d", output=str(tmp_path), low_t_fraction=fraction, low_t_max=100)
+        t = sample_timesteps(cfg, 200_000, torch.Generator().manual_seed(0), "cpu")
+        assert int(t.min()) >= 0 and int(t.max()) < cfg.num_train_timesteps
+        return float((t < 100).double().mean())
+
+    # uniform draws put 10 % below 100; with fraction f, f + (1 - f) * 10 %
+    assert below(0.0) == pytest.approx(0.1, abs=0.003)
+    assert below(0.8) == pytest.approx(0.82, abs=0.003)
+    assert below(1.0) == 1.0
+    for bad in ({"low_t_fraction": 1.5}, {"low_t_max": 0}, {"low_t_max": 1001}):
+        with pytest.raises(ValueError, match="low_t_"):
+            TrainConfig(data="d", output=str(tmp_path), **bad)
 
 
 def test_checkpoint_loads_without_pickled_code(tmp_path, image_folder):
