@@ -163,6 +163,36 @@ def denoise_table(prior: str, folder: str, rows: list[dict]) -> str:
     )
 
 
+def denoise_curve(rows: list[dict], path: str | Path, title: str) -> None:
+    """PSNR gain over the noisy image against sigma (log scale): the Tweedie denoiser, and (C)BM3D where the rows
+    have it, means over images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from posterior_diffusion.figures import save_figure
+
+    sigmas = sorted({r["sigma"] for r in rows})
+
+    def gain(key: str) -> list[float]:
+        sel = [[r for r in rows if r["sigma"] == s] for s in sigmas]
+        return [sum(r[key] - r["psnr_noisy"] for r in rs) / len(rs) for rs in sel]
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(sigmas, gain("psnr"), "o-", label="one-call Tweedie denoiser")
+    if all("psnr_bm3d" in r for r in rows):
+        ax.plot(sigmas, gain("psnr_bm3d"), "s--", label="(C)BM3D, true sigma")
+    ax.set_xscale("log")
+    ax.set_xticks(sigmas, [f"{s:g}" for s in sigmas])
+    ax.set_xlabel("noise sigma (on [0, 255])")
+    ax.set_ylabel("PSNR gain over the noisy image (dB)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+
+
 def _denoise(args) -> None:
     prior = load_prior(args.prior, device=args.device)
     images = list_images(args.images)
@@ -172,6 +202,7 @@ def _denoise(args) -> None:
     print(f"({time.perf_counter() - start:.0f} s; Tweedie PSNR in dB{', (C)BM3D in brackets' if args.bm3d else ''})")
     if args.out:
         Path(args.out).write_text(json.dumps({"prior": args.prior, "images": args.images, "rows": rows}, indent=1))
+        denoise_curve(rows, Path(args.out).with_suffix(".png"), f"{args.prior} on {Path(args.images).name}")
 
 
 def _restore(args) -> None:
@@ -209,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sigma", type=float, nargs="+", default=[25.0], help="noise stds on the [0, 255] scale")
     p.add_argument("--bm3d", action="store_true", help="(C)BM3D on the same noisy images too (the bm3d extra)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", help="JSON file for the per-image rows")
+    p.add_argument("--out", help="JSON file for the per-image rows (and the curve beside it, as .png)")
     p.set_defaults(func=_denoise)
     p = sub.add_parser("restore", help="sampler vs classical baselines on random crops")
     p.add_argument("--prior", default="builtin:natural-rgb")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,23 @@ def test_prior_benchmark_denoise_rows(tmp_path, tiny_unet_folder):
     assert table[0] == "| prior | images | sigma 10 | sigma 25 |"
     mean = lambda rs, key: f"{sum(r[key] for r in rs) / len(rs):.2f}"  # noqa: E731
     assert table[2].endswith(f"| {mean(more, 'psnr')} | {mean(rows, 'psnr')} ({mean(rows, 'psnr_bm3d')}) |")
+
+
+def test_prior_benchmark_denoise_command_writes_rows_table_and_curve(tmp_path, tiny_unet_folder, capsys):
+    from PIL import Image
+
+    from posterior_diffusion.prior_benchmark import main
+
+    (tmp_path / "images").mkdir()
+    for i in range(2):
+        Image.open(IMAGE).crop((0, 0, 32, 32 + 2 * i)).save(tmp_path / "images" / f"{i}.png")
+    argv = ["denoise", "--prior", str(tiny_unet_folder), "--images", str(tmp_path / "images"), "--sigma", "10", "25"]
+    main([*argv, "--bm3d", "--out", str(tmp_path / "rows.json")])
+    assert "| prior | images | sigma 10 | sigma 25 |" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [(r["image"], r["sigma"]) for r in rows] == [("0.png", 10), ("1.png", 10), ("0.png", 25), ("1.png", 25)]
+    assert all("psnr_bm3d" in r for r in rows)
+    assert Image.open(tmp_path / "rows.png").size[0] > 100
 
 
 def test_gibbs_ddrm_natural_preset_recovers_a_motion_kernel_on_a_natural_image():
