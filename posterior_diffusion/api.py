@@ -185,9 +185,7 @@ def sample_posterior(
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
     check_measurement_dtype(y)
-    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    guards.check_counts(num_samples=num_samples, batch_size=batch_size)
     check_seed(seed)
     if isinstance(sampler, str) and sampler != "auto":
         sampler = get_sampler(sampler, **sampler_options)

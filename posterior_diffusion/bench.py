@@ -43,6 +43,7 @@ import torch
 from posterior_diffusion.api import on_device, sample_posterior
 from posterior_diffusion.baselines import BASELINES, baseline, grid_search, tune
 from posterior_diffusion.figures import save_figure
+from posterior_diffusion.guards import check_counts
 from posterior_diffusion.images import list_images, load_center_crops, random_crops
 from posterior_diffusion.metrics import (
     CALIBRATION_COLUMNS,
@@ -117,6 +118,8 @@ class BenchConfig:
     sampler_options: dict = field(default_factory=dict, metadata={"help": "sampler options"})
 
     def __post_init__(self):
+        counts = ("size", "num_images", "num_samples", "images_per_call", "batch_size", "steps")
+        check_counts(**{name: getattr(self, name) for name in counts})
         if self.lpips not in ("alex", "vgg", "none"):
             raise ValueError(f"unknown LPIPS backbone {self.lpips!r}; valid: alex, vgg, none")
 
@@ -128,17 +131,17 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[dict]:
     on_cpu = cfg.device == "cpu" or (cfg.device is None and not torch.cuda.is_available())
     state = PartialState(cpu=on_cpu)  # torchrun / accelerate launch: one process per device (gloo on CPUs)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     tasks = load_tasks_file(cfg.tasks_file) if cfg.tasks_file else TASKS
     for name in cfg.tasks:
         get_task(name, tasks)
     methods = [get_method(name) for name in cfg.methods]
     check_options(cfg, methods)
+    out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused bench leaves no folder behind
     with folder_lock(out, state), warnings.catch_warnings():
         warnings.simplefilter("ignore", LongRunWarning)  # the bench's runs are long by design, its settings fixed
         device = torch.device(cfg.device) if cfg.device else state.device
         prior = _load_prior(cfg, methods, device)
-        plan = _plan(cfg, tasks, methods, prior, announce=progress and state.is_main_process)
+        plan = _plan(cfg, tasks, methods, prior, announce=state.is_main_process)  # --quiet hides bars only
         lpips_net = _lpips_net(cfg, announce=state.is_main_process)
         channels = prior.default_image_shape()[0] if prior is not None else 3
         paths = list_images(cfg.images)[: cfg.num_images]

@@ -276,9 +276,13 @@ def cmd_bench_speed(args) -> None:
     print(run_speed(config_from_args(SpeedConfig, args), progress=not args.quiet))
 
 
+CALIBRATE_COUNTS = ("size", "num_images", "images_per_call", "num_test_images", "num_samples", "batch_size", "steps")
+
+
 def cmd_calibrate(args) -> None:
     from posterior_diffusion.api import check_seed, resolve_device
     from posterior_diffusion.calibration import calibrate, held_out_coverage
+    from posterior_diffusion.guards import check_counts
     from posterior_diffusion.images import list_images, load_center_crops
     from posterior_diffusion.tasks import get_task
 
@@ -288,6 +292,9 @@ def cmd_calibrate(args) -> None:
     if bool(args.task) == bool(args.operator or args.operator_config):
         raise ValueError("give either --task NAME or --operator NAME (with --op-param ...), not both or neither")
     check_seed(args.seed)
+    check_counts(
+        **{f"--{name.replace('_', '-')}": getattr(args, name) for name in CALIBRATE_COUNTS if hasattr(args, name)}
+    )
     device = resolve_device(args.device)
     paths = list_images(args.images)[: args.num_images]
     task = get_task(args.task) if args.task else None

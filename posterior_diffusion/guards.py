@@ -1,4 +1,5 @@
-"""Checks before work: files read without running their code, allocations sized against the memory there is.
+"""Checks before work: counts that must be positive, files read without running their code, allocations sized
+against the memory there is.
 
 Both end in one-line errors (ValueError, FileNotFoundError) that name the file or the size and the fix.
 """
@@ -7,12 +8,22 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import re
+import zipfile
 from pathlib import Path
 
 import torch
 
 GIB = 2**30
+
+
+def check_counts(**counts) -> None:
+    """A one-line ValueError for the first of `counts` (name=value; None means "not given") that is not an integer
+    >= 1: image sizes, image and sample counts, batch sizes."""
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def available_memory(device: torch.device | str = "cpu") -> int:
@@ -53,17 +64,45 @@ def load_torch_file(path: str | os.PathLike, what: str):
         raise ValueError(f"{what} '{path}' is empty (0 bytes)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found is None:
+    except pickle.UnpicklingError:
+        code = _code_globals(path)
+        if not code:
             raise ValueError(f"{what} '{path}' is not a torch file (torch.save) or is damaged") from None
         raise ValueError(
-            f"{what} '{path}' contains pickled code, not a plain state dict or tensor (it refers to {found.group(1)}): "
-            "it is not loaded. If you trust its source, re-save its tensors as a plain dict of tensors or .safetensors"
+            f"{what} '{path}' contains pickled code, not a plain state dict or tensor (it refers to {code[0]}), which "
+            "is never run: it is not loaded. If you trust its source, re-save its tensors as a plain dict of tensors "
+            "or .safetensors"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{what} '{path}' is not a readable torch file: {reason}") from None
+
+
+SAFE_GLOBAL_MODULES = ("torch", "collections", "numpy")  # what plain tensors and containers pickle refer to
+
+
+def _code_globals(path: Path) -> list[str]:
+    """The globals ("module.name") outside `SAFE_GLOBAL_MODULES` that the pickle of a torch.save file refers to, read
+    from its opcodes (never unpickled), so that a refusal names the code whatever words torch uses for it; [] for a
+    file that is not a torch zip or holds none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+            data = archive.read(name) if name else b""
+    except (OSError, zipfile.BadZipFile):
+        return []
+    found, strings = [], []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str):
+                strings.append(arg)
+            if opcode.name == "GLOBAL":
+                found.append(arg.replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+    except ValueError:  # a truncated pickle: what was read so far
+        pass
+    return [g for g in found if g.split(".")[0] not in SAFE_GLOBAL_MODULES]
 
 
 def native_cpu_bfloat16(cpuinfo: str | None = None) -> bool | None:

@@ -73,6 +73,8 @@ def files(tmp_path_factory, tiny_unet_folder):
 SIM = ["--simulate", "--operator", "denoise"]
 RESTORE = ["restore", "{rgb}", *SIM, "--out", "{dir}/out", "--steps", "1", "--quiet"]
 DEGRADE = ["degrade", "{rgb}", "--out", "{dir}/y.png", "--overwrite"]
+BENCH = ["bench", "grid", "--images", "{dir}", "--out", "{dir}/bench", "--tasks", "sr4", "--methods", "bicubic"]
+CALIBRATE = ["calibrate", "--images", "{dir}", "--out", "{dir}/cal.json", "--task", "sr4"]
 
 CLI_CASES = [  # (id, argv, a fragment of the one-line message)
     ("sigma-1e400", [*DEGRADE, "--operator", "gaussian_blur", "--op-param", "sigma=1e400"], "sigma must be a finite"),
@@ -130,6 +132,11 @@ CLI_CASES = [  # (id, argv, a fragment of the one-line message)
     ("magnitudes-as-png", [*DEGRADE, "--operator", "phase_retrieval"], "not an image on [-1, 1]: an image file would"),
     ("sample-device-tpu", ["sample", "--out", "{dir}/grid.png", "--device", "tpu"], "unknown device 'tpu'"),
     ("sample-seed-negative", ["sample", "--out", "{dir}/grid.png", "--seed", "-1"], "seed must be an integer"),
+    ("bench-size-0", [*BENCH, "--size", "0"], "size must be an integer >= 1, got 0"),
+    ("bench-size-negative", [*BENCH, "--size", "-3"], "size must be an integer >= 1, got -3"),
+    ("bench-num-images-0", [*BENCH, "--num-images", "0"], "num_images must be an integer >= 1, got 0"),
+    ("calibrate-size-0", [*CALIBRATE, "--size", "0"], "--size must be an integer >= 1, got 0"),
+    ("calibrate-num-images-0", [*CALIBRATE, "--num-images", "0"], "--num-images must be an integer >= 1, got 0"),
 ]
 
 
@@ -145,6 +152,30 @@ def test_cli_bad_input_is_one_line_with_exit_code_1(files, argv, message, capsys
     for never in ("Traceback", "weights_only", "Defaulting to unsafe", "pickled code ran"):
         assert never not in captured.err + captured.out
     assert not [r.getMessage() for r in caplog.records if r.name.startswith("diffusers")]  # library log lines
+
+
+@pytest.mark.parametrize("change", [["--size", "0"], ["--methods", "bicubicc"], ["--tasks", "sr5"]])
+def test_a_refused_bench_leaves_no_output_folder(files, change, capsys):
+    argv = [a.format(**files) for a in BENCH]
+    argv[argv.index("--out") + 1] = str(files["dir"] / "refused")
+    assert main([*argv, *change]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not (files["dir"] / "refused").exists()
+
+
+def test_pickled_code_is_named_whatever_words_torch_uses_for_the_refusal(files, monkeypatch):
+    """torch 2.14 words the weights_only refusal differently from 2.13; the file's own opcodes name the code."""
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise pickle.UnpicklingError("Weights only load failed: this file can only be loaded with weights_only=False")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(ValueError, match=r"contains pickled code, .*it refers to .*print.*never run"):
+        guards.load_torch_file(files["dir"] / "evil.pt", "prior")
+    torch.save({"w": torch.zeros(2)}, files["dir"] / "plain.pt")
+    with pytest.raises(ValueError, match="is not a torch file"):  # refused, yet no code in it: damaged
+        guards.load_torch_file(files["dir"] / "plain.pt", "prior")
 
 
 def test_cli_cuda_without_a_gpu_is_one_line(files, capsys):

@@ -516,10 +516,11 @@ def test_every_option_of_every_method_is_checked_before_any_work(tmp_path, image
 def test_each_method_left_out_of_a_task_is_announced_once(tmp_path, images, capsys):
     cfg = _config(images, tmp_path / "out", tmp_path, tasks=("gaussian_deblur",), methods=("tikhonov", "bicubic"))
     cfg.seeds = (0, 1)
-    run_bench(cfg, progress=True)
+    run_bench(cfg, progress=False)  # --quiet hides the progress bars, never what was skipped or tuned
     printed = capsys.readouterr().out
     assert printed.count("skipped:") == 1
     assert "skipped: bicubic on gaussian_deblur: bicubic needs super_resolution" in printed
+    assert "note: tikhonov on gaussian_deblur runs with untuned default reg" in printed
 
 
 def test_a_missing_lpips_is_one_warning_that_says_how_to_get_it(tmp_path, images, monkeypatch, recwarn):
