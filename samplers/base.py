@@ -12,6 +12,7 @@ Each of the B measurements gets S chains; chain (b, s) draws all its noise from 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -305,6 +306,15 @@ class Sampler:
 def _works_in(needs_space: str, space: str) -> bool:
     """Whether a sampler declaring `needs_space` ("pixel", "latent" or "any") runs on a prior of `space`."""
     return needs_space in ("any", space)
+
+
+def check_box(box) -> None:
+    """A sampler's `box` option: a pair of numbers low < high (a one-line ValueError showing how to write one)."""
+    numbers = isinstance(box, (tuple, list)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box
+    )
+    if not numbers or len(box) != 2 or not box[0] < box[1]:
+        raise ValueError(f"box must be [low, high] with low < high (--sampler-param box=[-1,1]); got {box!r}")
 
 
 def validate_measurement(y: torch.Tensor, op: Operator, image_shape) -> None:

@@ -41,7 +41,7 @@ import torch
 from posterior_diffusion.operators.noise import GaussianNoise
 from posterior_diffusion.tensor_utils import autograd_gradient, randn_stacked
 
-from .base import Sampler, register_sampler
+from .base import Sampler, check_box, register_sampler
 from .inits import check_init, initial_state
 from .schedule import timestep_of_variance
 
@@ -97,6 +97,7 @@ class PnPULAConfig:
         if self.burn_in is not None and not 0 <= self.burn_in < self.steps:
             raise ValueError(f"burn_in must be in [0, steps), got {self.burn_in}")
         check_init(self.init)
+        check_box(self.box)
         if self.preconditioner not in PRECONDITIONERS:
             raise ValueError(f"unknown preconditioner {self.preconditioner!r}; valid: {', '.join(PRECONDITIONERS)}")
         if not 0 < self.step_fraction <= 1 or (self.step_size is not None and self.step_size <= 0):

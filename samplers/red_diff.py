@@ -26,7 +26,7 @@ import torch
 
 from posterior_diffusion.tensor_utils import autograd_gradient, randn_stacked
 
-from .base import Sampler, register_sampler
+from .base import Sampler, check_box, register_sampler
 from .inits import check_init, initial_state
 from .schedule import red_diff_timesteps
 
@@ -76,6 +76,8 @@ class REDDiffConfig:
         if self.steps < 1 or self.lr <= 0 or self.lam < 0:
             raise ValueError(f"need steps >= 1, lr > 0, lam >= 0; got {self.steps}, {self.lr}, {self.lam}")
         check_init(self.init)
+        if self.box is not None:
+            check_box(self.box)
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
 
