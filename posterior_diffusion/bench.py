@@ -137,6 +137,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> list[dict]:
     methods = [get_method(name) for name in cfg.methods]
     check_options(cfg, methods)
     out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused bench leaves no folder behind
+    if state.is_main_process:
+        print(f"bench: {state.num_processes} process(es) share the images ({state.device.type})", flush=True)
     with folder_lock(out, state), warnings.catch_warnings():
         warnings.simplefilter("ignore", LongRunWarning)  # the bench's runs are long by design, its settings fixed
         device = torch.device(cfg.device) if cfg.device else state.device

@@ -188,6 +188,7 @@ def test_two_processes_give_the_rows_of_one(tmp_path, images, tiny_unet_folder):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("bench: 2 process(es) share the images (cpu)") == 1  # said once, by rank 0
     assert sorted(p.name for p in (tmp_path / "two").glob("rows-*.jsonl")) == ["rows-0.jsonl", "rows-1.jsonl"]
     two = _without_timing(read_rows(tmp_path / "two"))
     # the same chains, seeds and metrics; a child process runs one thread where this one may run two, and a
