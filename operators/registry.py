@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
 from posterior_diffusion.registry import Registry
 
-from .base import Operator
 from .noise import make_noise, noise_params
 from .params import check_params
+
+if TYPE_CHECKING:  # annotations only: base imports this module for its error messages
+    from .base import Operator
 
 OPERATORS = Registry("operator")
 register_operator = OPERATORS.register  # class decorator: @register_operator("gaussian_blur")

@@ -1,10 +1,10 @@
 """Conformally calibrated uncertainty intervals: how much to widen a sampler's std so that its intervals hold.
 
 A sampler's pixelwise interval mean +- z std holds the truth less often than its level says when its samples are
-too alike (DPS, RED-Diff) and more often when they are too spread. `calibrate` runs the sampler on calibration
-images of a task (held-out images with known truth) and finds, per level 1 - alpha, the factor lambda such that
-the interval mean +- lambda std is calibrated, from the standardised errors s = |x - mean| / std of the n
-calibration images' P pixels each, in one of two ways (Angelopoulos, Kohli, Bates, et al., "Image-to-Image
+too alike (DPS, RED-Diff) and more often when they are too spread. `calibrate_run.calibrate` runs the sampler on
+calibration images of a task (held-out images with known truth) and finds, per level 1 - alpha, the factor
+lambda such that the interval mean +- lambda std is calibrated, from the standardised errors s = |x - mean| / std
+of the n calibration images' P pixels each, in one of two ways (Angelopoulos, Kohli, Bates, et al., "Image-to-Image
 Regression with Distribution-Free Uncertainty Quantification", ICML 2022, calibrate such a scale factor):
 
 - guarantee="pixel" (default): split conformal prediction on the N = n P pooled pixel scores: lambda_hat is
@@ -39,7 +39,9 @@ from pathlib import Path
 import torch
 
 from posterior_diffusion.metrics import predictive_factor, standardised_errors
-from posterior_diffusion.tensor_utils import measure_images
+
+# This module is the pure part, below the API (`sample_posterior` applies a Calibration); the runs that sample
+# calibration and held-out images are `calibrate_run`, above it.
 
 KIND = "posterior_diffusion.calibration"
 VERSION = 1
@@ -58,7 +60,7 @@ def conformal_factor(scores: torch.Tensor, alpha: float, guarantee: str = "pixel
     "pixel", the split-conformal quantile of the pooled scores; "image", conformal risk control of the per-image
     miscoverage, the smallest lambda with (n R_n(lambda) + 1) / (n + 1) <= alpha."""
     n, pixels = scores.shape
-    check_enough_images(_score_count(guarantee, n, pixels), [1 - alpha])
+    check_enough_images(score_count(guarantee, n, pixels), [1 - alpha])
     if guarantee == "pixel":
         rank = math.ceil((n * pixels + 1) * (1 - alpha))  # 1-based, <= N by the check
         return float(scores.flatten().kthvalue(rank).values)
@@ -70,7 +72,7 @@ def conformal_factor(scores: torch.Tensor, alpha: float, guarantee: str = "pixel
     return float(order[(above <= budget).nonzero()[-1, 0]])
 
 
-def _score_count(guarantee: str, images: int, pixels: int) -> int:
+def score_count(guarantee: str, images: int, pixels: int) -> int:
     """How many exchangeable scores a guarantee rests on: pooled pixels ("pixel") or images ("image")."""
     if guarantee not in GUARANTEES:
         raise ValueError(f"unknown guarantee {guarantee!r}; valid: {', '.join(GUARANTEES)}")
@@ -170,61 +172,7 @@ def _brief(value) -> str:
     return json.dumps(value, sort_keys=True) if isinstance(value, dict) else repr(value)
 
 
-def calibrate(
-    x: torch.Tensor,
-    op,
-    task: str,
-    levels=CALIBRATION_LEVELS,
-    seed: int = 0,
-    images_per_call: int = 8,
-    num_samples: int = 4,
-    guarantee: str = "pixel",
-    **sample_options,
-) -> Calibration:
-    """Measure the calibration images x (n, C, H, W) in [-1, 1] with `op`, sample their posteriors
-    (`posterior_samples`) and calibrate at `levels`."""
-    check_enough_images(_score_count(guarantee, len(x), x[0].numel()), levels)
-    samples, config = posterior_samples(x, op, seed, images_per_call, num_samples, **sample_options)
-    return calibration_from_samples(samples, x, config, task, levels, guarantee)
-
-
-def posterior_samples(
-    x: torch.Tensor, op, seed: int, images_per_call: int, num_samples: int, first_id: int = 0, **sample_options
-) -> tuple[torch.Tensor, dict]:
-    """Samples (n, S, C, H, W) of the posteriors of measurements of images x (n, C, H, W) and the run's config:
-    image i is measured with noise from `measurement_generator(seed, first_id + i)` (as the bench) and sampled with
-    `sample_posterior(..., **sample_options)`, `images_per_call` at a time (measurement_ids = first_id + i)."""
-    from posterior_diffusion.api import sample_posterior
-
-    samples, config = [], None
-    for start in range(0, len(x), images_per_call):
-        ids = list(range(start, min(start + images_per_call, len(x))))
-        y = measure_images(op, x[ids], seed, [first_id + i for i in ids])
-        result = sample_posterior(
-            y, op, num_samples=num_samples, seed=seed, measurement_ids=[first_id + i for i in ids], **sample_options
-        )
-        samples.append(result.samples)
-        config = result.config
-    return torch.cat(samples), config
-
-
-HELD_OUT_IDS = 10**6  # held-out images' measurement ids start here: noise and chains apart from the calibration's
-
-
-def held_out_coverage(
-    cal: Calibration, x: torch.Tensor, op, seed: int = 0, images_per_call: int = 8, **sample_options
-) -> tuple[dict[float, float], dict[float, float]]:
-    """Coverage on other images x (n, C, H, W) with known truth, sampled as the calibration was: ({level: raw
-    Gaussian interval's coverage}, {level: calibrated interval's coverage}), means over images of the fraction of
-    pixels inside. A run that differs from the calibration's is refused (`Calibration.check`)."""
-    samples, config = posterior_samples(
-        x, op, seed, images_per_call, cal.num_samples, first_id=HELD_OUT_IDS, **sample_options
-    )
-    cal.check(config)
-    return _coverages(standardised_errors(samples, x), cal.num_samples, cal.factors)
-
-
-def _coverages(scores: torch.Tensor, num_samples: int, factors: dict[float, float]) -> tuple[dict, dict]:
+def coverages(scores: torch.Tensor, num_samples: int, factors: dict[float, float]) -> tuple[dict, dict]:
     """({level: coverage of the raw Gaussian interval, `metrics.interval_coverage`'s}, {level: coverage of mean +-
     factor std}) from the standardised errors (n, P) of n images with `num_samples` samples each."""
 
@@ -247,7 +195,7 @@ def calibration_from_samples(
     `PosteriorResult.config`."""
     scores = standardised_errors(samples, truth)
     factors = {level: conformal_factor(scores, 1 - level, guarantee) for level in levels}
-    raw, calibrated = _coverages(scores, samples.shape[1], factors)
+    raw, calibrated = coverages(scores, samples.shape[1], factors)
     return Calibration(
         factors=factors,
         task=task,
@@ -264,10 +212,10 @@ def calibration_from_samples(
 
 __all__ = [
     "Calibration",
-    "calibrate",
     "calibration_from_samples",
+    "check_enough_images",
     "conformal_factor",
-    "held_out_coverage",
+    "coverages",
     "operator_identity",
-    "posterior_samples",
+    "score_count",
 ]

@@ -281,7 +281,7 @@ CALIBRATE_COUNTS = ("size", "num_images", "images_per_call", "num_test_images", 
 
 def cmd_calibrate(args) -> None:
     from posterior_diffusion.api import check_seed, resolve_device
-    from posterior_diffusion.calibration import calibrate, held_out_coverage
+    from posterior_diffusion.calibrate_run import calibrate, held_out_coverage
     from posterior_diffusion.guards import check_counts
     from posterior_diffusion.images import list_images, load_center_crops
     from posterior_diffusion.tasks import get_task

@@ -1,4 +1,4 @@
-"""Small tensor helpers shared by operators, priors and samplers (one copy of each, STYLE rule 15)."""
+"""Small tensor helpers shared by operators, priors and samplers."""
 
 from __future__ import annotations
 

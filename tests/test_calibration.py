@@ -152,7 +152,7 @@ def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_fol
 def test_held_out_coverage_is_the_share_of_pixels_inside(gmm, monkeypatch):
     """On held-out images the calibrated coverage is the share of pixels with |x - mean| <= factor std, and the raw
     one `interval_coverage`'s (checked against the same samples)."""
-    import posterior_diffusion.calibration as calibration
+    import posterior_diffusion.calibrate_run as calibration
 
     op = get_operator("denoise", noise_sigma=0.1)
     x = gmm.sample(3, torch.Generator().manual_seed(0)).float()

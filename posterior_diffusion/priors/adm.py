@@ -45,7 +45,7 @@ from torch import nn
 
 from posterior_diffusion.guards import load_torch_file
 
-from .base import linear_alphas_cumprod
+from .base import linear_alphas_cumprod, resolve_dtype
 from .saving import save_prior
 from .unet import UNetPrior
 
@@ -467,8 +467,6 @@ def load_adm_checkpoint(path, arch: str | ADMConfig | None, dtype=torch.float32)
     Returns a pixel prior on the DDPM linear schedule (1000 steps, epsilon prediction; learned_range
     variance with learn_sigma), images (B, 3, H, W) in [-1, 1].
     """
-    from .loading import resolve_dtype
-
     dtype = resolve_dtype(dtype) or torch.float32
     return _adm_prior(adm_unet(read_adm_state(path), arch, dtype, path), resolve_arch(arch, path))
 
@@ -478,8 +476,6 @@ def random_adm_prior(arch: str | ADMConfig, dtype=torch.float32, seed: int = 0) 
     initialisation, seeded): for timing a paper-size network with no download (`bench --speed --random-init`),
     never for restoring images."""
     from diffusers import UNet2DModel
-
-    from .loading import resolve_dtype
 
     adm = resolve_arch(arch)
     with torch.random.fork_rng(devices=[]):
@@ -510,8 +506,6 @@ def convert_checkpoint(path, arch: str | ADMConfig, folder, dtype=torch.float32)
 
     dtype: the stored weights' precision (float16 halves the files; `load_prior` still loads float32 by default).
     """
-    from .loading import resolve_dtype
-
     adm = resolve_arch(arch, path)
     unet = adm_unet(read_adm_state(path), arch, resolve_dtype(dtype) or torch.float32, path)
     save_prior(folder, unet, adm_scheduler(adm))

@@ -1,4 +1,4 @@
-"""The one denoiser contract every sampler is written against (STYLE rule 4).
+"""The one denoiser contract every sampler is written against.
 
 A diffusion prior on a variance-preserving (VP/DDPM) schedule:
     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,   t = 0 .. T-1
@@ -6,7 +6,7 @@ exposes `alphas_cumprod` (T,) float32 and `predict(x_t, t)` -> eps_hat, the Twee
 x0_hat = E[x_0 | x_t] and, for networks that learn it, the variance interpolation value v in [-1, 1]
 (Nichol & Dhariwal 2021, Eq. 15). `eps` and `denoise` are shortcuts.
 
-Precision (DESIGN.md): the network runs in its own dtype; schedules, conversions and results are float32.
+Precision: the network runs in its own dtype; schedules, conversions and results are float32.
 """
 
 from __future__ import annotations
@@ -42,6 +42,25 @@ def _from_sample(out, x_t, a, s):
 
 
 PREDICTION_TYPES = {"epsilon": _from_epsilon, "v_prediction": _from_v, "sample": _from_sample}
+
+
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    """None, a torch.dtype or a name ('float32', 'bf16', ...) -> torch.dtype or None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def linear_alphas_cumprod(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:

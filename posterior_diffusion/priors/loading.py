@@ -22,19 +22,11 @@ import torch
 
 from posterior_diffusion.images import IMAGE_SUFFIXES
 
-from .base import DiffusionPrior, linear_alphas_cumprod
+from .base import DiffusionPrior, linear_alphas_cumprod, resolve_dtype
 from .latent import LatentPrior
 from .stable_diffusion import load_conditional_unet
 from .unet import UNetPrior
 
-DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
 ASSETS = Path(str(files("posterior_diffusion.assets")))
 BUILTIN_PRIORS = {  # name -> (folder under assets/priors, one-line description)
     "natural-rgb": ("natural-rgb", "fully convolutional pixel prior for RGB natural images (any size from 8 px)"),
@@ -48,15 +40,6 @@ BUILTIN_PRIORS = {  # name -> (folder under assets/priors, one-line description)
         "64x64 single-channel prior of procedural black-hole images (rings, crescents; the interferometry prior)",
     ),
 }
-
-
-def resolve_dtype(dtype) -> torch.dtype | None:
-    """None, a torch.dtype or a name ('float32', 'bf16', ...) -> torch.dtype or None."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    return DTYPES[dtype]
 
 
 def builtin_priors() -> dict[str, str]:

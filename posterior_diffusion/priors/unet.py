@@ -1,7 +1,7 @@
 """Pixel diffusion priors from diffusers: a UNet2DModel on a DDPM (VP) schedule.
 
 The network runs in its dtype (float32, float16 or bfloat16); inputs are cast to it at the boundary and
-outputs come back as float32 (DESIGN.md precision rule). Learned-variance networks (out_channels =
+outputs come back as float32. Learned-variance networks (out_channels =
 2 * in_channels, as in guided-diffusion / improved DDPM) are split into eps and the variance value v.
 
 Speed: the memory format follows what the speed bench measured faster (README, "Layout and compilation"; the
