@@ -4,7 +4,8 @@
         [--bm3d]
         One-step Tweedie denoising: x0_hat(sqrt(a) (x + sigma n), t) at the step t whose noise level matches
         sigma (on the [0, 255] scale), per image (cropped to a multiple of the network's downsampling); a column
-        per sigma; --bm3d adds (C)BM3D with the true sigma on the same noisy images.
+        per sigma; --bm3d adds (C)BM3D with the true sigma on the same noisy images; --out keeps the rows (and
+        the PSNR-gain curve beside them), and `denoise-table ROWS.json ...` prints their tables again.
     python -m posterior_diffusion.prior_benchmark restore --prior builtin:natural-rgb --images DIR [DIR ...] \
         --tune-images DIR --crops 50 --size 128 --steps 1000
         Per-crop PSNR/SSIM of the sampler (one sample per crop) against the classical baseline of each task on
@@ -205,6 +206,12 @@ def _denoise(args) -> None:
         denoise_curve(rows, Path(args.out).with_suffix(".png"), f"{args.prior} on {Path(args.images).name}")
 
 
+def _denoise_table(args) -> None:
+    for path in args.rows:
+        record = json.loads(Path(path).read_text())
+        print(denoise_table(record["prior"], record["images"], record["rows"]))
+
+
 def _restore(args) -> None:
     options = dict(kv.split("=", 1) for kv in args.sampler_param or [])
     options = {k: float(v) for k, v in options.items()}
@@ -242,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="JSON file for the per-image rows (and the curve beside it, as .png)")
     p.set_defaults(func=_denoise)
+    p = sub.add_parser("denoise-table", help="the table of saved denoise rows (--out files), regenerated")
+    p.add_argument("rows", nargs="+", help="JSON files written by denoise --out")
+    p.set_defaults(func=_denoise_table)
     p = sub.add_parser("restore", help="sampler vs classical baselines on random crops")
     p.add_argument("--prior", default="builtin:natural-rgb")
     p.add_argument("--images", nargs="+", required=True, help="folders of held-out images")

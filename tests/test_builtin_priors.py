@@ -110,7 +110,11 @@ def test_prior_benchmark_denoise_command_writes_rows_table_and_curve(tmp_path, t
         Image.open(IMAGE).crop((0, 0, 32, 32 + 2 * i)).save(tmp_path / "images" / f"{i}.png")
     argv = ["denoise", "--prior", str(tiny_unet_folder), "--images", str(tmp_path / "images"), "--sigma", "10", "25"]
     main([*argv, "--bm3d", "--out", str(tmp_path / "rows.json")])
-    assert "| prior | images | sigma 10 | sigma 25 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| prior | images | sigma 10 | sigma 25 |" in printed
+    main(["denoise-table", str(tmp_path / "rows.json")])  # the table again, from the saved rows alone
+    table = capsys.readouterr().out
+    assert table.strip() and table in printed
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert [(r["image"], r["sigma"]) for r in rows] == [("0.png", 10), ("1.png", 10), ("0.png", 25), ("1.png", 25)]
     assert all("psnr_bm3d" in r for r in rows)
