@@ -11,8 +11,9 @@ run's config as "mean_estimate":
                     Tweedie denoiser (Efron 2011, "Tweedie's formula and selection bias"; Kadkhodaie & Simoncelli,
                     NeurIPS 2021) at the step t whose noise level sqrt((1 - a_t) / a_t) is nearest sigma_y,
                     applied to sqrt(a_t) y and clipped to [-1, 1]: exact up to that rounding and the network's
-                    own error, with no sampling error. Used when the nearest step's level is within
-                    `TWEEDIE_TOLERANCE` of sigma_y.
+                    own error, with no sampling error, for one more network call per measurement (counted
+                    in the run's seconds, not in its NFE per sample). Used when the nearest step's level is
+                    within `TWEEDIE_TOLERANCE` of sigma_y.
     sample_average  the average of the S samples (every other case).
 
 The samples, their std and the (calibrated) intervals are unchanged: intervals are Gaussian prediction intervals
