@@ -251,10 +251,9 @@ def sample_posterior(
         measurement_ids=measurement_ids,
     )
     samples = out.samples.cpu()
-    mean, config["mean_estimate"] = posterior_mean(prior, op, y, samples, batch_size)  # on the CPU: synchronised
-    seconds = time.perf_counter() - start  # the sampling and the mean's network call, if any
-
     average, std = sample_moments(samples)
+    mean, config["mean_estimate"] = posterior_mean(prior, op, y, average, batch_size)  # on the CPU: synchronised
+    seconds = time.perf_counter() - start  # the sampling and the mean's network call, if any
     extras = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in out.extras.items()}
     if unbatched:
         samples, mean, std, average = samples[0], mean[0], std[0], average[0]

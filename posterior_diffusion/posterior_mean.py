@@ -64,15 +64,14 @@ def _denoising_sigma(prior, op: Operator) -> float | None:
     sigma = op.noise.sigma
     if sigma <= 0:
         return None
-    levels = noise_levels(prior.alphas_cumprod)
-    nearest = float(levels[(levels - sigma).abs().argmin()])
+    nearest = float(noise_levels(prior.alphas_cumprod)[tweedie_step(prior.alphas_cumprod, sigma)])
     return sigma if abs(nearest - sigma) <= TWEEDIE_TOLERANCE * sigma else None
 
 
 @dataclass(frozen=True)
 class MeanEstimate:
-    """name; applies(prior, op) -> bool; compute(prior, op, y, samples, batch_size) -> mean (B, C, H, W) on the
-    CPU, float32. y (B, *meas) is on the prior's device, samples (B, S, C, H, W) on the CPU."""
+    """name; applies(prior, op) -> bool; compute(prior, op, y, average, batch_size) -> mean (B, C, H, W) on the
+    CPU, float32. y (B, *meas) is on the prior's device, average (B, C, H, W), the samples' mean, on the CPU."""
 
     name: str
     applies: Callable[..., bool]
@@ -83,16 +82,17 @@ ESTIMATES = (
     MeanEstimate(
         "tweedie",
         lambda prior, op: _denoising_sigma(prior, op) is not None,
-        lambda prior, op, y, samples, batch_size: tweedie_mean(prior, y, op.noise.sigma, batch_size).float().cpu(),
+        lambda prior, op, y, average, batch_size: tweedie_mean(prior, y, op.noise.sigma, batch_size).float().cpu(),
     ),
-    MeanEstimate("sample_average", lambda prior, op: True, lambda prior, op, y, samples, batch_size: samples.mean(1)),
+    MeanEstimate("sample_average", lambda prior, op: True, lambda prior, op, y, average, batch_size: average),
 )
 
 
-def posterior_mean(prior, op: Operator, y: torch.Tensor, samples: torch.Tensor, batch_size: int | None = None):
-    """(mean (B, C, H, W) float32 on the CPU, the estimate's name): the first of `ESTIMATES` that applies."""
+def posterior_mean(prior, op: Operator, y: torch.Tensor, average: torch.Tensor, batch_size: int | None = None):
+    """(mean (B, C, H, W) float32 on the CPU, the estimate's name): the first of `ESTIMATES` that applies; `average`
+    is the samples' mean (B, C, H, W), which `sample_average` returns as it is."""
     estimate = next(e for e in ESTIMATES if e.applies(prior, op))
-    return estimate.compute(prior, op, y, samples, batch_size), estimate.name
+    return estimate.compute(prior, op, y, average, batch_size), estimate.name
 
 
 __all__ = ["ESTIMATES", "TWEEDIE_TOLERANCE", "noise_levels", "posterior_mean", "tweedie_mean", "tweedie_step"]
