@@ -161,7 +161,7 @@ def sample_posterior(
         callback: called after each sampler step with a dict {"i", "t", "x", "x0_hat", ...}.
         compile: compile the prior's network with torch.compile (`prior.compile_network()`, in place: a prior
             object passed in stays compiled for later calls). Off by default: each new batch shape compiles for
-            about a minute on a CPU core, more than a default CPU run saves (README, "Speed").
+            about a minute on a CPU core, more than a default CPU run saves (assets/bench/cpu_speed/README.md).
         cuda_graphs: on a CUDA device, replay the network's forward passes from captured CUDA graphs
             (`prior.use_cuda_graphs()`, in place like compile; for small networks at small batches, where the GPU
             waits for Python; unmeasured). The CPU path is unchanged.
@@ -263,6 +263,44 @@ def sample_posterior(
         lower, upper = calibration.interval(average, std, level)
         config["calibration"] = {"task": calibration.task, "level": level, "factor": calibration.factors[level]}
     return PosteriorResult(samples, mean, std, out.nfe, seconds, config, extras, lower, upper)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The settings of a `sample_posterior` call apart from its measurements, seed and measurement ids, so that a
+    caller that samples many groups of measurements (the bench, calibration, the prior benchmark) states them once:
+    `settings.run(y, op, seed, ids)`. `options` go to the sampler (steps, preset, ...)."""
+
+    prior: Any = None
+    sampler: Any = "auto"
+    num_samples: int = 1
+    batch_size: int | None = None
+    device: Any = None
+    dtype: Any = "auto"
+    progress: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
+    options: dict = field(default_factory=dict)
+
+    def run(self, y: torch.Tensor, op, seed: int = 0, measurement_ids=None, **extra) -> PosteriorResult:
+        """sample_posterior(y, op, ...) with these settings; `extra`: its other keywords (calibration, ...)."""
+        return sample_posterior(
+            y,
+            op,
+            prior=self.prior,
+            sampler=self.sampler,
+            num_samples=self.num_samples,
+            batch_size=self.batch_size,
+            seed=seed,
+            device=self.device,
+            dtype=self.dtype,
+            progress=self.progress,
+            measurement_ids=measurement_ids,
+            compile=self.compile,
+            cuda_graphs=self.cuda_graphs,
+            **extra,
+            **self.options,
+        )
 
 
 def _check_memory(total: int, chains: int, shape: tuple[int, ...], device: torch.device) -> None:

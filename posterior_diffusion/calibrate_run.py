@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from posterior_diffusion.api import sample_posterior
+from posterior_diffusion.api import SamplingSettings
 from posterior_diffusion.calibration import (
     CALIBRATION_LEVELS,
     Calibration,
@@ -23,33 +23,29 @@ def calibrate(
     x: torch.Tensor,
     op,
     task: str,
+    settings: SamplingSettings,
     levels=CALIBRATION_LEVELS,
     seed: int = 0,
     images_per_call: int = 8,
-    num_samples: int = 4,
     guarantee: str = "pixel",
-    **sample_options,
 ) -> Calibration:
-    """Measure the calibration images x (n, C, H, W) in [-1, 1] with `op`, sample their posteriors
+    """Measure the calibration images x (n, C, H, W) in [-1, 1] with `op`, sample their posteriors with `settings`
     (`posterior_samples`) and calibrate at `levels`."""
     check_enough_images(score_count(guarantee, len(x), x[0].numel()), levels)
-    samples, config = posterior_samples(x, op, seed, images_per_call, num_samples, **sample_options)
+    samples, config = posterior_samples(x, op, settings, seed, images_per_call)
     return calibration_from_samples(samples, x, config, task, levels, guarantee)
 
 
 def posterior_samples(
-    x: torch.Tensor, op, seed: int, images_per_call: int, num_samples: int, first_id: int = 0, **sample_options
+    x: torch.Tensor, op, settings: SamplingSettings, seed: int, images_per_call: int, first_id: int = 0
 ) -> tuple[torch.Tensor, dict]:
     """Samples (n, S, C, H, W) of the posteriors of measurements of images x (n, C, H, W) and the run's config:
     image i is measured with noise from `measurement_generator(seed, first_id + i)` (as the bench) and sampled with
-    `sample_posterior(..., **sample_options)`, `images_per_call` at a time (measurement_ids = first_id + i)."""
+    `settings`, `images_per_call` at a time (measurement_ids = first_id + i)."""
     samples, config = [], None
     for start in range(0, len(x), images_per_call):
-        ids = list(range(start, min(start + images_per_call, len(x))))
-        y = measure_images(op, x[ids], seed, [first_id + i for i in ids])
-        result = sample_posterior(
-            y, op, num_samples=num_samples, seed=seed, measurement_ids=[first_id + i for i in ids], **sample_options
-        )
+        ids = [first_id + i for i in range(start, min(start + images_per_call, len(x)))]
+        result = settings.run(measure_images(op, x[start : start + len(ids)], seed, ids), op, seed, ids)
         samples.append(result.samples)
         config = result.config
     return torch.cat(samples), config
@@ -59,14 +55,13 @@ HELD_OUT_IDS = 10**6  # held-out images' measurement ids start here: noise and c
 
 
 def held_out_coverage(
-    cal: Calibration, x: torch.Tensor, op, seed: int = 0, images_per_call: int = 8, **sample_options
+    cal: Calibration, x: torch.Tensor, op, settings: SamplingSettings, seed: int = 0, images_per_call: int = 8
 ) -> tuple[dict[float, float], dict[float, float]]:
-    """Coverage on other images x (n, C, H, W) with known truth, sampled as the calibration was: ({level: raw
-    Gaussian interval's coverage}, {level: calibrated interval's coverage}), means over images of the fraction of
-    pixels inside. A run that differs from the calibration's is refused (`Calibration.check`)."""
-    samples, config = posterior_samples(
-        x, op, seed, images_per_call, cal.num_samples, first_id=HELD_OUT_IDS, **sample_options
-    )
+    """Coverage on other images x (n, C, H, W) with known truth, sampled as the calibration was (`settings`, whose
+    num_samples must be the calibration's): ({level: raw Gaussian interval's coverage}, {level: calibrated
+    interval's coverage}), means over images of the fraction of pixels inside. A run that differs from the
+    calibration's is refused (`Calibration.check`)."""
+    samples, config = posterior_samples(x, op, settings, seed, images_per_call, first_id=HELD_OUT_IDS)
     cal.check(config)
     return coverages(standardised_errors(samples, x), cal.num_samples, cal.factors)
 

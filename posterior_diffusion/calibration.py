@@ -12,7 +12,7 @@ Regression with Distribution-Free Uncertainty Quantification", ICML 2022, calibr
   pixels' scores, it is covered with probability at least 1 - alpha (and at most 1 - alpha + 1 / (N + 1)). That
   holds exactly for independent pixels (tested on such data) and only approximately for images: pixels of one
   image share it and are not exchangeable with other images' pixels. N is large, so the factor is tight; on
-  held-out images its coverage is measured (README, "Calibrated uncertainty").
+  held-out images its coverage is measured (assets/bench/calibration/README.md).
 - guarantee="image": conformal risk control (Angelopoulos, Bates, Fisch, Lei and Schuster, "Conformal Risk
   Control", ICLR 2024) of the per-image loss L_i(lambda) = fraction of image i's pixels with s > lambda:
   lambda_hat = min { lambda : (n R_n(lambda) + 1) / (n + 1) <= alpha }, R_n the mean of the L_i. For a new image

@@ -197,7 +197,7 @@ def _sampler_options(args) -> dict:
 
 
 def cmd_restore(args) -> None:
-    from posterior_diffusion.api import check_seed, resolve_device, sample_posterior
+    from posterior_diffusion.api import SamplingSettings, check_seed, resolve_device
     from posterior_diffusion.images import load_image
     from posterior_diffusion.metrics import psnr
     from posterior_diffusion.outputs import describe_files, write_restoration
@@ -225,23 +225,19 @@ def cmd_restore(args) -> None:
             raise ValueError("--prior-arch needs --prior CHECKPOINT (a guided-diffusion .pt file)")
         dtype = auto_dtype(device) if dtype == "auto" else dtype
         prior, dtype = load_prior(args.prior, dtype=dtype, arch=args.prior_arch), None
-    res = sample_posterior(
-        y,
-        op,
+    settings = SamplingSettings(
         prior=prior,
         sampler=args.sampler,
         num_samples=args.num_samples,
         batch_size=args.batch_size,
-        seed=args.seed,
         device=device,
         dtype=dtype,
         progress=not args.quiet,
         compile=args.compile,
         cuda_graphs=args.cuda_graphs,
-        calibration=args.calibration,
-        level=args.level,
-        **options,
+        options=options,
     )
+    res = settings.run(y, op, args.seed, calibration=args.calibration, level=args.level)
     info = {"input": str(args.input), "simulate": args.simulate}
     if args.prior_arch:
         info |= {"prior": args.prior, "prior_arch": args.prior_arch}
@@ -280,7 +276,7 @@ CALIBRATE_COUNTS = ("size", "num_images", "images_per_call", "num_test_images", 
 
 
 def cmd_calibrate(args) -> None:
-    from posterior_diffusion.api import check_seed, resolve_device
+    from posterior_diffusion.api import SamplingSettings, check_seed, resolve_device
     from posterior_diffusion.calibrate_run import calibrate, held_out_coverage
     from posterior_diffusion.guards import check_counts
     from posterior_diffusion.images import list_images, load_center_crops
@@ -302,21 +298,20 @@ def cmd_calibrate(args) -> None:
     x = load_center_crops(paths, channels, args.size)
     op = task.build(args.size) if task else _build_operator(args, tuple(x.shape[1:]))
     name = args.task or op.to_config()["name"]
-    sampling = dict(
+    settings = SamplingSettings(
         prior=args.prior,
         sampler=args.sampler,
+        num_samples=args.num_samples,
         batch_size=args.batch_size,
         device=device,
         dtype=args.dtype,
         progress=not args.quiet,
         compile=args.compile,
         cuda_graphs=args.cuda_graphs,
-        **_sampler_options(args),
+        options=_sampler_options(args),
     )
     common = dict(seed=args.seed, images_per_call=args.images_per_call)
-    cal = calibrate(
-        x, op, name, tuple(args.levels), num_samples=args.num_samples, guarantee=args.guarantee, **common, **sampling
-    )
+    cal = calibrate(x, op, name, settings, tuple(args.levels), guarantee=args.guarantee, **common)
     cal.save(out)
     print(
         f"wrote {out}: {cal.sampler['name']} on {name}, {cal.images} images x {cal.num_samples} samples, "
@@ -329,7 +324,7 @@ def cmd_calibrate(args) -> None:
         )
     if args.test_images:
         test = load_center_crops(list_images(args.test_images)[: args.num_test_images], channels, args.size)
-        raw, calibrated = held_out_coverage(cal, test, op, **common, **sampling)
+        raw, calibrated = held_out_coverage(cal, test, op, settings, **common)
         print(f"test images ({len(test)}, {args.test_images}):")
         for level in cal.factors:
             print(f"  {level:.0%}: raw coverage {raw[level]:.3f}, calibrated {calibrated[level]:.3f}")

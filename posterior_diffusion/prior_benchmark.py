@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from posterior_diffusion.api import sample_posterior
+from posterior_diffusion.api import SamplingSettings
 from posterior_diffusion.baselines import baseline
 from posterior_diffusion.baselines import tune as tune_baseline
 from posterior_diffusion.images import list_images, load_image, random_crops
@@ -75,20 +75,10 @@ def restore_benchmark(
         seconds = (time.perf_counter() - start) / crops
         rows += _rows(task, classical, estimate, x, seconds, params)
         preset = get_task(task).presets.get(sampler)
-        settings = {"preset": preset} if preset and "preset" not in options else {}
-        settings |= {"steps": steps} if steps else {}
-        res = sample_posterior(
-            y,
-            op,
-            prior=prior,
-            sampler=sampler,
-            seed=seed,
-            device=device,
-            batch_size=batch_size,
-            progress=False,
-            **settings,
-            **options,
-        )
+        chosen = {"preset": preset} if preset and "preset" not in options else {}
+        chosen |= {"steps": steps} if steps else {}
+        settings = SamplingSettings(prior, sampler, batch_size=batch_size, device=device, options=chosen | options)
+        res = settings.run(y, op, seed)
         rows += _rows(task, sampler, res.mean, x, res.seconds / crops)
         if on_task is not None:
             on_task(rows)

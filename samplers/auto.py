@@ -5,7 +5,7 @@ prior and the operator runs (e.g. DiffPIR and PiGDM need a pixel prior, so with 
 to RED-Diff; ReSample is first only among the latent samplers). An operator missing from the table tries
 `FALLBACK`.
 
-Where each order comes from (README, Benchmarks, "Quality per second"; 4 held-out 64x64 crops (Kodak24 kodim01,
+Where each order comes from (assets/bench/quality_per_second/README.md; 4 held-out 64x64 crops (Kodak24 kodim01,
 kodim02, CBSD68 101085, 101087), the built-in RGB prior in bfloat16, 4 samples, 100 NFE (PnP-ULA 200); PSNR of
 the posterior mean, seconds per image on one thread of the 2-core CPU, beside a second bench job):
     super_resolution   sr4 (bicubic, no SVD): DiffPIR 24.41 dB (11.8 s), PiGDM 24.34 (27.6 s), RED-Diff 24.22
@@ -24,8 +24,8 @@ DiffPIR needs a pixel prior and Gaussian noise, PiGDM a linear operator: latent 
 through to RED-Diff, ReSample or DPS.
 
 On a CPU (`choose_sampler(..., on_cpu=True)`) a linear operator gets CPU_STEPS steps: a 256x256 restore then takes
-about a minute on one core (README, Install) instead of five to ten. The same bench at 20 steps (rows in
-assets/bench/quality_per_second/rows-steps20.jsonl; PSNR of the mean of 4 samples):
+about a minute on one core (assets/bench/cpu_speed/README.md) instead of five to ten. The same bench at 20 steps
+(rows in assets/bench/quality_per_second/rows-steps20.jsonl; PSNR of the mean of 4 samples):
     DiffPIR-20  sr4 24.29 (100 steps: 24.41), box_inpaint 26.86 (27.04), random_inpaint 25.54 (27.05),
                 gaussian_deblur 29.03 (30.49), motion_deblur 26.38 (27.85), denoise 27.42
     PiGDM-20    sr4 24.73, box_inpaint 25.82, random_inpaint 23.67, gaussian_deblur 28.94, motion_deblur 27.33,

@@ -180,7 +180,8 @@ class DAPS(Sampler):
     weighs_noise_level = False  # the default tau = 0.01 fixes the data weight whatever sigma_y (tau=None weighs it)
     SMOKE_OPTIONS: ClassVar[dict] = {"steps": 3, "ode_steps": 2, "langevin_steps": 2}
     # the operator's likelihood (tau=None); x0_hat from one ODE step (the Tweedie mean: the reference's 5 steps
-    # over-disperse, README "Samplers"); a step that mixes the exact cases' Gaussians in 40 steps, 8e-3 -> 8e-5
+    # over-disperse, assets/bench/exact_posteriors/README.md); a step that mixes the exact cases' Gaussians in 40
+    # steps, 8e-3 -> 8e-5
     EXACT_OPTIONS: ClassVar[dict | None] = {
         "steps": 200,
         "ode_steps": 1,

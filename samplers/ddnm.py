@@ -36,7 +36,7 @@ alpha_bar_{t+l}) z with the last step's uncorrected x0_hat (as the reference), a
 
 DDNM is a projection method, not a posterior sampler: without noise every sample satisfies A x = y exactly and
 the spread comes from the null space only; with noise DDNM+ keeps the measured coordinates near y_bar, so its
-spread there is not the posterior's (README, "Samplers" and the exact-posterior table).
+spread there is not the posterior's (assets/bench/exact_posteriors/README.md).
 
 Departures from the reference code:
 - Only operators with an SVD (exact A^+ and the per-singular-value Sigma_t, Phi_t); the reference's simplified

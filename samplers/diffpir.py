@@ -52,7 +52,8 @@ class DiffPIRConfig:
     zeta: the fresh-noise share of the re-noising, 0.3 (`main_ddpir_deblur.py`: zeta 0.1 x range(3, 4)).
     prox_iters: conjugate-gradient iterations of the data step on operators without an SVD (ours; the reference has
         closed forms only); None: `Operator.prox`'s own budget (PROX_MAX_ITER = 50, or its tolerance). Fewer
-        iterations stop the solve early, which regularises it where rho_t is small (README, Samplers).
+        iterations stop the solve early, which regularises it where rho_t is small
+        (assets/bench/quality_per_second/README.md).
     """
 
     steps: int = 100

@@ -8,7 +8,7 @@ The joint p(x, k, y) is sampled by alternating
        renormalisation k <- k / sum(k), then x_{t-1} redrawn from x_t with the new kernel
 (reference code sony/gibbsddrm, `functions/denoising.py` and `svd_replacement.py` `update_H_langevin`).
 
-Departures, each measured on natural images with the built-in prior (README "Samplers"):
+Departures, each measured on natural images with the built-in prior (assets/bench/blind_deblur/README.md):
 - The blur is circular (the reference embeds the "same" blur in a larger FFT canvas, `same_interp`).
 - The Langevin dynamics are preconditioned by the inverse Hessian of the data term (exact: U is quadratic in k
   up to the L1 term), k <- k - (delta / 2) M grad U + sqrt(delta) M^(1/2) xi with M = (H / sigma_k^2)^-1. Same
@@ -129,7 +129,7 @@ def cholesky_factors(matrices: torch.Tensor) -> torch.Tensor:
     factor would surface as NaN in the chain, which the sampler's guard names).
 
     On CUDA one call per matrix, which is faster there than torch's batched path; on CPUs the batched call is the
-    faster (README, "Benchmarks").
+    faster (assets/bench/gpu_speed/README.md).
     """
     if matrices.device.type != "cuda":
         return torch.linalg.cholesky_ex(matrices).L
@@ -208,8 +208,9 @@ class GibbsDDRM(Sampler):
     PRESETS: ClassVar[dict[str, dict]] = {
         "ffhq": {},  # configs/ffhq_256_deblur.yml
         "afhq": {"langevin_step": 1.0},  # configs/afhq_256_deblur.yml: lr_Hupdate twice FFHQ's
-        # Ours, for the small built-in natural-image priors (chosen on McMaster crops; README "Samplers"): 5 sweeps
-        # of 20 DDRM steps, one kernel update at the end of each (from the t = 0 prediction).
+        # Ours, for the small built-in natural-image priors (chosen on McMaster crops;
+        # assets/bench/blind_deblur/README.md): 5 sweeps of 20 DDRM steps, one kernel update at the end of each (from
+        # the t = 0 prediction).
         "natural": {
             "steps": 20,
             "sweeps": 5,

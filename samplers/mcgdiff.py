@@ -8,8 +8,8 @@ than the chain: each particle's proposal is the exact product of the DDPM transi
 it needs no gradient through the network (one forward per particle and step; TDS needs a backward too and its
 DPS-like twisting is only corrected by the weights). It reuses DDRM's spectral machinery (`op.svd()`,
 `spectral.spectral_noise`), and every operator of the exact-posterior bench has an SVD. What limits it there
-(README, "Exact posteriors"): the weights degenerate with many observed coordinates, so the error falls slowly
-with the particles, and the 100-step DDPM chain whose posterior it samples is itself under-dispersed.
+(assets/bench/exact_posteriors/README.md): the weights degenerate with many observed coordinates, so the error
+falls slowly with the particles, and the 100-step DDPM chain whose posterior it samples is itself under-dispersed.
 
 The construction, per spectral coordinate i of A = U diag(s) V^T (c = V^T x; y_bar_i = (U^T y)_i / s_i is
 c_{0,i} plus noise of variance r_i = sigma_y^2 / s_i^2). On the strided grid of states j = 0 .. steps (x_T at
@@ -147,8 +147,8 @@ class MCGdiff(Sampler):
     needs_operator = "svd"
     needs_gaussian_noise = True
     SMOKE_OPTIONS: ClassVar[dict] = {"steps": 3, "particles": 3}
-    # ours: the settings with which its error is least (README, "Exact posteriors": particles 64 / 256 / 1024, and
-    # the paper's defaults, which under-disperse: std ratio 0.54-0.74)
+    # ours: the settings with which its error is least (assets/bench/exact_posteriors/README.md: particles 64 / 256 /
+    # 1024, and the paper's defaults, which under-disperse: std ratio 0.54-0.74)
     EXACT_OPTIONS: ClassVar[dict | None] = {
         "particles": 1024,
         "observe": "clean",

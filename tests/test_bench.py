@@ -16,10 +16,11 @@ import torch
 from PIL import Image
 
 import posterior_diffusion.bench as bench
+import posterior_diffusion.bench.run as bench_run
 from posterior_diffusion.api import sample_posterior
 from posterior_diffusion.bench import BenchConfig, read_rows, run_bench, summary
 from posterior_diffusion.images import load_center_crops
-from posterior_diffusion.metrics import calibration_metrics
+from posterior_diffusion.metrics import calibration_metrics, psnr
 from posterior_diffusion.samplers import long_run, sampler_class
 from posterior_diffusion.tasks import TASKS, load_tasks_file
 from posterior_diffusion.tensor_utils import measurement_generator
@@ -106,16 +107,16 @@ def test_rows_summary_and_figures(tmp_path, images, tiny_unet_folder):
 
 def test_an_interrupted_run_resumes_without_recomputing(tmp_path, images, tiny_unet_folder, monkeypatch):
     straight = run_bench(_config(images, tmp_path / "straight", tiny_unet_folder), progress=False)
-    real = bench._run_method
+    real = bench_run.run_method
     calls, armed = [], [True]
 
     def interrupted(*args, **kwargs):
-        calls.append(args[1])
+        calls.append(args[0])
         if armed[0] and len(calls) == 4:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench, "_run_method", interrupted)
+    monkeypatch.setattr(bench_run, "run_method", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_bench(_config(images, tmp_path / "resumed", tiny_unet_folder), progress=False)
     kept = len(read_rows(tmp_path / "resumed"))
@@ -173,7 +174,7 @@ def test_the_auto_method_runs_what_sample_posterior_picks_and_records_it(tmp_pat
     op = TASKS["denoise"].build(16)
     y = torch.cat([op.measure(x[i : i + 1], measurement_generator(0, i)) for i in range(2)])
     res = sample_posterior(y, op, prior=prior, steps=2, num_samples=4, device="cpu", progress=False)
-    expected = bench.psnr(res.mean, x).tolist()
+    expected = psnr(res.mean, x).tolist()
     assert [r["psnr"] for r in rows if r["task"] == "denoise"] == pytest.approx(expected, abs=1e-4)
     with pytest.raises(ValueError, match=r"valid: .*auto"):
         bench.get_method("autoo")
@@ -439,8 +440,8 @@ def test_a_missing_figure_is_drawn_again(tmp_path, images, monkeypatch):
     (out / "figures" / "psnr_vs_nfe_random_inpaint.png").unlink()
     rows = (out / "rows-0.jsonl").read_text()
     calls = []
-    real = bench._run_method
-    monkeypatch.setattr(bench, "_run_method", lambda *a, **k: calls.append((a[1].name, a[5])) or real(*a, **k))
+    real = bench_run.run_method
+    monkeypatch.setattr(bench_run, "run_method", lambda *a, **k: calls.append((a[0].name, a[3])) or real(*a, **k))
     run_bench(_baselines_only(images, out), progress=False)
     assert calls == [("harmonic", [0])]  # the first image again, for its figure only
     assert (out / "figures" / "random_inpaint_harmonic.png").exists()
@@ -464,7 +465,7 @@ def test_a_second_bench_on_the_same_folder_stops_naming_the_holder(tmp_path, ima
     from posterior_diffusion.cli import main
 
     out = tmp_path / "out"
-    monkeypatch.setattr(bench, "_run_method", lambda *a, **k: pytest.fail("no work while the folder is held"))
+    monkeypatch.setattr(bench_run, "run_method", lambda *a, **k: pytest.fail("no work while the folder is held"))
     handle = _hold_lock(out, "pid 4242 on host-a")
     with pytest.raises(bench.BenchFolderBusy, match=r"in use by another bench \(pid 4242 on host-a; lock file"):
         run_bench(_baselines_only(images, out), progress=False)
@@ -493,7 +494,7 @@ def test_all_ranks_of_a_second_sharded_run_stop(tmp_path, images):
 
 def test_every_option_of_every_method_is_checked_before_any_work(tmp_path, images, tiny_unet_folder, monkeypatch):
     """A misspelled baseline option was found only after the methods before it had run."""
-    monkeypatch.setattr(bench, "_run_method", lambda *a, **k: pytest.fail("an option was checked after work"))
+    monkeypatch.setattr(bench_run, "run_method", lambda *a, **k: pytest.fail("an option was checked after work"))
     cases = {
         "tikhonov.wieght": r"unknown option\(s\) wieght for baseline 'tikhonov'; valid: reg, max_iter",
         "dps.step_sise": r"unknown option\(s\) step_sise for sampler 'dps'",
@@ -536,9 +537,9 @@ def test_a_missing_lpips_is_one_warning_that_says_how_to_get_it(tmp_path, images
 
 
 def test_a_methods_own_option_wins_over_the_bench_steps(tmp_path, images):
-    """`--steps 100 --sampler-param pnp_ula.steps=200` (the README's commands) runs PnP-ULA with 200 steps; the
-    bench-wide --steps used to override it."""
-    from posterior_diffusion.bench import SamplerMethod
+    """`--steps 100 --sampler-param pnp_ula.steps=200` (the commands of assets/bench/restoration_builtin/README.md)
+    runs PnP-ULA with 200 steps; the bench-wide --steps used to override it."""
+    from posterior_diffusion.bench.methods import SamplerMethod
 
     cfg = _config(images, tmp_path / "out", tmp_path, steps=100, sampler_options={"pnp_ula.steps": 200})
     assert SamplerMethod("pnp_ula").options(cfg, "deblur") == {"steps": 200, "preset": "deblur"}
@@ -667,15 +668,15 @@ def test_lpips_is_scored_on_the_mean_and_on_the_first_sample(monkeypatch, tmp_pa
     sample (the same number for a baseline, whose one sample is its estimate)."""
     from pathlib import Path
 
-    monkeypatch.setattr(bench, "lpips", lambda a, b, net: (a - b).abs().flatten(1).mean(1))
+    monkeypatch.setattr(bench_run, "lpips", lambda a, b, net: (a - b).abs().flatten(1).mean(1))
     truth = torch.zeros(2, 3, 8, 8)
     samples = torch.stack([torch.full((2, 3, 8, 8), 0.5), torch.full((2, 3, 8, 8), -0.1)], dim=1)  # (B, S, ...)
     result = {"mean": samples.mean(1), "samples": samples, "nfe": 1, "seconds": 1.0, "peak_mb": 1.0}
     paths = [Path("a.png"), Path("b.png")]
-    rows = bench._score(result, truth, paths, [0, 1], "t", "m", 0, "alex")
+    rows = bench_run.score(result, truth, paths, [0, 1], "t", "m", 0, "alex")
     assert [r["lpips"] for r in rows] == pytest.approx([0.2, 0.2]) and [r["lpips_sample"] for r in rows] == [0.5, 0.5]
     one = {**result, "mean": samples[:, 1], "samples": samples[:, 1:]}
-    rows = bench._score(one, truth, paths, [0, 1], "t", "m", 0, "alex")
+    rows = bench_run.score(one, truth, paths, [0, 1], "t", "m", 0, "alex")
     assert [r["lpips_sample"] for r in rows] == [r["lpips"] for r in rows] == pytest.approx([0.1, 0.1])
     assert bench.metric_columns(rows)[:4] == ["psnr", "ssim", "lpips", "lpips_sample"]
 
@@ -690,12 +691,12 @@ def test_rows_of_two_or_more_samples_carry_the_calibration_metrics(tmp_path):
     samples = truth[:, None] + 0.2 * torch.randn(2, 4, 3, 8, 8, generator=g)
     result = {"mean": samples.mean(1), "samples": samples, "nfe": 1, "seconds": 1.0, "peak_mb": 1.0}
     paths = [Path("a.png"), Path("b.png")]
-    rows = bench._score(result, truth, paths, [0, 1], "t", "sampler", 0, "none")
+    rows = bench_run.score(result, truth, paths, [0, 1], "t", "sampler", 0, "none")
     expected = calibration_metrics(samples, truth)
     for name in ("psnr_sample", "coverage50", "coverage80", "coverage90", "coverage95", "spearman", "z_spread"):
         assert [r[name] for r in rows] == pytest.approx(expected[name].tolist(), abs=1e-5), name
     single = {**result, "mean": samples[:, 0], "samples": samples[:, :1]}
-    rows += bench._score(single, truth, paths, [0, 1], "t", "baseline", 0, "none")
+    rows += bench_run.score(single, truth, paths, [0, 1], "t", "baseline", 0, "none")
     assert "coverage90" not in rows[-1] and bench.metric_columns(rows)[2:4] == ["psnr_sample", "coverage50"]
     table = bench.write_summary(tmp_path, rows)
     assert "| t | baseline | " in table and " - | - |" in table

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from posterior_diffusion import sample_posterior
+from posterior_diffusion.api import SamplingSettings
 from posterior_diffusion.calibration import Calibration, calibration_from_samples, conformal_factor
 from posterior_diffusion.cli import main
 from posterior_diffusion.metrics import interval_coverage, standardised_errors
@@ -164,9 +165,10 @@ def test_held_out_coverage_is_the_share_of_pixels_inside(gmm, monkeypatch):
         return seen["out"]
 
     monkeypatch.setattr(calibration, "posterior_samples", recording)
-    samples, config = original(x, op, 0, 8, 4, prior=gmm, sampler="ddrm", steps=5, progress=False)
+    settings = SamplingSettings(prior=gmm, sampler="ddrm", num_samples=4, options={"steps": 5})
+    samples, config = original(x, op, settings, 0, 8)
     cal = calibration_from_samples(samples, x, config, "denoise_test", levels=(0.5, 0.9))
-    raw, calibrated = calibration.held_out_coverage(cal, x, op, prior=gmm, sampler="ddrm", steps=5, progress=False)
+    raw, calibrated = calibration.held_out_coverage(cal, x, op, settings)
     held, _ = seen["out"]
     scores = standardised_errors(held, x)
     assert calibrated[0.9] == pytest.approx(float((scores <= cal.factors[0.9]).double().mean()))

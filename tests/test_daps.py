@@ -102,7 +102,7 @@ def test_exact_options_sample_the_exact_posterior_closely(case_name):
 def test_the_references_ode_estimate_over_disperses():
     """The reference's x0_hat is the PF-ODE's end point, a draw-like point rather than a mean, and its Gaussian
     N(x0_hat, sigma_t^2) is centred there: the spread is counted twice (measured std ratio 1.70 on the blur case;
-    1.18 with one ODE step, the Tweedie mean). README, "Samplers"."""
+    1.18 with one ODE step, the Tweedie mean). assets/bench/exact_posteriors/README.md."""
     options = {**EXACT, "steps": 100, "ode_steps": 5, "langevin_steps": 50}
     r = evaluate(get_sampler("daps", **options), CASES["blur"], num_samples=32)
     assert r["std_ratio"] > 1.4 and r["mean_err"] < 0.4 * r["prior_err"], r

@@ -322,7 +322,7 @@ def test_pnp_ula_asks_for_the_lipschitz_constant_of_a_closure_likelihood(gmm):
 def test_samples_of_closure_data_are_aligned_before_averaging():
     """Closure data are shift-invariant: samples that are translated copies align onto the first one exactly,
     and the bench's mean of such samples (aligned by the black-hole task) is the image, not a blur of copies."""
-    from posterior_diffusion.bench import _aligned
+    from posterior_diffusion.bench.run import _aligned
     from posterior_diffusion.eht.metrics import align_samples
     from posterior_diffusion.operators import get_operator
     from posterior_diffusion.tasks import get_task

@@ -39,9 +39,9 @@ def test_error_falls_as_the_particles_grow_on_a_stiff_case():
 @pytest.mark.parametrize("case_name", ["inpaint", "bimodal"])
 def test_exact_posterior_with_margins(case_name):
     """The exact report's settings. Measured (4 measurements x 64 samples): std ratio 0.84 / 0.97, coverage
-    0.77 / 0.85, mean error 0.13 of the prior's 0.86 on inpainting (README, "Exact posteriors"). Mutation-checked:
-    a wrong sign in the log weights, the step variance missing from them, an unsquared residual in them, or the
-    proposal's noise term missing each fail this test or the stiff one."""
+    0.77 / 0.85, mean error 0.13 of the prior's 0.86 on inpainting (assets/bench/exact_posteriors/README.md).
+    Mutation-checked: a wrong sign in the log weights, the step variance missing from them, an unsquared residual in
+    them, or the proposal's noise term missing each fail this test or the stiff one."""
     case = CASES[case_name]
     r = evaluate(get_sampler("mcgdiff", **EXACT), case, num_samples=64)
     assert 0.7 < r["std_ratio"] < 1.2 and 0.65 < r["coverage90"] < 0.97, r

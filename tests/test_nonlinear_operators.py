@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import posterior_diffusion.bench as bench
+import posterior_diffusion.bench.run as bench_run
 from posterior_diffusion.bench import BenchConfig, run_bench
 from posterior_diffusion.images import load_center_crops
 from posterior_diffusion.metrics import psnr
@@ -160,14 +160,14 @@ def test_the_bench_scores_the_best_of_several_runs(tmp_path, tiny_unet_folder, m
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(images / f"{i}.png")
     runs = []
-    real = bench._run_method
+    real = bench_run.run_method
 
-    def recording(cfg, method, task, op, y, ids, seed, prior, device):
-        result = real(cfg, method, task, op, y, ids, seed, prior, device)
+    def recording(method, run, y, ids, seed):
+        result = real(method, run, y, ids, seed)
         runs.append((seed, ids, result["mean"].clone()))
         return result
 
-    monkeypatch.setattr(bench, "_run_method", recording)
+    monkeypatch.setattr(bench_run, "run_method", recording)
     config = BenchConfig(
         images=str(images),
         out=str(tmp_path / "out"),

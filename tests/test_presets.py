@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from posterior_diffusion.bench import BenchConfig, _plan, get_method
+from posterior_diffusion.bench import BenchConfig, get_method
+from posterior_diffusion.bench.plan import plan
 from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
 from posterior_diffusion.samplers.base import sampler_applies
 from posterior_diffusion.tasks import TASKS, load_tasks_file
@@ -74,7 +75,7 @@ def test_red_diff_runs_its_deblur_preset_on_the_bench_deblurring_tasks():
 def test_the_bench_says_which_sampler_has_no_preset_for_a_task(gmm, capsys):
     cfg = BenchConfig(images=".", out=".", size=8, tasks=("denoise", "sr4"), methods=("dps", "ddrm"))
     methods = [get_method(name) for name in cfg.methods]
-    _plan(cfg, TASKS, methods, gmm, announce=True)
+    plan(cfg, TASKS, methods, gmm, announce=True)
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
     assert notes == ["note: dps has no preset for denoise; it runs with its default options"]
 

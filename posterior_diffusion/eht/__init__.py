@@ -5,8 +5,8 @@ Importing it (the package does so through its `posterior_diffusion.applications`
   InverseBench) and `black_hole_vis` (the same observation as calibrated complex visibilities), with their
   metrics (aligned and blurred PSNR, closure chi-squares), sample alignment and figure;
 - baselines `dirty` and `rml` (`eht.baselines`), and the samplers' initial estimates `rml` and `gaussian`;
-- the `black_hole` presets of DPS, RED-Diff and PnP-ULA (chosen on validation images: README, "Radio
-  interferometry").
+- the `black_hole` presets of DPS, RED-Diff and PnP-ULA (chosen on validation images:
+  assets/bench/black_hole/README.md).
 `python -m posterior_diffusion.eht.black_holes` writes a training set of procedural black-hole images.
 """
 
@@ -99,7 +99,7 @@ def gaussian_init(op, y, image_shape, rcond):
 
 
 # The closure likelihood's gradient is ~1e3 times an image-space one's and stiff (L_y ~ 3e5 on [-1, 1] images);
-# each preset is one documented departure from its paper (README, "Radio interferometry").
+# each preset is one documented departure from its paper (assets/bench/black_hole/README.md).
 register_preset("dps", "black_hole", {"step_size": 0.003, "final_fit_iterations": 50, "final_fit_proximity": 100.0})
 register_preset("red_diff", "black_hole", {"lr": 0.03, "box": (-1.0, 1.0), "init": "rml", "obs_weight": 1e-3})
 register_preset("pnp_ula", "black_hole", {"init": "rml", "preconditioner": "gauss_newton", "steps": 500})

@@ -45,7 +45,7 @@ def rml(
     image at a time: line searches on a batch would couple its problems, so each result is independent of the batch.
     Several `init_fwhm_uas`: one fit from each start, the one of lowest objective kept (restarts, as ehtim users
     re-image from several initial Gaussians; the closure-phase objective has local minima). The default
-    tv_weight is the one the README's black-hole section chose on validation images.
+    tv_weight is the one assets/bench/black_hole/README.md chose on validation images.
     """
     starts = [float(init_fwhm_uas)] if isinstance(init_fwhm_uas, (int, float)) else [float(f) for f in init_fwhm_uas]
     if tv_weight < 0 or not starts or min(starts) <= 0 or rounds < 0 or max_iter < 1:

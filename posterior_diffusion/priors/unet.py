@@ -4,14 +4,14 @@ The network runs in its dtype (float32, float16 or bfloat16); inputs are cast to
 outputs come back as float32. Learned-variance networks (out_channels =
 2 * in_channels, as in guided-diffusion / improved DDPM) are split into eps and the variance value v.
 
-Speed: the memory format follows what the speed bench measured faster (README, "Layout and compilation"; the
-built-in 64 px network on one core of a Xeon with AMX): by default (`channels_last=None`) each sampler run lays the
-network out channels-last (NHWC) when it is half precision and the run needs no gradient through it (DDRM 20
-steps, batch 4: 1.06 s against 1.55 s contiguous), and contiguous (NCHW) otherwise (bfloat16 DPS: 3.26 s against
-3.90 s channels-last; float32 DDRM: 3.33 s against 4.05 s); `set_channels_last(True / False)` pins one.
-`compile_network` wraps the network in `torch.compile` (opt-in: about a minute of compilation per input shape on
-that core, more than a default CPU run saves); `use_cuda_graphs` replays forward passes on a GPU from captured
-CUDA graphs (`cuda_graphs`, unmeasured).
+Speed: the memory format follows what the speed bench measured faster (assets/bench/cpu_speed/README.md, "Layout and
+compilation"; the built-in 64 px network on one core of a Xeon with AMX): by default (`channels_last=None`) each
+sampler run lays the network out channels-last (NHWC) when it is half precision and the run needs no gradient
+through it (DDRM 20 steps, batch 4: 1.06 s against 1.55 s contiguous), and contiguous (NCHW) otherwise (bfloat16
+DPS: 3.26 s against 3.90 s channels-last; float32 DDRM: 3.33 s against 4.05 s); `set_channels_last(True / False)`
+pins one. `compile_network` wraps the network in `torch.compile` (opt-in: about a minute of compilation per input
+shape on that core, more than a default CPU run saves); `use_cuda_graphs` replays forward passes on a GPU from
+captured CUDA graphs (`cuda_graphs`, unmeasured).
 """
 
 from __future__ import annotations
