@@ -272,6 +272,25 @@ def cmd_bench_speed(args) -> None:
     print(run_speed(config_from_args(SpeedConfig, args), progress=not args.quiet))
 
 
+def cmd_bench_report(args) -> None:
+    from posterior_diffusion.bench.studies import STUDY, render_report, write_report
+
+    folders = args.folders
+    if len(folders) > 1:  # a glob such as assets/bench/*/: the folders that are studies
+        for folder in folders:
+            if not Path(folder, STUDY).is_file():
+                print(f"skipped: {folder} (no {STUDY})")
+        folders = [folder for folder in folders if Path(folder, STUDY).is_file()] or folders[:1]
+    for folder in folders:
+        if args.check:
+            current = Path(folder, "report.md")
+            if not current.is_file() or current.read_text() != render_report(folder):
+                raise ValueError(f"{current} does not match its rows: run posterior-diffusion bench report {folder}")
+            print(f"{current}: matches its rows")
+        else:
+            print(f"wrote {write_report(folder)}")
+
+
 CALIBRATE_COUNTS = ("size", "num_images", "images_per_call", "num_test_images", "num_samples", "batch_size", "steps")
 
 
@@ -544,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     from posterior_diffusion.exact import ExactConfig
     from posterior_diffusion.speed import SpeedConfig
 
-    bench = sub.add_parser("bench", help="benchmarks: grid (tasks x methods x images), exact, speed")
+    bench = sub.add_parser("bench", help="benchmarks: grid (tasks x methods x images), exact, speed, report")
     modes = bench.add_subparsers(dest="mode", required=True)
     p = modes.add_parser("grid", help="tasks x methods x images: per-image rows, summary table, figures")
     add_config_options(p, BenchConfig)
@@ -561,6 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, SpeedConfig)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_bench_speed)
+    p = modes.add_parser("report", help="a study folder's report.md regenerated from its rows (study.toml)")
+    p.add_argument("folders", nargs="+", metavar="FOLDER", help="study folders (e.g. assets/bench/*/)")
+    p.add_argument("--check", action="store_true", help="write nothing; fail when a report differs from its rows")
+    p.set_defaults(func=cmd_bench_report)
 
     p = sub.add_parser(
         "lpips-weights",

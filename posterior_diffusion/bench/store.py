@@ -29,6 +29,11 @@ def read_rows(out: Path) -> list[dict]:
     return sorted(rows.values(), key=lambda r: (r["task"], r["method"], r["index"], r["seed"]))
 
 
+def rows_of(path: Path) -> list[dict]:
+    """The rows of one rows file (lines that are not rows skipped, each with a warning)."""
+    return _rows_in(Path(path))[0]
+
+
 def append_rows(out: Path, rank: int, rows: list[dict]) -> None:
     """Add `rows` to process `rank`'s rows file."""
     with open(Path(out) / f"rows-{rank}.jsonl", "a") as f:

@@ -1,0 +1,199 @@
+"""`posterior-diffusion bench report FOLDER`: a study's report.md regenerated from its committed rows alone.
+
+A study is a folder (those of the project under assets/bench/) holding its rows, a README.md (what it measures,
+on what split and machine, the commands, and short prose interpreting the tables) and study.toml naming its tables
+in order:
+
+    title = "Quality per second"
+    [[tables]]
+    kind = "grid"                     # a key of REPORTS
+    rows = ["rows-a.jsonl", "rows-b.jsonl"]
+    heading = "Every sampler at its defaults"     # optional
+    columns = ["psnr", "lpips_sample"]            # grid: the metrics shown (default psnr, ssim)
+
+Kinds: "grid" (bench grid rows: one table per task, methods by PSNR of the mean, +- the spread over images and
+seeds), "versus" (bench grid rows: per task, `method` against the best classical baseline, and the margin),
+"denoise" (prior_benchmark denoise rows: Tweedie PSNR per noise level), "record" (a JSON record: its numbers,
+one per line). Everything is computed from the rows; nothing is typed in, so a rerun that adds rows changes the
+report and a table never drifts from its rows (tests/test_studies.py regenerates every committed report).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+from posterior_diffusion.baselines import BASELINES
+from posterior_diffusion.bench.store import rows_of
+
+REPORT = "report.md"
+STUDY = "study.toml"
+LABELS = {  # column headers of the grid tables
+    "psnr": "PSNR of the mean",
+    "ssim": "SSIM",
+    "lpips": "LPIPS of the mean",
+    "lpips_sample": "LPIPS of one sample",
+    "psnr_sample": "PSNR of one sample",
+    "coverage90": "90 % coverage",
+    "z_spread": "z spread",
+}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def _method_label(method: str, rows: list[dict]) -> str:
+    """The method as a table shows it: baselines marked, auto with the samplers it picked."""
+    if method in BASELINES:
+        return f"{method} (baseline)"
+    picked = sorted({r["sampler"] for r in rows if "sampler" in r})
+    return f"{method} ({', '.join(picked)})" if picked else method
+
+
+def _by_task_and_method(rows: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for r in rows:
+        groups.setdefault(r["task"], {}).setdefault(r["method"], []).append(r)
+    return groups
+
+
+def grid_tables(folder: Path, spec: dict) -> str:
+    """One table per task (in the rows' order of first appearance): each method's metrics (mean +- std over its
+    rows), NFE, seconds per image and rows, best PSNR first."""
+    rows = read_rows_files(folder, spec["rows"])
+    columns = spec.get("columns", ["psnr", "ssim"])
+    parts = []
+    for task, methods in _by_task_and_method(rows).items():
+        header = ["method", *[LABELS.get(c, c) for c in columns], "NFE", "s / image", "rows"]
+        lines = [f"{task}:", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        ranked = sorted(methods.items(), key=lambda item: -_mean_std([r["psnr"] for r in item[1]])[0])
+        for method, sel in ranked:
+            cells = [_method_label(method, sel)]
+            for column in columns:
+                values = [r[column] for r in sel if column in r]
+                digits = 2 if column.startswith("psnr") else 3
+                cells.append(
+                    f"{_mean_std(values)[0]:.{digits}f} +- {_mean_std(values)[1]:.{digits}f}" if values else "-"
+                )
+            seconds = sum(r["seconds"] for r in sel) / len(sel)
+            cells += [str(sel[0]["nfe"]), f"{seconds:.1f}", str(len(sel))]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def versus_table(folder: Path, spec: dict) -> str:
+    """Per task: `spec["method"]`'s mean PSNR against the best classical baseline's, and the margin."""
+    rows = read_rows_files(folder, spec["rows"])
+    method = spec["method"]
+    lines = [f"| task | {method} | best classical | margin |", "|---|---|---|---|"]
+    for task, methods in _by_task_and_method(rows).items():
+        if method not in methods:
+            continue
+        ours = _mean_std([r["psnr"] for r in methods[method]])[0]
+        baselines = {m: _mean_std([r["psnr"] for r in sel])[0] for m, sel in methods.items() if m in BASELINES}
+        if not baselines:
+            continue
+        best = max(baselines, key=baselines.get)
+        picked = _method_label(method, methods[method]).removeprefix(method).strip(" ()")
+        shown = f"{ours:.2f} ({picked})" if picked else f"{ours:.2f}"
+        lines.append(f"| {task} | {shown} | {baselines[best]:.2f} ({best}) | {ours - baselines[best]:+.2f} |")
+    return "\n".join(lines)
+
+
+def denoise_tables(folder: Path, spec: dict) -> str:
+    """prior_benchmark denoise records: one line per record, the mean Tweedie PSNR per noise level (with (C)BM3D's
+    in brackets where the rows have it)."""
+    from posterior_diffusion.prior_benchmark import denoise_table
+
+    tables = []
+    for name in spec["rows"]:
+        record = json.loads((folder / name).read_text())
+        tables.append(denoise_table(record["prior"], record["images"], record["rows"]))
+    return "\n\n".join(tables)
+
+
+def record_table(folder: Path, spec: dict) -> str:
+    """A JSON record's numbers and strings, one line per (dotted) key, in the file's order."""
+    lines = ["| quantity | value |", "|---|---|"]
+    for name in spec["rows"]:
+        for key, value in _flatten(json.loads((folder / name).read_text())):
+            shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+            lines.append(f"| {key} | {shown} |")
+    return "\n".join(lines)
+
+
+def _flatten(value, prefix: str = ""):
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _flatten(inner, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list):
+        for n, inner in enumerate(value):
+            yield from _flatten(inner, f"{prefix}[{n}]")
+    else:
+        yield prefix, value
+
+
+REPORTS: dict[str, Callable[[Path, dict], str]] = {
+    "grid": grid_tables,
+    "versus": versus_table,
+    "denoise": denoise_tables,
+    "record": record_table,
+}
+
+
+def read_rows_files(folder: Path, names: list[str]) -> list[dict]:
+    """The bench rows of the named files of `folder` (deduplicated as `read_rows`); a missing file is an error."""
+    rows = {}
+    for name in names:
+        for r in rows_of(folder / name):
+            rows[(r["task"], r["method"], r["image"], r["seed"])] = r
+    return list(rows.values())
+
+
+def render_report(folder: str | Path) -> str:
+    """The Markdown report of the study in `folder`, from its study.toml and rows. A folder without study.toml, an
+    unknown kind or a missing rows file: a one-line ValueError naming it."""
+    folder = Path(folder)
+    path = folder / STUDY
+    if not path.is_file():
+        raise ValueError(
+            f"'{folder}' is not a study folder: it has no {STUDY} (see posterior_diffusion/bench/studies.py)"
+        )
+    try:
+        study = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
+    parts = [
+        f"# {study.get('title', folder.name)}",
+        "",
+        "Generated from the rows in this folder by `posterior-diffusion bench report FOLDER` (study.toml says which "
+        "tables); do not edit. README.md says what was measured, on what split and machine, and how.",
+    ]
+    for spec in study.get("tables", []):
+        kind = spec.get("kind")
+        if kind not in REPORTS:
+            raise ValueError(f"{path}: unknown table kind {kind!r}; valid: {', '.join(REPORTS)}")
+        missing = [name for name in spec.get("rows", []) if not (folder / name).is_file()]
+        if missing or not spec.get("rows"):
+            raise ValueError(f"{path}: a {kind} table needs rows files in the folder; missing: {missing or 'rows'}")
+        if "heading" in spec:
+            parts += ["", f"## {spec['heading']}"]
+        parts += ["", f"Rows: {', '.join(spec['rows'])}.", "", REPORTS[kind](folder, spec)]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(folder: str | Path) -> Path:
+    """Write `folder`/report.md (`render_report`); returns its path."""
+    path = Path(folder) / REPORT
+    path.write_text(render_report(folder))
+    return path
+
+
+__all__ = ["REPORTS", "render_report", "write_report"]

@@ -1,0 +1,60 @@
+"""Every committed study report is what `bench report` makes from the study's committed rows, a changed row
+changes it, and a folder that is not a study is refused in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from posterior_diffusion.bench.studies import REPORT, STUDY, render_report
+from posterior_diffusion.cli import main
+
+STUDIES = Path(__file__).resolve().parents[1] / "assets" / "bench"
+FOLDERS = sorted(path.parent for path in STUDIES.glob(f"*/{STUDY}"))
+
+
+def test_the_committed_studies_have_reports():
+    assert {f.name for f in FOLDERS} >= {"auto_vs_classical", "denoising", "quality_per_second", "deepinv_dps"}
+    with_rows = {p.parent for p in [*STUDIES.glob("*/rows*.jsonl"), *STUDIES.glob("*/*.json")]} - {STUDIES}
+    assert with_rows <= set(FOLDERS), "a study folder with rows needs a study.toml"
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda f: f.name)
+def test_each_committed_report_is_regenerated_identically_from_its_rows(folder):
+    assert (folder / REPORT).read_text() == render_report(folder)
+
+
+def test_a_changed_row_changes_the_report(tmp_path, monkeypatch):
+    study = tmp_path / "auto_vs_classical"
+    shutil.copytree(STUDIES / "auto_vs_classical", study)
+    monkeypatch.chdir(tmp_path)
+    before = render_report("auto_vs_classical")
+    assert "| hdr | 26.33 (diffpir-100) | 19.85 (unclip) | +6.48 |" in before
+    rows = [json.loads(line) for line in (study / "rows-0.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["task"] == "hdr" and row["method"] == "auto":
+            row["psnr"] -= 10.0  # every image 10 dB worse: the mean and the margin move by 10
+    (study / "rows-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    after = render_report("auto_vs_classical")
+    assert "| hdr | 16.33 (diffpir-100) | 19.85 (unclip) | -3.52 |" in after
+
+
+def test_bench_report_writes_checks_and_refuses_in_one_line(tmp_path, monkeypatch, capsys):
+    study = tmp_path / "denoising"
+    shutil.copytree(STUDIES / "denoising", study)
+    monkeypatch.chdir(tmp_path)
+    (study / REPORT).write_text("edited by hand\n")
+    assert main(["bench", "report", "denoising", "--check"]) == 1
+    assert "does not match its rows" in capsys.readouterr().err
+    assert main(["bench", "report", "denoising"]) == 0
+    assert main(["bench", "report", "denoising", "--check"]) == 0
+    assert "matches its rows" in capsys.readouterr().out
+    (tmp_path / "plain").mkdir()
+    assert main(["bench", "report", "plain"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no study.toml" in err
+    assert main(["bench", "report", "plain", "denoising"]) == 0  # a glob: the studies among the folders
+    assert "skipped: plain (no study.toml)" in capsys.readouterr().out
