@@ -137,7 +137,7 @@ def cmd_list(args) -> None:
     from posterior_diffusion.operators import list_operators, operator_class
     from posterior_diffusion.priors import builtin_priors
     from posterior_diffusion.samplers import list_samplers, sampler_class
-    from posterior_diffusion.samplers.auto import AUTO, CPU_AUTO, CPU_STEPS, FALLBACK
+    from posterior_diffusion.samplers.auto import CPU_STEPS, auto_order
 
     def first_line(obj) -> str:
         return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
@@ -146,8 +146,9 @@ def cmd_list(args) -> None:
         return f" (presets: {', '.join(sorted(cls.PRESETS))})" if cls.PRESETS else ""
 
     def auto(name: str) -> str:
-        order = " > ".join(sampler for sampler, _ in AUTO.get(name, FALLBACK))
-        cpu = " > ".join(sampler for sampler, _ in CPU_AUTO[name]) + ", " if name in CPU_AUTO else ""
+        order = " > ".join(sampler for sampler, _ in auto_order(name))
+        cpu_order = " > ".join(sampler for sampler, _ in auto_order(name, on_cpu=True))
+        cpu = f"{cpu_order}, " if cpu_order != order else ""
         linear = operator_class(name).is_linear
         return f" (auto: {order}" + (f"; on a CPU: {cpu}{CPU_STEPS} steps)" if linear else ")")
 

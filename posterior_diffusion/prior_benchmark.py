@@ -28,6 +28,7 @@ import torch
 from posterior_diffusion.api import SamplingSettings
 from posterior_diffusion.baselines import baseline
 from posterior_diffusion.baselines import tune as tune_baseline
+from posterior_diffusion.bench.studies import denoise_table
 from posterior_diffusion.images import list_images, load_image, random_crops
 from posterior_diffusion.metrics import psnr, ssim
 from posterior_diffusion.operators import get_operator
@@ -134,24 +135,6 @@ def tweedie_denoise_psnr(prior, images: list[Path], sigma255: float, seed: int =
             row["psnr_bm3d"] = float(psnr(baseline("bm3d", get_operator("denoise", noise_sigma=sigma), noisy), x))
         rows.append(row)
     return rows
-
-
-def denoise_table(prior: str, folder: str, rows: list[dict]) -> str:
-    """Markdown: one line per prior and test set, a column per noise level: the mean PSNR of the one-call Tweedie
-    denoiser, with (C)BM3D's beside it where the rows have it."""
-    sigmas = sorted({r["sigma"] for r in rows})
-    cells = []
-    for sigma in sigmas:
-        sel = [r for r in rows if r["sigma"] == sigma]
-        cell = f"{sum(r['psnr'] for r in sel) / len(sel):.2f}"
-        if all("psnr_bm3d" in r for r in sel):
-            cell += f" ({sum(r['psnr_bm3d'] for r in sel) / len(sel):.2f})"
-        cells.append(cell)
-    images = len({r["image"] for r in rows})
-    return (
-        f"| prior | images | {' | '.join(f'sigma {s:g}' for s in sigmas)} |\n|---|---|{'---|' * len(sigmas)}\n"
-        f"| {prior} | {Path(folder).name} ({images}) | {' | '.join(cells)} |"
-    )
 
 
 def denoise_curve(rows: list[dict], path: str | Path, title: str) -> None:

@@ -12,6 +12,12 @@ side (kernel sizes rounded to the nearest odd integer). Users add tasks in a TOM
     # blind = true: samplers get the blur with a Gaussian guess of std kernel_size / 8 instead of the kernel
     # best_of = 4: the bench scores the best of 4 runs of each sampler (phase retrieval, as the papers)
     presets = { dps = "gaussian_deblur", red_diff = "deblur" }   # the preset each sampler uses on this task
+
+A task is the one place that says what a restoration problem is: its operator and noise, each sampler's preset for
+it, and (`auto`) the order in which `sampler="auto"` tries samplers on its operator, their presets taken from the
+same map. `auto_task(operator name)` is the task whose order sample_posterior follows. The names are checked when
+a task is registered (`TASK_CHECKS`, which the samplers layer fills): an unknown sampler or preset is an error at
+import, never silently dropped.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class Task:
     """An operator with its settings at REFERENCE_SIZE. `scaled`: parameters that are lengths in pixels (scaled
     with the image side; kernel_size rounded to an odd integer, other integers rounded); `sized`: the operator
     takes image_size; `blind`: the benchmark gives samplers a Gaussian guess instead of the true kernel;
+    `auto` / `cpu_auto`: the order of preference of `sampler="auto"` on the task's operator (module docstring);
     `presets`: sampler name -> the name of its preset for this task (e.g. {"red_diff": "deblur"}: preset names
     are the reference codes' and differ between samplers, so they are mapped here, never matched by name); a
     sampler not listed runs with its default options (the bench says so). `best_of`: the bench runs each sampler
@@ -59,6 +66,8 @@ class Task:
     description: str = ""
     channels: int | None = None  # the image channels the operator takes (None: any, e.g. the prior's)
     best_of: int = 1
+    auto: tuple[str, ...] = ()  # sampler="auto" on this operator: samplers by preference (their presets: `presets`)
+    cpu_auto: tuple[str, ...] = ()  # ... at the CPU budget, where that order differs (samplers.auto.CPU_STEPS)
     metrics: Callable[..., dict[str, torch.Tensor]] | None = None
     align: Callable[[Operator, torch.Tensor], torch.Tensor] | None = None
     figure: Callable[..., None] | None = None
@@ -110,6 +119,9 @@ _INPAINT = {
     "diffpir": "inpaint",
     "mcgdiff": "inpainting",
 }
+# sampler="auto"'s orders: the samplers measured best per task at their defaults (assets/bench/quality_per_second,
+# tune split); the first that accepts the prior and the operator runs
+_BLUR_AUTO = ("diffpir", "pigdm", "red_diff", "resample", "pnp_ula", "dps")
 _DEBLUR = {
     "red_diff": "deblur",
     "ddrm": "deblur",
@@ -120,13 +132,21 @@ _DEBLUR = {
 }
 
 TASKS: dict[str, Task] = {
-    "sr4": Task("super_resolution", {"factor": 4}, presets=_SR, description="x4 bicubic downsampling (DPS Sec. 4)"),
+    "sr4": Task(
+        "super_resolution",
+        {"factor": 4},
+        presets=_SR,
+        auto=("diffpir", "pigdm", "red_diff", "resample", "dps"),
+        description="x4 bicubic downsampling (DPS Sec. 4)",
+    ),
     "box_inpaint": Task(
         "inpaint_box",
         {"box_size": 128},
         scaled=("box_size",),
         sized=True,
         presets=_INPAINT | {"daps": "inpainting"},
+        auto=("pigdm", "diffpir", "red_diff", "ddrm", "resample"),
+        cpu_auto=("diffpir", "pigdm", "red_diff", "ddrm", "resample"),
         description="128x128 box at 256 px",
     ),
     "random_inpaint": Task(
@@ -134,6 +154,7 @@ TASKS: dict[str, Task] = {
         {"missing": 0.7},
         sized=True,
         presets=_INPAINT | {"daps": "inpainting_rand"},
+        auto=("diffpir", "pigdm", "ddrm", "red_diff", "resample"),
         description="70 % of the pixels missing (DPS Sec. 4)",
     ),
     "gaussian_deblur": Task(
@@ -142,6 +163,7 @@ TASKS: dict[str, Task] = {
         scaled=("kernel_size", "sigma"),
         presets=_DEBLUR
         | {"dps": "gaussian_deblur", "resample": "gaussian_deblur", "ddnm": "deblur_gauss", "daps": "gaussian_blur"},
+        auto=_BLUR_AUTO,
         description="61 px Gaussian kernel, std 3.0 at 256 px",
     ),
     "motion_deblur": Task(
@@ -150,6 +172,7 @@ TASKS: dict[str, Task] = {
         scaled=("kernel_size",),
         presets=_DEBLUR
         | {"dps": "motion_deblur", "resample": "motion_deblur", "daps": "motion_blur", "mcgdiff": "motion_blur"},
+        auto=_BLUR_AUTO,
         description="61 px motion kernel, intensity 0.5 at 256 px",
     ),
     "blind_motion_deblur": Task(
@@ -164,6 +187,7 @@ TASKS: dict[str, Task] = {
         "phase_retrieval",
         {"oversample": 2.0},
         presets={"dps": "phase_retrieval", "red_diff": "nonlinear", "daps": "phase_retrieval"},
+        auto=("diffpir", "red_diff", "dps"),
         best_of=4,
         description="|FFT| of the [0, 1] image zero-padded by 1/4 of its side per side (oversample 2, DPS / DAPS); "
         "scored as the best of 4 runs, as the papers",
@@ -172,22 +196,40 @@ TASKS: dict[str, Task] = {
         "high_dynamic_range",
         {"scale": 2.0},
         presets={"red_diff": "nonlinear", "daps": "hdr"},
+        auto=("diffpir", "red_diff", "resample", "dps"),
         description="clip(2 x, -1, 1): over-exposure by 2 (DAPS `hdr.yaml`)",
     ),
     "denoise": Task(
         "denoise",
         noise_sigma=2 * 25 / 255,
         presets={"ddrm": "denoise", "ddnm": "denoising", "pigdm": "denoise"},
+        auto=("ddrm", "pnp_ula", "red_diff"),
         description="Gaussian noise, sigma 25/255 on [0, 1]",
     ),
 }
 
 
+AUTO_ALIASES = {"uniform_blur": "gaussian_deblur", "blur": "gaussian_deblur"}  # operators auto treats as a task's
+# run on every task registered, (name, task) -> None or ValueError; the samplers layer adds the check that its
+# sampler and preset names exist (samplers.auto.check_task), and runs it on the tasks registered before
+TASK_CHECKS: list[Callable[[str, Task], None]] = []
+
+
 def register_task(name: str, task: Task) -> None:
-    """Add a task to the built-in ones (how an application ships its tasks)."""
+    """Add a task to the built-in ones (how an application ships its tasks, after its sampler presets)."""
     if name in TASKS:
         raise ValueError(f"task {name!r} is registered twice")
+    for check in TASK_CHECKS:
+        check(name, task)
     TASKS[name] = task
+
+
+def auto_task(operator: str) -> Task | None:
+    """The task whose `auto` order sample_posterior(sampler="auto") follows on operator `operator`: the first
+    registered task of that operator with an order (`AUTO_ALIASES` for the blurs without a task), or None."""
+    if operator in AUTO_ALIASES:
+        return TASKS[AUTO_ALIASES[operator]]
+    return next((task for task in TASKS.values() if task.operator == operator and task.auto), None)
 
 
 def get_task(name: str, tasks: dict[str, Task] | None = None) -> Task:

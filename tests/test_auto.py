@@ -1,4 +1,5 @@
-"""sampler="auto": the table names real samplers and presets, the first sampler that applies runs."""
+"""sampler="auto": the task table names real samplers and presets (an unknown one is refused as a task registers),
+the first sampler that applies runs."""
 
 from __future__ import annotations
 
@@ -10,15 +11,42 @@ from posterior_diffusion.cli import main
 from posterior_diffusion.operators import get_operator, list_operators
 from posterior_diffusion.priors import load_prior
 from posterior_diffusion.samplers import list_samplers, sampler_class
-from posterior_diffusion.samplers.auto import AUTO, CPU_STEPS, FALLBACK, choose_sampler
+from posterior_diffusion.samplers.auto import CPU_STEPS, FALLBACK, auto_order, check_task, choose_sampler
+from posterior_diffusion.tasks import TASKS, Task, auto_task, register_task
 
 
-def test_every_entry_names_a_registered_sampler_and_an_existing_preset():
-    for operator, candidates in [*AUTO.items(), ("(fallback)", FALLBACK)]:
-        assert operator in [*list_operators(), "(fallback)"]
-        for name, preset in candidates:
-            assert name in list_samplers(), (operator, name)
-            assert preset is None or preset in sampler_class(name).PRESETS, (operator, name, preset)
+def test_every_task_names_registered_samplers_and_existing_presets():
+    for name, task in TASKS.items():
+        check_task(name, task)
+        for sampler in (*task.presets, *task.auto, *task.cpu_auto):
+            assert sampler in list_samplers(), (name, sampler)
+    assert set(FALLBACK) <= set(list_samplers())
+    for operator in list_operators():  # every operator has an order; its presets exist
+        for sampler, preset in auto_order(operator):
+            assert preset is None or preset in sampler_class(sampler).PRESETS, (operator, sampler, preset)
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"presets": {"red_diff": "deblurr"}}, "sampler 'red_diff' has no preset 'deblurr'"),
+        ({"auto": ("diffpirr",)}, "names sampler 'diffpirr', which is not registered"),
+        ({"presets": {"dpss": "x"}}, "names sampler 'dpss'"),
+    ],
+)
+def test_a_task_with_an_unknown_sampler_or_preset_is_refused_as_it_registers(fields, message):
+    with pytest.raises(ValueError, match=message):
+        register_task("typo", Task("gaussian_blur", **fields))
+    assert "typo" not in TASKS
+
+
+def test_auto_follows_the_tasks_order_and_presets():
+    sr4 = TASKS["sr4"]
+    assert auto_task("super_resolution") is sr4
+    assert auto_order("super_resolution") == [(name, sr4.presets.get(name)) for name in sr4.auto]
+    assert auto_order("inpaint_box", on_cpu=True)[0] == ("diffpir", "inpaint")  # its CPU order
+    assert auto_order("uniform_blur") == auto_order("gaussian_blur")  # blurs without a task follow gaussian_blur
+    assert auto_order("interferometry")[0] == ("dps", "black_hole")  # registered by the application
 
 
 @pytest.mark.parametrize(
@@ -101,7 +129,7 @@ def test_sample_posterior_defaults_to_auto_and_records_the_choice(tiny_unet_fold
 
 
 def test_no_sampler_that_applies_is_one_line(tiny_unet_folder, monkeypatch):
-    monkeypatch.setitem(AUTO, "high_dynamic_range", (("ddrm", None),))  # DDRM needs an SVD
+    monkeypatch.setitem(TASKS, "hdr", Task("high_dynamic_range", auto=("ddrm",)))  # DDRM needs an SVD
     with pytest.raises(ValueError, match="sampler='auto' found no sampler for operator 'high_dynamic_range'"):
         choose_sampler(load_prior(str(tiny_unet_folder)), get_operator("high_dynamic_range"))
 

@@ -107,11 +107,26 @@ def versus_table(folder: Path, spec: dict) -> str:
     return "\n".join(lines)
 
 
-def denoise_tables(folder: Path, spec: dict) -> str:
-    """prior_benchmark denoise records: one line per record, the mean Tweedie PSNR per noise level (with (C)BM3D's
-    in brackets where the rows have it)."""
-    from posterior_diffusion.prior_benchmark import denoise_table
+def denoise_table(prior: str, folder: str, rows: list[dict]) -> str:
+    """Markdown: one line per prior and test set, a column per noise level: the mean PSNR of the one-call Tweedie
+    denoiser, with (C)BM3D's beside it where the rows have it."""
+    sigmas = sorted({r["sigma"] for r in rows})
+    cells = []
+    for sigma in sigmas:
+        sel = [r for r in rows if r["sigma"] == sigma]
+        cell = f"{sum(r['psnr'] for r in sel) / len(sel):.2f}"
+        if all("psnr_bm3d" in r for r in sel):
+            cell += f" ({sum(r['psnr_bm3d'] for r in sel) / len(sel):.2f})"
+        cells.append(cell)
+    images = len({r["image"] for r in rows})
+    return (
+        f"| prior | images | {' | '.join(f'sigma {s:g}' for s in sigmas)} |\n|---|---|{'---|' * len(sigmas)}\n"
+        f"| {prior} | {Path(folder).name} ({images}) | {' | '.join(cells)} |"
+    )
 
+
+def denoise_tables(folder: Path, spec: dict) -> str:
+    """prior_benchmark denoise records: one table per record (`denoise_table`)."""
     tables = []
     for name in spec["rows"]:
         record = json.loads((folder / name).read_text())
