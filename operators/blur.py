@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .base import LinearOperator
 from .kernels import gaussian_kernel, motion_kernel, uniform_kernel
+from .params import ParameterTypeError
 from .registry import register_operator
 
 BOUNDARIES = ("reflect", "circular")
@@ -87,7 +88,7 @@ class Blur(LinearOperator):
         try:
             kernel = torch.as_tensor(kernel, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError):
-            raise TypeError(
+            raise ParameterTypeError(
                 f"kernel must be a (kh, kw) or (B, kh, kw) array of numbers, got {str(kernel)[:40]}"
             ) from None
         if kernel.ndim not in (2, 3) or not torch.isfinite(kernel).all():

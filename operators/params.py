@@ -13,6 +13,12 @@ import numbers
 import types
 import typing
 
+
+class ParameterTypeError(TypeError, ValueError):
+    """A parameter of the wrong kind: a TypeError to Python callers, and a ValueError, so that the command line
+    reports it as the one-line user error it is (a bare TypeError there is a bug and keeps its traceback)."""
+
+
 _KINDS = {  # annotation -> (test, description)
     bool: (lambda v: isinstance(v, bool), "true or false"),
     int: (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"),
@@ -37,7 +43,7 @@ def check_params(owner: str, init, params: dict, names: dict[str, str] | None = 
 
     owner: what is built, for the message ("operator 'gaussian_blur'"); names: constructor argument -> the
     user-facing parameter name, where they differ (noise models: sigma -> noise_sigma).
-    Raises TypeError for a wrong kind, ValueError for a non-finite number.
+    Raises ParameterTypeError (a TypeError) for a wrong kind, ValueError for a non-finite number.
     """
     hints = typing.get_type_hints(init)
     for arg, value in params.items():
@@ -47,6 +53,6 @@ def check_params(owner: str, init, params: dict, names: dict[str, str] | None = 
             continue
         if not any(_KINDS[k][0](value) for k in kinds):
             wanted = " or ".join(_KINDS[k][1] for k in kinds)
-            raise TypeError(f"{owner}: parameter {name} must be {wanted}, got {value!r}")
+            raise ParameterTypeError(f"{owner}: parameter {name} must be {wanted}, got {value!r}")
         if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(value):
             raise ValueError(f"{owner}: parameter {name} must be a finite number, got {value!r}")

@@ -15,13 +15,10 @@ Errors are one line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
 import textwrap
-import types
-import typing
 import warnings
 import zipfile
 from pathlib import Path
@@ -254,6 +251,7 @@ def cmd_bench_grid(args) -> None:
     from accelerate import PartialState
 
     from posterior_diffusion.bench import BenchConfig, run_bench, write_summary
+    from posterior_diffusion.cli_options import config_from_args
 
     cfg = config_from_args(BenchConfig, args, sampler_options=_parse_params(args.sampler_param, "--sampler-param"))
     rows = run_bench(cfg, progress=not args.quiet)
@@ -262,12 +260,14 @@ def cmd_bench_grid(args) -> None:
 
 
 def cmd_bench_exact(args) -> None:
+    from posterior_diffusion.cli_options import config_from_args
     from posterior_diffusion.exact import ExactConfig, run_exact
 
     print(run_exact(config_from_args(ExactConfig, args), progress=not args.quiet))
 
 
 def cmd_bench_speed(args) -> None:
+    from posterior_diffusion.cli_options import config_from_args
     from posterior_diffusion.speed import SpeedConfig, run_speed
 
     print(run_speed(config_from_args(SpeedConfig, args), progress=not args.quiet))
@@ -388,256 +388,81 @@ def cmd_sample(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from posterior_diffusion.cli_options import config_from_args
     from posterior_diffusion.train import TrainConfig, default_threads, train
 
     default_threads()
-    cfg = config_from_args(TrainConfig, args, skip=TRAIN_FOLDERS, data=args.data, output=args.out)
+    cfg = config_from_args(TrainConfig, args)
     folder = train(cfg, progress=not args.quiet, time_limit=_seconds(args), sample_grid=args.sample_grid)
     print(f"prior saved in {folder}/ (use it with --prior {folder})")
 
 
 def cmd_train_autoencoder(args) -> None:
+    from posterior_diffusion.cli_options import config_from_args
     from posterior_diffusion.train import default_threads
     from posterior_diffusion.train_autoencoder import AutoencoderConfig, train_autoencoder
 
     default_threads()
-    cfg = config_from_args(AutoencoderConfig, args, skip=TRAIN_FOLDERS, data=args.data, output=args.out)
+    cfg = config_from_args(AutoencoderConfig, args)
     folder = train_autoencoder(cfg, progress=not args.quiet, time_limit=_seconds(args))
     print(f"autoencoder saved in {folder}/autoencoder (train a latent prior with --autoencoder {folder}/autoencoder)")
-
-
-TRAIN_FOLDERS = ("data", "output")  # training configs' folders: the --data and --out options
 
 
 def _seconds(args) -> float | None:
     return None if args.time_limit is None else 60.0 * args.time_limit
 
 
-def config_from_args(config_class, args, skip: tuple[str, ...] = (), **given):
-    """A config dataclass from the parsed options `add_config_options` made (lists back to tuples), `given` added."""
-    options = {}
-    for f in dataclasses.fields(config_class):
-        if f.name not in skip and f.name not in given and hasattr(args, f.name):
-            value = getattr(args, f.name)
-            options[f.name] = tuple(value) if isinstance(value, list) else value
-    return config_class(**options, **given)
+def _commands() -> dict[str, tuple]:
+    """Subcommand -> (options dataclass, function, help); "bench" holds its modes the same way."""
+    from posterior_diffusion import cli_options as o
 
-
-def add_config_options(p: argparse.ArgumentParser, config_class, skip: tuple[str, ...] = ()) -> None:
-    """One --option per field of a config dataclass (the dataclass is the single source of names, types, defaults
-    and help): tuples take several values, booleans are switches, fields without a default are required, dict
-    fields are skipped (they have options of their own)."""
-    hints = typing.get_type_hints(config_class)
-    for f in dataclasses.fields(config_class):
-        kind = hints[f.name]
-        if f.name in skip or kind is dict:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = _unwrap_optional(kind)
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        default = None if required else f.default
-        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        text = _field_help(config_class, f.name) + ("" if required or default is None else f" (default {shown})")
-        if kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
-        elif typing.get_origin(kind) is tuple:
-            item = _unwrap_optional(typing.get_args(kind)[0])
-            p.add_argument(flag, type=item, nargs="+", default=default, required=required, help=text)
-        else:
-            p.add_argument(flag, type=kind, default=default, required=required, help=text)
-
-
-def _field_help(config_class, name: str) -> str:
-    """The "help" metadata of field `name`, from the class or the nearest dataclass base that has it (a subclass
-    that only changes a default keeps its base's description)."""
-    for cls in config_class.__mro__:
-        if dataclasses.is_dataclass(cls):
-            text = next((f.metadata.get("help") for f in dataclasses.fields(cls) if f.name == name), None)
-            if text:
-                return text
-    return ""
-
-
-def _unwrap_optional(kind):
-    """T for `T | None`, else kind itself."""
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    return args[0] if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) == 1 else kind
-
-
-def _add_training_options(p: argparse.ArgumentParser, config_class) -> None:
-    """A training command's options: --data, --out, one per config field, --time-limit and --quiet."""
-    p.add_argument("--data", required=True, help="folder of training images")
-    p.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
-    add_config_options(p, config_class, skip=TRAIN_FOLDERS)
-    p.add_argument(
-        "--time-limit",
-        type=float,
-        metavar="MINUTES",
-        help="end this sitting after MINUTES with a checkpoint, loss.png and samples (run again to go on)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return {
+        "list": (o.ListOptions, cmd_list, "operators, samplers and built-in priors"),
+        "degrade": (o.DegradeOptions, cmd_degrade, "simulate a measurement of a clean image"),
+        "restore": (o.RestoreOptions, cmd_restore, "sample the posterior for a measurement"),
+        "calibrate": (
+            o.CalibrateOptions,
+            cmd_calibrate,
+            "conformally calibrate a sampler's intervals on images with known truth",
+        ),
+        "bench": {
+            "grid": (o.GridOptions, cmd_bench_grid, "tasks x methods x images: per-image rows, summary table, figures"),
+            "exact": (o.ExactOptions, cmd_bench_exact, "samplers against exact Gaussian-mixture posteriors"),
+            "speed": (o.SpeedOptions, cmd_bench_speed, "each sampler's time against its bare network evaluations"),
+            "report": (o.ReportOptions, cmd_bench_report, "a study folder's report.md regenerated from its rows"),
+        },
+        "lpips-weights": (
+            o.LpipsOptions,
+            cmd_lpips_weights,
+            "download the standard LPIPS weights (torchvision backbone, lpips v0.1 heads, SHA-256 checked) into the "
+            "cache where `bench --lpips` looks (needs the network)",
+        ),
+        "convert": (o.ConvertOptions, cmd_convert, "a guided-diffusion (ADM) checkpoint -> a diffusers DDPMPipeline"),
+        "sample": (o.SampleOptions, cmd_sample, "a grid of unconditional samples of a prior (what it has learned)"),
+        "train": (o.TrainOptions, cmd_train, "train a diffusion prior (pixel, or latent with --autoencoder)"),
+        "train-autoencoder": (o.AutoencoderOptions, cmd_train_autoencoder, "train the autoencoder of a latent prior"),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand, each one's options generated from its dataclass (`cli_options`)."""
+    from posterior_diffusion.cli_options import add_config_options
+
     parser = argparse.ArgumentParser(prog="posterior-diffusion", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-
-    sub.add_parser("list", help="operators, samplers and built-in priors").set_defaults(func=cmd_list)
-
-    def operator_args(p):
-        p.add_argument("--operator", help="operator name (see `list`)")
-        p.add_argument("--op-param", action="append", metavar="K=V", help="operator parameter (repeatable)")
-        p.add_argument("--operator-config", metavar="JSON", help="operator config written by `degrade`")
-        p.add_argument("--noise-sigma", type=float, help="Gaussian noise std on the [-1, 1] scale (default 0.05)")
-        p.add_argument("--channels", type=int, choices=(1, 3), help="read images as gray (1) or RGB (3)")
-        p.add_argument("--seed", type=int, default=0, help="seed of the noise and the samples (default 0)")
-        p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-
-    def sampler_args(p):
-        """The sampling options of restore and calibrate."""
-        p.add_argument(
-            "--sampler", default="auto", help="sampler name, or auto: the one measured best for the operator (default)"
-        )
-        p.add_argument("--preset", help="the sampler's task preset (see `list`)")
-        p.add_argument("--sampler-param", action="append", metavar="K=V", help="sampler option (repeatable)")
-        p.add_argument("--steps", type=int, help="sampler steps (default: the sampler's)")
-        p.add_argument("--prior", help="prior: builtin:NAME, a diffusers folder or hub id (default: built-in)")
-        p.add_argument("--num-samples", type=int, default=4, help="posterior samples (default 4)")
-        p.add_argument("--batch-size", type=int, help="samples per network call (default all)")
-        p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda if available)")
-        p.add_argument(
-            "--dtype",
-            choices=("auto", "float32", "float16", "bfloat16"),
-            default="auto",
-            help="network precision (default auto: bfloat16 on CUDA and on CPUs with native bfloat16, else float32)",
-        )
-        p.add_argument(
-            "--compile",
-            action="store_true",
-            help="torch.compile the network (about a minute per batch shape on a CPU core: pays off on long runs)",
-        )
-        p.add_argument(
-            "--cuda-graphs",
-            action="store_true",
-            help="on a GPU, replay the network from CUDA graphs (small networks, small batches; unmeasured)",
-        )
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    p = sub.add_parser("degrade", help="simulate a measurement of a clean image")
-    p.add_argument("input", help="clean image file")
-    p.add_argument("--out", required=True, help="measurement file (.png, or .pt/.npz for exact values)")
-    operator_args(p)
-    p.set_defaults(func=cmd_degrade)
-
-    p = sub.add_parser("restore", help="sample the posterior for a measurement")
-    p.add_argument("input", help="measurement (image, .pt or .npz), or a clean image with --simulate")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--simulate", action="store_true", help="INPUT is a clean image: measure it first")
-    operator_args(p)
-    sampler_args(p)
-    p.add_argument("--prior-arch", metavar="PRESET", help="--prior is a guided-diffusion .pt of this ADM preset")
-    p.add_argument("--calibration", metavar="FILE", help="a file from `calibrate`: also write the calibrated interval")
-    p.add_argument("--level", type=float, default=0.9, help="the calibrated interval's level (default 0.9)")
-    p.set_defaults(func=cmd_restore)
-
-    p = sub.add_parser("calibrate", help="conformally calibrate a sampler's intervals on images with known truth")
-    p.add_argument("--images", required=True, help="folder of calibration images (centre-cropped to --size)")
-    p.add_argument("--out", required=True, help="calibration file to write (.json)")
-    p.add_argument("--task", help="a bench task (sr4, random_inpaint, ...; see `bench grid --help`), or --operator")
-    p.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
-    p.add_argument("--num-images", type=int, help="the first N images of the folder (default all)")
-    p.add_argument("--images-per-call", type=int, default=8, help="images sampled together (default 8)")
-    p.add_argument("--levels", type=float, nargs="+", default=[0.8, 0.9, 0.95], help="coverage levels (0.8 0.9 0.95)")
-    p.add_argument("--test-images", help="folder of other images to measure the calibrated coverage on (optional)")
-    p.add_argument("--num-test-images", type=int, help="the first N test images (default all)")
-    p.add_argument(
-        "--guarantee",
-        choices=("pixel", "image"),
-        default="pixel",
-        help="pixel: split conformal over pooled pixels (default, tight); image: risk control per image (exact)",
-    )
-    operator_args(p)
-    sampler_args(p)
-    p.set_defaults(func=cmd_calibrate)
-
-    from posterior_diffusion.bench import BenchConfig
-    from posterior_diffusion.exact import ExactConfig
-    from posterior_diffusion.speed import SpeedConfig
-
-    bench = sub.add_parser("bench", help="benchmarks: grid (tasks x methods x images), exact, speed, report")
-    modes = bench.add_subparsers(dest="mode", required=True)
-    p = modes.add_parser("grid", help="tasks x methods x images: per-image rows, summary table, figures")
-    add_config_options(p, BenchConfig)
-    p.add_argument(
-        "--sampler-param", action="append", metavar="[METHOD.]K=V", help="sampler option, for all or one method"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_bench_grid)
-    p = modes.add_parser("exact", help="samplers against exact Gaussian-mixture posteriors")
-    add_config_options(p, ExactConfig)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_bench_exact)
-    p = modes.add_parser("speed", help="each sampler's time against its bare network evaluations")
-    add_config_options(p, SpeedConfig)
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(func=cmd_bench_speed)
-    p = modes.add_parser("report", help="a study folder's report.md regenerated from its rows (study.toml)")
-    p.add_argument("folders", nargs="+", metavar="FOLDER", help="study folders (e.g. assets/bench/*/)")
-    p.add_argument("--check", action="store_true", help="write nothing; fail when a report differs from its rows")
-    p.set_defaults(func=cmd_bench_report)
-
-    p = sub.add_parser(
-        "lpips-weights",
-        help="download the standard LPIPS weights and convert them into the cache (needs the network)",
-        description="Downloads torchvision's AlexNet/VGG16 backbone and the lpips package's v0.1 heads (SHA-256 "
-        "checked) and writes <net>_lpips_v0.1.safetensors where `bench --lpips` looks; a file already there is kept.",
-    )
-    p.add_argument("--net", nargs="+", choices=("alex", "vgg"), default=["alex"], help="backbones (default alex)")
-    p.add_argument("--out", metavar="DIR", help="folder (default: the torch hub cache, $TORCH_HOME/hub/checkpoints)")
-    p.set_defaults(func=cmd_lpips_weights)
-
-    from posterior_diffusion.priors.adm import ADM_PRESETS
-
-    p = sub.add_parser("convert", help="a guided-diffusion (ADM) checkpoint -> a diffusers DDPMPipeline folder")
-    p.add_argument("checkpoint", help="ADM state dict (.pt, .pth or .safetensors), e.g. ffhq_10m.pt")
-    p.add_argument("--arch", required=True, metavar="PRESET", help=f"architecture: {', '.join(ADM_PRESETS)}")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="stored precision (float32)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
-    p.set_defaults(func=cmd_convert)
-
-    p = sub.add_parser("sample", help="a grid of unconditional samples of a prior (what it has learned)")
-    p.add_argument("--out", required=True, help="PNG file")
-    p.add_argument("--prior", help="prior spec (default: the built-in prior for --channels)")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="for the default prior (default 3)")
-    p.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
-    p.add_argument("--nrow", type=int, default=4, help="samples per row (default 4)")
-    p.add_argument("--size", type=int, help="image side in pixels (default: the prior's training size)")
-    p.add_argument("--steps", type=int, default=100, help="strided DDPM steps (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
-    p.add_argument("--device", help="cpu, cuda, ... (default cuda if available)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_sample)
-
-    p = sub.add_parser("train", help="train a diffusion prior (pixel, or latent with --autoencoder)")
-    from posterior_diffusion.train import SAMPLE_GRID, TrainConfig
-    from posterior_diffusion.train_autoencoder import AutoencoderConfig
-
-    _add_training_options(p, TrainConfig)
-    p.add_argument(
-        "--sample-grid",
-        type=int,
-        default=SAMPLE_GRID,
-        metavar="N",
-        help=f"unconditional samples drawn into samples.png at the end, 0 for none (default {SAMPLE_GRID})",
-    )
-    p.set_defaults(func=cmd_train)
-    p = sub.add_parser("train-autoencoder", help="train the autoencoder of a latent prior")
-    _add_training_options(p, AutoencoderConfig)
-    p.set_defaults(func=cmd_train_autoencoder)
+    for name, entry in _commands().items():
+        if isinstance(entry, dict):
+            modes = sub.add_parser(name, help=f"benchmarks: {', '.join(entry)}").add_subparsers(
+                dest="mode", required=True
+            )
+            for mode, (options, func, text) in entry.items():
+                add_config_options(modes.add_parser(mode, help=text), options)
+                modes.choices[mode].set_defaults(func=func)
+            continue
+        options, func, text = entry
+        command = sub.add_parser(name, help=text)
+        add_config_options(command, options)
+        command.set_defaults(func=func)
     return parser
 
 
@@ -651,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     format_warning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError, OSError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, OSError) as err:  # a TypeError is a bug
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

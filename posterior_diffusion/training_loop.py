@@ -44,7 +44,7 @@ class LoopConfig:
     """
 
     data: str = field(metadata={"help": "folder of training images"})
-    output: str = field(metadata={"help": "output folder (resumes if it holds a checkpoint)"})
+    output: str = field(metadata={"help": "output folder (resumes if it holds a checkpoint)", "flag": "--out"})
     channels: int = field(default=3, metadata={"help": "1 (gray) or 3 (RGB)"})
     crop_size: int = field(default=64, metadata={"help": "side of the random training crops in pixels"})
     batch_size: int = field(default=32, metadata={"help": "crops per step"})

@@ -26,7 +26,18 @@ LAYERS = [
     ("api", ["api", "calibration", "posterior_mean"]),
     (
         "tools",
-        ["calibrate_run", "bench", "exact", "speed", "outputs", "cli", "train", "training_loop", "train_autoencoder"],
+        [
+            "calibrate_run",
+            "bench",
+            "exact",
+            "speed",
+            "outputs",
+            "cli",
+            "cli_options",
+            "train",
+            "training_loop",
+            "train_autoencoder",
+        ],
     ),
     ("tools", ["prior_benchmark", "applications", ""]),  # "": the package's __init__, which loads applications
 ]
