@@ -26,7 +26,7 @@ from torch import nn
 from posterior_diffusion.guards import load_torch_file
 
 from .adm_config import ADM_PRESETS, ADMConfig, resolve_arch, scheduler_config, unet_config
-from .adm_mapping import check_state, empty_unet, convert_state_dict, expected_state_shapes
+from .adm_mapping import check_state, convert_state_dict, empty_unet, expected_state_shapes
 from .base import linear_alphas_cumprod, resolve_dtype
 from .saving import save_prior
 from .unet import UNetPrior
