@@ -20,114 +20,13 @@ import shutil
 import sys
 import textwrap
 import warnings
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from posterior_diffusion.cli_inputs import build_operator, parse_params, read_measurement, write_measurement
+
 EXIT_ERROR = 1
-
-
-def _parse_value(text: str):
-    """'3' -> 3, '0.5' -> 0.5, '[64, 64]' -> [64, 64], 'true' -> True, anything else -> the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _parse_params(pairs: list[str] | None, what: str) -> dict:
-    params = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ValueError(f"{what} '{pair}' must look like name=value")
-        key, value = pair.split("=", 1)
-        params[key.strip().replace("-", "_")] = _parse_value(value.strip())
-    return params
-
-
-def _read_measurement(path: Path, channels: int | None) -> torch.Tensor:
-    """An image file (-> (C, H, W) in [-1, 1]), a .pt tensor (weights_only) or a .npz array ('y' or the only one),
-    as float32; complex or integer data is refused (`check_measurement_dtype`)."""
-    from posterior_diffusion.api import check_measurement_dtype
-    from posterior_diffusion.guards import load_torch_file
-    from posterior_diffusion.images import load_image
-
-    if not path.exists():
-        raise FileNotFoundError(f"input file '{path}' does not exist")
-    if path.suffix == ".pt":
-        value = load_torch_file(path, "measurement file")
-        if isinstance(value, dict):
-            value = value.get("y")
-        if not isinstance(value, torch.Tensor):
-            raise ValueError(f"'{path}' must hold a tensor (or a dict with key 'y')")
-    elif path.suffix == ".npz":
-        try:
-            arrays = np.load(path, allow_pickle=False)
-            names = list(arrays.keys())
-            array = arrays["y" if "y" in names else names[0]] if "y" in names or len(names) == 1 else None
-        except (OSError, ValueError, zipfile.BadZipFile) as err:
-            raise ValueError(f"cannot read '{path}' as an .npz file of arrays: {err}") from None
-        if array is None:
-            raise ValueError(f"'{path}' must hold an array named 'y' (it has {', '.join(names) or 'none'})")
-        value = torch.from_numpy(array)
-    else:
-        return load_image(path, channels)
-    check_measurement_dtype(value)
-    return value.float()
-
-
-def _build_operator(args, image_shape: tuple[int, ...] | None):
-    """--operator NAME with --op-param pairs (image_size filled from the image), or --operator-config JSON."""
-    from posterior_diffusion.operators import from_config, get_operator, operator_params
-
-    if args.operator_config:
-        return from_config(_read_json(Path(args.operator_config), "--operator-config"))
-    if not args.operator:
-        raise ValueError("give --operator NAME (see `posterior-diffusion list`) or --operator-config FILE")
-    params = _parse_params(args.op_param, "--op-param")
-    if args.noise_sigma is not None:
-        params["noise_sigma"] = args.noise_sigma
-    if image_shape is not None and "image_size" in operator_params(args.operator) and "image_size" not in params:
-        params["image_size"] = list(image_shape[1:])
-    return get_operator(args.operator, **params)
-
-
-def _read_json(path: Path, what: str):
-    """The JSON value in `path`; a missing file or a syntax error is one line naming the file and the line."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} file '{path}' does not exist") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{what} file '{path}' is not a text (JSON) file") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{what} file '{path}' is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
-        ) from None
-
-
-IMAGE_OUT_MARGIN = 0.5  # how far past [-1, 1] a measurement may reach and still be written as an image (noise)
-
-
-def _write_measurement(y: torch.Tensor, path: Path) -> None:
-    """y as .pt / .npz (exact values) or as an image file (clipped to [-1, 1], 8 bits); a measurement that is not
-    image-like (values beyond IMAGE_OUT_MARGIN outside [-1, 1], e.g. Fourier magnitudes) is refused as an image."""
-    from posterior_diffusion.images import save_image
-
-    if path.suffix == ".pt":
-        torch.save(y, path)
-    elif path.suffix == ".npz":
-        np.savez(path, y=y.numpy())
-    else:
-        low, high = float(y.min()), float(y.max())
-        if low < -1 - IMAGE_OUT_MARGIN or high > 1 + IMAGE_OUT_MARGIN:
-            raise ValueError(
-                f"the measurement spans [{low:.3g}, {high:.3g}], not an image on [-1, 1]: an image file would clip "
-                f"it; write it as .pt or .npz (--out {path.with_suffix('.pt').name})"
-            )
-        save_image(y, path)
 
 
 def cmd_list(args) -> None:
@@ -176,9 +75,9 @@ def cmd_degrade(args) -> None:
         if path.exists() and not args.overwrite:
             raise FileExistsError(f"'{path}' exists; pass --overwrite to replace it")
     x = load_image(args.input, args.channels)
-    op = _build_operator(args, tuple(x.shape))
+    op = build_operator(args, tuple(x.shape))
     y = op.measure(x, generator=torch.Generator().manual_seed(check_seed(args.seed)))
-    _write_measurement(y, out)
+    write_measurement(y, out)
     config_path.write_text(json.dumps(op.to_config()))
     print(f"wrote {out} (operator config: {config_path})")
 
@@ -186,7 +85,7 @@ def cmd_degrade(args) -> None:
 def _sampler_options(args) -> dict:
     """Sampler options from --sampler-param, --steps and --preset (none: the sampler's own defaults, or auto's
     preset for the task)."""
-    options = _parse_params(args.sampler_param, "--sampler-param")
+    options = parse_params(args.sampler_param, "--sampler-param")
     if args.steps is not None:
         options["steps"] = args.steps
     if args.preset is not None:
@@ -208,11 +107,11 @@ def cmd_restore(args) -> None:
     truth = None
     if args.simulate:
         truth = load_image(args.input, args.channels)
-        op = _build_operator(args, tuple(truth.shape))
+        op = build_operator(args, tuple(truth.shape))
         y = op.measure(truth, generator=torch.Generator().manual_seed(args.seed))
     else:
-        y = _read_measurement(Path(args.input), args.channels)
-        op = _build_operator(args, tuple(y.shape) if y.ndim == 3 else None)
+        y = read_measurement(Path(args.input), args.channels)
+        op = build_operator(args, tuple(y.shape) if y.ndim == 3 else None)
     options = _sampler_options(args)
     prior, dtype = args.prior, args.dtype
     if args.prior_arch:  # a guided-diffusion checkpoint, loaded here in its dtype (group norms stay float32)
@@ -253,7 +152,7 @@ def cmd_bench_grid(args) -> None:
     from posterior_diffusion.bench import BenchConfig, run_bench, write_summary
     from posterior_diffusion.cli_options import config_from_args
 
-    cfg = config_from_args(BenchConfig, args, sampler_options=_parse_params(args.sampler_param, "--sampler-param"))
+    cfg = config_from_args(BenchConfig, args, sampler_options=parse_params(args.sampler_param, "--sampler-param"))
     rows = run_bench(cfg, progress=not args.quiet)
     if PartialState().is_main_process:
         print(write_summary(Path(cfg.out), rows))
@@ -316,7 +215,7 @@ def cmd_calibrate(args) -> None:
     task = get_task(args.task) if args.task else None
     channels = args.channels or (task.channels if task and task.channels else 3)
     x = load_center_crops(paths, channels, args.size)
-    op = task.build(args.size) if task else _build_operator(args, tuple(x.shape[1:]))
+    op = task.build(args.size) if task else build_operator(args, tuple(x.shape[1:]))
     name = args.task or op.to_config()["name"]
     settings = SamplingSettings(
         prior=args.prior,

@@ -34,6 +34,7 @@ LAYERS = [
             "outputs",
             "cli",
             "cli_options",
+            "cli_inputs",
             "train",
             "training_loop",
             "train_autoencoder",
