@@ -15,6 +15,7 @@ Errors are one line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -93,8 +94,26 @@ def _sampler_options(args) -> dict:
     return options
 
 
+def _sampling_settings(args, device):
+    """The sampling options of restore and calibrate (cli_options.SamplingOptions) as a SamplingSettings."""
+    from posterior_diffusion.api import SamplingSettings
+
+    return SamplingSettings(
+        prior=args.prior,
+        sampler=args.sampler,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        device=device,
+        dtype=args.dtype,
+        progress=not args.quiet,
+        compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
+        options=_sampler_options(args),
+    )
+
+
 def cmd_restore(args) -> None:
-    from posterior_diffusion.api import SamplingSettings, check_seed, resolve_device
+    from posterior_diffusion.api import check_seed, resolve_device
     from posterior_diffusion.images import load_image
     from posterior_diffusion.metrics import psnr
     from posterior_diffusion.outputs import describe_files, write_restoration
@@ -112,28 +131,16 @@ def cmd_restore(args) -> None:
     else:
         y = read_measurement(Path(args.input), args.channels)
         op = build_operator(args, tuple(y.shape) if y.ndim == 3 else None)
-    options = _sampler_options(args)
-    prior, dtype = args.prior, args.dtype
+    settings = _sampling_settings(args, device)  # the options checked before any loading
     if args.prior_arch:  # a guided-diffusion checkpoint, loaded here in its dtype (group norms stay float32)
         from posterior_diffusion.guards import auto_dtype
         from posterior_diffusion.priors import load_prior
 
         if not args.prior:
             raise ValueError("--prior-arch needs --prior CHECKPOINT (a guided-diffusion .pt file)")
-        dtype = auto_dtype(device) if dtype == "auto" else dtype
-        prior, dtype = load_prior(args.prior, dtype=dtype, arch=args.prior_arch), None
-    settings = SamplingSettings(
-        prior=prior,
-        sampler=args.sampler,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        device=device,
-        dtype=dtype,
-        progress=not args.quiet,
-        compile=args.compile,
-        cuda_graphs=args.cuda_graphs,
-        options=options,
-    )
+        dtype = auto_dtype(device) if args.dtype == "auto" else args.dtype
+        prior = load_prior(args.prior, dtype=dtype, arch=args.prior_arch)
+        settings = dataclasses.replace(settings, prior=prior, dtype=None)
     res = settings.run(y, op, args.seed, calibration=args.calibration, level=args.level)
     info = {"input": str(args.input), "simulate": args.simulate}
     if args.prior_arch:
@@ -195,7 +202,7 @@ CALIBRATE_COUNTS = ("size", "num_images", "images_per_call", "num_test_images", 
 
 
 def cmd_calibrate(args) -> None:
-    from posterior_diffusion.api import SamplingSettings, check_seed, resolve_device
+    from posterior_diffusion.api import check_seed, resolve_device
     from posterior_diffusion.calibrate_run import calibrate, held_out_coverage
     from posterior_diffusion.guards import check_counts
     from posterior_diffusion.images import list_images, load_center_crops
@@ -217,18 +224,7 @@ def cmd_calibrate(args) -> None:
     x = load_center_crops(paths, channels, args.size)
     op = task.build(args.size) if task else build_operator(args, tuple(x.shape[1:]))
     name = args.task or op.to_config()["name"]
-    settings = SamplingSettings(
-        prior=args.prior,
-        sampler=args.sampler,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        device=device,
-        dtype=args.dtype,
-        progress=not args.quiet,
-        compile=args.compile,
-        cuda_graphs=args.cuda_graphs,
-        options=_sampler_options(args),
-    )
+    settings = _sampling_settings(args, device)
     common = dict(seed=args.seed, images_per_call=args.images_per_call)
     cal = calibrate(x, op, name, settings, tuple(args.levels), guarantee=args.guarantee, **common)
     cal.save(out)

@@ -160,6 +160,15 @@ def _sampled(settings: SamplingSettings, run: TaskRun, y, ids, seed) -> tuple[di
     return result, res
 
 
+def _refusal(check) -> str | None:
+    """The one-line reason check() raises (a ValueError), or None when it passes."""
+    try:
+        check()
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def _settings(cfg: BenchConfig, prior, device, sampler: str, options: dict) -> SamplingSettings:
     """The bench's settings of a sampling call."""
     return SamplingSettings(
@@ -241,11 +250,8 @@ class SamplerMethod:
             raise ValueError(f"method {self.name!r} tunes {self.sampler} on other images: give --tune-images DIR")
 
     def refusal(self, cfg, task, prior, op) -> str | None:
-        try:
-            get_sampler(self.sampler, **self.options(cfg, task.presets.get(self.sampler))).check(prior, op)
-        except ValueError as err:
-            return str(err)
-        return None
+        sampler = get_sampler(self.sampler, **self.options(cfg, task.presets.get(self.sampler)))
+        return _refusal(lambda: sampler.check(prior, op))
 
     def runs(self, task) -> int:
         return task.best_of
@@ -276,11 +282,7 @@ class AutoMethod:
         """Nothing to check before the pick: its options go to the sampler it picks per task."""
 
     def refusal(self, cfg, task, prior, op) -> str | None:
-        try:
-            choose_sampler(prior, op, on_cpu=prior.device.type == "cpu")
-        except ValueError as err:
-            return str(err)
-        return None
+        return _refusal(lambda: choose_sampler(prior, op, on_cpu=prior.device.type == "cpu"))
 
     def runs(self, task) -> int:
         return task.best_of
