@@ -20,6 +20,7 @@ import torch
 from posterior_diffusion import guards
 from posterior_diffusion.calibration import Calibration
 from posterior_diffusion.operators import Operator, get_operator
+from posterior_diffusion.operators.noise_estimate import with_noise_sigma
 from posterior_diffusion.posterior_mean import posterior_mean
 from posterior_diffusion.priors import DiffusionPrior, default_prior_name, load_prior, resolve_dtype
 from posterior_diffusion.samplers import Sampler, get_sampler
@@ -132,6 +133,7 @@ def sample_posterior(
     cuda_graphs: bool = False,
     calibration=None,
     level: float = 0.9,
+    noise_sigma: float | str | None = None,
     **sampler_options,
 ) -> PosteriorResult:
     """Draw `num_samples` samples of p(x | y) for each measurement in y.
@@ -169,6 +171,9 @@ def sample_posterior(
             the result's `lower` / `upper` are then the conformally calibrated interval at `level` (one of the
             calibrated levels, default 0.9). A calibration made for another operator, prior, sampler (any option)
             or number of samples is refused before any work, naming both.
+        noise_sigma: None (default: the operator's noise), a Gaussian noise std on the [-1, 1] scale replacing the
+            operator's, or "auto": estimated from y (`operators.noise_estimate`: the flattest tiles of the finest
+            Haar wavelet band; observed pixels only for masks); the value and method are in config["noise"].
     """
     device = resolve_device(device)
     if calibration is not None:
@@ -197,6 +202,9 @@ def sample_posterior(
         raise ValueError("y is an empty batch (0 measurements); give at least one")
     shape = tuple(image_shape) if image_shape is not None else tuple(op.image_shape(tuple(y.shape[1:])))
     validate_measurement(y, op, shape)
+    noise_record = None
+    if noise_sigma is not None:
+        op, noise_record = with_noise_sigma(op, op.restrict(y), noise_sigma)
     chains = min(batch_size or y.shape[0] * num_samples, y.shape[0] * num_samples)
     op.check_batch(y.shape[0])
     op.check_batch(chains)
@@ -234,6 +242,8 @@ def sample_posterior(
         "cuda_graphs": cuda_graphs,
         "versions": _versions(),
     }
+    if noise_record is not None:
+        config["noise"] = noise_record
     if calibration is not None:
         calibration.check(config)  # before any work
 

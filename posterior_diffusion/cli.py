@@ -126,11 +126,11 @@ def cmd_restore(args) -> None:
     truth = None
     if args.simulate:
         truth = load_image(args.input, args.channels)
-        op = build_operator(args, tuple(truth.shape))
+        op = build_operator(args, tuple(truth.shape), auto_noise=True)
         y = op.measure(truth, generator=torch.Generator().manual_seed(args.seed))
     else:
         y = read_measurement(Path(args.input), args.channels)
-        op = build_operator(args, tuple(y.shape) if y.ndim == 3 else None)
+        op = build_operator(args, tuple(y.shape) if y.ndim == 3 else None, auto_noise=True)
     settings = _sampling_settings(args, device)  # the options checked before any loading
     if args.prior_arch:  # a guided-diffusion checkpoint, loaded here in its dtype (group norms stay float32)
         from posterior_diffusion.guards import auto_dtype
@@ -141,7 +141,14 @@ def cmd_restore(args) -> None:
         dtype = auto_dtype(device) if args.dtype == "auto" else args.dtype
         prior = load_prior(args.prior, dtype=dtype, arch=args.prior_arch)
         settings = dataclasses.replace(settings, prior=prior, dtype=None)
-    res = settings.run(y, op, args.seed, calibration=args.calibration, level=args.level)
+    estimate = {"noise_sigma": "auto"} if args.noise_sigma == "auto" else {}
+    res = settings.run(y, op, args.seed, calibration=args.calibration, level=args.level, **estimate)
+    if estimate:
+        noise = res.config["noise"]
+        print(
+            f"noise sigma estimated from the measurement: {noise['noise_sigma']:.4f} on [-1, 1] "
+            f"({noise['noise_sigma'] * 127.5:.2f} / 255; {noise['method']})"
+        )
     info = {"input": str(args.input), "simulate": args.simulate}
     if args.prior_arch:
         info |= {"prior": args.prior, "prior_arch": args.prior_arch}

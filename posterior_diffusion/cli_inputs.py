@@ -60,8 +60,22 @@ def read_measurement(path: Path, channels: int | None) -> torch.Tensor:
     return value.float()
 
 
-def build_operator(args, image_shape: tuple[int, ...] | None):
-    """--operator NAME with --op-param pairs (image_size filled from the image), or --operator-config JSON."""
+def noise_sigma_option(text: str | None) -> float | str | None:
+    """--noise-sigma: None, "auto" or a number (one line naming the option otherwise)."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--noise-sigma must be a number (std on the [-1, 1] scale) or auto, got {text!r}") from None
+
+
+def build_operator(args, image_shape: tuple[int, ...] | None, auto_noise: bool = False):
+    """--operator NAME with --op-param pairs (image_size filled from the image), or --operator-config JSON; a number
+    given to --noise-sigma is its noise std; auto (`auto_noise`: restore) leaves it to be estimated from the
+    measurement."""
+    if args.noise_sigma == "auto" and not auto_noise:
+        raise ValueError("--noise-sigma auto is for restore (estimated from the measurement); give a number here")
     from posterior_diffusion.operators import from_config, get_operator, operator_params
 
     if args.operator_config:
@@ -69,8 +83,8 @@ def build_operator(args, image_shape: tuple[int, ...] | None):
     if not args.operator:
         raise ValueError("give --operator NAME (see `posterior-diffusion list`) or --operator-config FILE")
     params = parse_params(args.op_param, "--op-param")
-    if args.noise_sigma is not None:
-        params["noise_sigma"] = args.noise_sigma
+    if noise_sigma_option(args.noise_sigma) not in (None, "auto"):
+        params["noise_sigma"] = noise_sigma_option(args.noise_sigma)
     if image_shape is not None and "image_size" in operator_params(args.operator) and "image_size" not in params:
         params["image_size"] = list(image_shape[1:])
     return get_operator(args.operator, **params)

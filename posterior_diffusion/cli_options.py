@@ -42,7 +42,10 @@ class OperatorOptions:
     operator: str | None = option("operator name (see `list`)", None)
     op_param: list[str] | None = field(default=None, metadata=_append("operator parameter (repeatable)", "K=V"))
     operator_config: str | None = option("operator config written by `degrade`", None, metavar="JSON")
-    noise_sigma: float | None = option("Gaussian noise std on the [-1, 1] scale (default 0.05)", None)
+    noise_sigma: str | None = option(
+        "Gaussian noise std on the [-1, 1] scale (default 0.05), or auto (restore): estimated from the measurement",
+        None,
+    )
     channels: int | None = option("read images as gray (1) or RGB (3)", None, choices=(1, 3))
     seed: int = option("seed of the noise and the samples", 0)
     overwrite: bool = option("replace existing outputs", False)
