@@ -5,10 +5,11 @@
 while the smooth parts of an image (and every blurred image) give almost none.
 - Fully observed measurements ("flat-tiles"): the coefficients are cut into TILE x TILE tiles (all channels); the
   TILE_QUANTILE quantile of the tiles' mean squares, divided by that quantile of a chi-square / n (Wilson-Hilferty),
-  is sigma^2: the flattest tenth of the image, where texture adds least. Chosen over the median absolute value of
-  all coefficients / 0.6745 (Donoho & Johnstone 1994, Biometrika 81, Sec. 4.2), which reads 3.5x too high at
-  sigma 1/255 and 1.4x at 5/255 on textured photos (tile quantile 2.0x and 1.14x), on the first 12 CBSD68 photos
-  (the estimator's tune split; assets/bench/noise_estimate reports other images).
+  is sigma^2: the flattest tenth of the image, where texture adds least. Chosen on the first 12 CBSD68 photos (the
+  estimator's tune split; assets/bench/noise_estimate reports other images): the median absolute value of all
+  coefficients / 0.6745 (Donoho & Johnstone 1994, Biometrika 81, Sec. 4.2) read 3.5x too high at sigma 1/255 and
+  1.4x at 5/255 on the full photos (8x8 tiles: 2.0x, 1.14x); on 64 px crops 4x4 tiles read 1.25x at 5/255 where
+  8x8 read 1.33x (at 256 px the two agree within 0.01).
 - With a mask of observed pixels (inpainting), "masked-mad": the median absolute value / 0.6745 of the coefficients
   of fully observed blocks; where fewer than MIN_BLOCKS per image are (a random mask with most pixels missing),
   "neighbour-differences": that of the horizontal and vertical differences (a - b) / sqrt(2) of observed
@@ -23,7 +24,7 @@ import torch
 
 MAD_TO_SIGMA = 0.6745  # the median of |N(0, 1)|
 MIN_BLOCKS = 64  # fully observed 2x2 blocks per image below which a masked estimate uses neighbour differences
-TILE = 8  # tile side, in Haar coefficients, of the flat-tiles estimate
+TILE = 4  # tile side, in Haar coefficients, of the flat-tiles estimate
 TILE_QUANTILE = 0.1
 _Z = {0.1: -1.2816}  # standard normal quantiles
 
