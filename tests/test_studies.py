@@ -58,3 +58,22 @@ def test_bench_report_writes_checks_and_refuses_in_one_line(tmp_path, monkeypatc
     assert err.count("\n") == 1 and "no study.toml" in err
     assert main(["bench", "report", "plain", "denoising"]) == 0  # a glob: the studies among the folders
     assert "skipped: plain (no study.toml)" in capsys.readouterr().out
+
+
+def test_a_pivot_table_aggregates_plain_rows(tmp_path):
+    rows = [
+        {"task": "denoise", "sigma": 5.0, "a": 3.0, "b": 1.0},
+        {"task": "denoise", "sigma": 5.0, "a": 5.0, "b": 1.0},
+        {"task": "denoise", "sigma": 25.0, "a": -2.0},  # no b: left out of "a - b"
+        {"task": "sr4", "sigma": 5.0, "a": 1.0, "b": 0.5},
+    ]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = 'kind = "pivot"\nrows = ["rows.jsonl"]\nindex = "task"\ncolumn = "sigma"\n'
+    (tmp_path / STUDY).write_text(
+        f'title = "t"\n[[tables]]\n{spec}value = "a"\naggregate = "mean_abs"\ndigits = 1\n'
+        f'[[tables]]\n{spec}value = "a - b"\nscale = 10\n'
+    )
+    report = render_report(tmp_path)
+    assert "| task | sigma 5 | sigma 25 |" in report
+    assert "| denoise | 4.0 | 2.0 |" in report and "| sr4 | 1.0 | - |" in report
+    assert "| denoise | 30.00 | - |" in report and "| sr4 | 5.00 | - |" in report

@@ -14,8 +14,9 @@ in order:
 Kinds: "grid" (bench grid rows: one table per task, methods by PSNR of the mean, +- the spread over images and
 seeds), "versus" (bench grid rows: per task, `method` against the best classical baseline, and the margin),
 "denoise" (prior_benchmark denoise rows: Tweedie PSNR per noise level), "record" (a JSON record: its numbers,
-one per line). Everything is computed from the rows; nothing is typed in, so a rerun that adds rows changes the
-report and a table never drifts from its rows (tests/test_studies.py regenerates every committed report).
+one per line), "pivot" (plain JSON-lines rows: an index x column table of a value's mean, median or mean |.|).
+Everything is computed from the rows; nothing is typed in, so a rerun that adds rows changes the report and a
+table never drifts from its rows (tests/test_studies.py regenerates every committed report).
 """
 
 from __future__ import annotations
@@ -144,6 +145,42 @@ def record_table(folder: Path, spec: dict) -> str:
     return "\n".join(lines)
 
 
+def pivot_table(folder: Path, spec: dict) -> str:
+    """Plain JSON-lines rows as a table: a line per value of `index`, a column per value of `column` (both in the
+    rows' order), each cell the `aggregate` ("mean", "median" or "mean_abs") of `value` over the rows that have it,
+    times `scale` (default 1) with `digits` decimals. `value` is a field or "a - b" of two fields."""
+    rows = [json.loads(line) for name in spec["rows"] for line in (folder / name).read_text().splitlines() if line]
+    first, _, second = spec["value"].partition(" - ")
+
+    def value(row):
+        if first not in row or (second and second not in row):
+            return None
+        return row[first] - row[second] if second else row[first]
+
+    aggregate = {
+        "mean": lambda v: sum(v) / len(v),
+        "median": lambda v: (
+            sorted(v)[len(v) // 2] if len(v) % 2 else sum(sorted(v)[len(v) // 2 - 1 : len(v) // 2 + 1]) / 2
+        ),
+        "mean_abs": lambda v: sum(abs(x) for x in v) / len(v),
+    }[spec.get("aggregate", "mean")]
+    index, column = spec["index"], spec["column"]
+    lines_of = list(dict.fromkeys(r[index] for r in rows))
+    columns = list(dict.fromkeys(r[column] for r in rows))
+    label = spec.get("column_label", column)
+    lines = [
+        f"| {index} | " + " | ".join(f"{label} {c:g}" if isinstance(c, float | int) else str(c) for c in columns) + " |"
+    ]
+    lines.append("|---|" + "---|" * len(columns))
+    for key in lines_of:
+        cells = []
+        for c in columns:
+            values = [v for r in rows if r[index] == key and r[column] == c and (v := value(r)) is not None]
+            cells.append(f"{aggregate(values) * spec.get('scale', 1):.{spec.get('digits', 2)}f}" if values else "-")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _flatten(value, prefix: str = ""):
     if isinstance(value, dict):
         for key, inner in value.items():
@@ -160,6 +197,7 @@ REPORTS: dict[str, Callable[[Path, dict], str]] = {
     "versus": versus_table,
     "denoise": denoise_tables,
     "record": record_table,
+    "pivot": pivot_table,
 }
 
 
