@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from posterior_diffusion import guards
+from posterior_diffusion import guards, shipped_calibrations
 from posterior_diffusion.calibration import Calibration
 from posterior_diffusion.operators import Operator, get_operator
 from posterior_diffusion.operators.noise_estimate import with_noise_sigma
@@ -131,7 +131,7 @@ def sample_posterior(
     measurement_ids=None,
     compile: bool = False,
     cuda_graphs: bool = False,
-    calibration=None,
+    calibration="auto",
     level: float = 0.9,
     noise_sigma: float | str | None = None,
     **sampler_options,
@@ -167,18 +167,23 @@ def sample_posterior(
         cuda_graphs: on a CUDA device, replay the network's forward passes from captured CUDA graphs
             (`prior.use_cuda_graphs()`, in place like compile; for small networks at small batches, where the GPU
             waits for Python; unmeasured). The CPU path is unchanged.
-        calibration: a `calibration.Calibration` or the path of a file written by `posterior-diffusion calibrate`:
-            the result's `lower` / `upper` are then the conformally calibrated interval at `level` (one of the
-            calibrated levels, default 0.9). A calibration made for another operator, prior, sampler (any option)
-            or number of samples is refused before any work, naming both.
+        calibration: "auto" (default): the shipped calibration made for this run's prior, operator, sampler and
+            number of samples (`shipped_calibrations`), if there is one, else none (config["calibration"] says
+            "uncalibrated"); a `calibration.Calibration` or the path of a file written by `posterior-diffusion
+            calibrate`; or None. With one, the result's `lower` / `upper` are the conformally calibrated interval at
+            `level` (one of the calibrated levels, default 0.9). A calibration given for another operator, prior,
+            sampler (any option) or number of samples is refused before any work, naming both.
         noise_sigma: None (default: the operator's noise), a Gaussian noise std on the [-1, 1] scale replacing the
             operator's, or "auto": estimated from y (`operators.noise_estimate`: the flattest tiles of the finest
             Haar wavelet band; observed pixels only for masks); the value and method are in config["noise"].
     """
     device = resolve_device(device)
-    if calibration is not None:
-        if not isinstance(calibration, Calibration):
-            calibration = Calibration.load(calibration)
+    shipped_file = None
+    if calibration is not None and not isinstance(calibration, str | Calibration):
+        calibration = str(calibration)  # a path
+    if isinstance(calibration, str) and calibration != "auto":
+        calibration = Calibration.load(calibration)
+    if isinstance(calibration, Calibration):
         calibration.check_level(level)
     if dtype == "auto":
         dtype = None if isinstance(prior, DiffusionPrior) else guards.auto_dtype(device)
@@ -244,6 +249,8 @@ def sample_posterior(
     }
     if noise_record is not None:
         config["noise"] = noise_record
+    if calibration == "auto":
+        shipped_file, calibration = shipped_calibrations.find(config, level) or (None, None)
     if calibration is not None:
         calibration.check(config)  # before any work
 
@@ -272,6 +279,10 @@ def sample_posterior(
     if calibration is not None:
         lower, upper = calibration.interval(average, std, level)
         config["calibration"] = {"task": calibration.task, "level": level, "factor": calibration.factors[level]}
+        if shipped_file is not None:
+            config["calibration"]["shipped_file"] = shipped_file
+    else:
+        config["calibration"] = "uncalibrated"
     return PosteriorResult(samples, mean, std, out.nfe, seconds, config, extras, lower, upper)
 
 

@@ -113,6 +113,7 @@ class Calibration:
     guarantee: str = "pixel"
     raw_coverage: dict[float, float] = field(default_factory=dict)
     calibrated_coverage: dict[float, float] = field(default_factory=dict)
+    prior_digest: str = ""  # sha256 of a built-in prior's network weights when made (`shipped_calibrations`)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -138,12 +139,17 @@ class Calibration:
             record[key] = {float(level): float(value) for level, value in record.get(key, {}).items()}
         return cls(**record)
 
+    def differences(self, config: dict) -> list[str]:
+        """The IDENTITY keys in which a run (`PosteriorResult.config`) differs from what this was made for."""
+        run = {key: config[key] for key in IDENTITY} | {"operator": operator_identity(config["operator"])}
+        return [key for key in IDENTITY if getattr(self, key) != run[key]]
+
     def check(self, config: dict) -> None:
         """Refuse a run (`PosteriorResult.config`) that differs from what the calibration was made for."""
-        run = {key: config[key] for key in IDENTITY} | {"operator": operator_identity(config["operator"])}
-        made = {key: getattr(self, key) for key in IDENTITY}
-        differ = [key for key in IDENTITY if made[key] != run[key]]
+        differ = self.differences(config)
         if differ:
+            run = {key: config[key] for key in IDENTITY} | {"operator": operator_identity(config["operator"])}
+            made = {key: getattr(self, key) for key in IDENTITY}
             details = "; ".join(f"{key}: calibrated {_brief(made[key])}, this run {_brief(run[key])}" for key in differ)
             raise ValueError(
                 f"this calibration was made for task {self.task!r} with sampler {self.sampler.get('name')!r}; "

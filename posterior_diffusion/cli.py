@@ -117,6 +117,7 @@ def cmd_restore(args) -> None:
     from posterior_diffusion.images import load_image
     from posterior_diffusion.metrics import psnr
     from posterior_diffusion.outputs import describe_files, write_restoration
+    from posterior_diffusion.shipped_calibrations import UNCALIBRATED
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -142,13 +143,18 @@ def cmd_restore(args) -> None:
         prior = load_prior(args.prior, dtype=dtype, arch=args.prior_arch)
         settings = dataclasses.replace(settings, prior=prior, dtype=None)
     estimate = {"noise_sigma": "auto"} if args.noise_sigma == "auto" else {}
-    res = settings.run(y, op, args.seed, calibration=args.calibration, level=args.level, **estimate)
+    calibration = None if args.calibration == "none" else args.calibration
+    res = settings.run(y, op, args.seed, calibration=calibration, level=args.level, **estimate)
     if estimate:
         noise = res.config["noise"]
         print(
             f"noise sigma estimated from the measurement: {noise['noise_sigma']:.4f} on [-1, 1] "
             f"({noise['noise_sigma'] * 127.5:.2f} / 255; {noise['method']})"
         )
+    if res.config["calibration"] == "uncalibrated":
+        print(UNCALIBRATED)
+    elif "shipped_file" in res.config["calibration"]:
+        print(f"interval: {args.level:.0%}, calibrated by the shipped {res.config['calibration']['shipped_file']}")
     info = {"input": str(args.input), "simulate": args.simulate}
     if args.prior_arch:
         info |= {"prior": args.prior, "prior_arch": args.prior_arch}
@@ -213,6 +219,7 @@ def cmd_calibrate(args) -> None:
     from posterior_diffusion.calibrate_run import calibrate, held_out_coverage
     from posterior_diffusion.guards import check_counts
     from posterior_diffusion.images import list_images, load_center_crops
+    from posterior_diffusion.shipped_calibrations import prior_digest
     from posterior_diffusion.tasks import get_task
 
     out = Path(args.out)
@@ -234,6 +241,7 @@ def cmd_calibrate(args) -> None:
     settings = _sampling_settings(args, device)
     common = dict(seed=args.seed, images_per_call=args.images_per_call)
     cal = calibrate(x, op, name, settings, tuple(args.levels), guarantee=args.guarantee, **common)
+    cal = dataclasses.replace(cal, prior_digest=prior_digest(cal.prior))  # a built-in prior's weights, else ""
     cal.save(out)
     print(
         f"wrote {out}: {cal.sampler['name']} on {name}, {cal.images} images x {cal.num_samples} samples, "

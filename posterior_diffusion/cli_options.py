@@ -90,8 +90,11 @@ class RestoreOptions(OperatorOptions, SamplingOptions):
     out: str = option("output folder")
     simulate: bool = option("INPUT is a clean image: measure it first", False)
     prior_arch: str | None = option("--prior is a guided-diffusion .pt of this ADM preset", None, metavar="PRESET")
-    calibration: str | None = option(
-        "a file from `calibrate`: also write the calibrated interval", None, metavar="FILE"
+    calibration: str = option(
+        "a file from `calibrate` (interval_lo/hi.png at --level), auto: the shipped calibration made for this run, "
+        "if any, or none",
+        "auto",
+        metavar="FILE",
     )
     level: float = option("the calibrated interval's level", 0.9)
 

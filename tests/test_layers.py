@@ -23,7 +23,7 @@ LAYERS = [
     ("operators", ["operators", "tasks", "baselines"]),
     ("priors", ["priors"]),
     ("samplers", ["samplers"]),
-    ("api", ["api", "calibration", "posterior_mean"]),
+    ("api", ["api", "calibration", "posterior_mean", "shipped_calibrations"]),
     (
         "tools",
         [
@@ -40,7 +40,10 @@ LAYERS = [
             "train_autoencoder",
         ],
     ),
-    ("tools", ["prior_benchmark", "applications", ""]),  # "": the package's __init__, which loads applications
+    (
+        "tools",
+        ["prior_benchmark", "noise_benchmark", "applications", ""],
+    ),  # "": the package's __init__, which loads applications
 ]
 APPLICATIONS = ["eht"]
 
