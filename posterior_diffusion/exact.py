@@ -15,6 +15,7 @@ sampler on it and compares its samples with exact posterior samples:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,9 +135,9 @@ def report_settings() -> dict[str, dict]:
     return {name: cls.EXACT_OPTIONS for name, cls in SAMPLERS.items() if cls.EXACT_OPTIONS is not None}
 
 
-def report(settings: dict[str, dict] | None = None, num_samples: int = 64, progress: bool = False) -> str:
-    """A Markdown table of `evaluate` for each sampler and case it supports; `progress`: a bar over the pairs
-    (stderr), naming the one in progress (the whole report takes minutes on a CPU)."""
+def report_rows(settings: dict[str, dict] | None = None, num_samples: int = 64, progress: bool = False) -> list[dict]:
+    """`evaluate` for each sampler and case it supports, one row each ({"sampler", "settings", "case", ...the
+    metrics}); `progress`: a bar over the pairs (stderr), naming the one in progress (minutes on a CPU)."""
     from tqdm.auto import tqdm
 
     settings = report_settings() if settings is None else settings
@@ -150,22 +151,37 @@ def report(settings: dict[str, dict] | None = None, num_samples: int = 64, progr
             except ValueError:
                 continue
             pairs.append((name, options, sampler, case))
+    rows = []
+    bar = tqdm(pairs, desc="bench exact", unit="case", disable=not progress)
+    for name, options, sampler, case in bar:
+        bar.set_postfix_str(f"{name} on {case.name}")
+        result = evaluate(sampler, case, num_samples)
+        result["coverage"] = {str(level): value for level, value in result["coverage"].items()}
+        settings_text = ", ".join(f"{k}={v}" for k, v in options.items())
+        rows.append({"sampler": name, "settings": settings_text, "case": case.name} | result)
+    return rows
+
+
+def exact_table(rows: list[dict]) -> str:
+    """The Markdown table of `report_rows` (what `bench report` shows for a study of kind "exact")."""
     lines = [
         "| sampler | settings | case | mean err (prior) | std ratio | SW (prior) | coverage 50 / 80 / 90 / 95 % "
         "| NFE | s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    bar = tqdm(pairs, desc="bench exact", unit="case", disable=not progress)
-    for name, options, sampler, case in bar:
-        bar.set_postfix_str(f"{name} on {case.name}")
-        r = evaluate(sampler, case, num_samples)
+    for r in rows:
         lines.append(
-            f"| {name} | {', '.join(f'{k}={v}' for k, v in options.items())} | {case.name} | "
+            f"| {r['sampler']} | {r['settings']} | {r['case']} | "
             f"{r['mean_err']:.3f} ({r['prior_err']:.3f}) | {r['std_ratio']:.2f} | "
             f"{r['sw']:.3f} ({r['sw_prior']:.3f}) | {' / '.join(f'{c:.2f}' for c in r['coverage'].values())} | "
             f"{r['nfe']} | {r['seconds']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def report(settings: dict[str, dict] | None = None, num_samples: int = 64, progress: bool = False) -> str:
+    """The Markdown table of `report_rows`."""
+    return exact_table(report_rows(settings, num_samples, progress))
 
 
 @dataclass
@@ -177,9 +193,12 @@ class ExactConfig:
 
 
 def run_exact(cfg: ExactConfig, progress: bool = True) -> str:
-    """The report of every sampler with EXACT_OPTIONS, written to out/exact.md; returns the table."""
+    """The report of every sampler with EXACT_OPTIONS: its rows to out/exact.jsonl, its table to out/exact.md (and
+    from the rows by `bench report`, kind "exact"); returns the table."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = report(num_samples=cfg.num_samples, progress=progress)
+    rows = report_rows(num_samples=cfg.num_samples, progress=progress)
+    (out / "exact.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = exact_table(rows)
     (out / "exact.md").write_text(table + "\n")
     return table

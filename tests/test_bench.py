@@ -336,6 +336,11 @@ def test_exact_benchmark_command_writes_the_table(tmp_path, monkeypatch, capsys)
     assert "bench exact" in progress and "ddrm on bimodal" in progress and f"{table.count('| ddrm |')}/" in progress
     assert main(["bench", "exact", "--out", str(tmp_path), "--num-samples", "16", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+    # its rows make the same table as a study's report (kind "exact")
+    from posterior_diffusion.bench.studies import render_report
+
+    (tmp_path / "study.toml").write_text('title = "t"\n[[tables]]\nkind = "exact"\nrows = ["exact.jsonl"]\n')
+    assert (tmp_path / "exact.md").read_text().strip() in render_report(tmp_path)
 
 
 def test_black_hole_task_reports_the_interferometry_metrics(tmp_path):

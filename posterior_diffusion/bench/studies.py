@@ -14,7 +14,8 @@ in order:
 Kinds: "grid" (bench grid rows: one table per task, methods by PSNR of the mean, +- the spread over images and
 seeds), "versus" (bench grid rows: per task, `method` against the best classical baseline, and the margin),
 "denoise" (prior_benchmark denoise rows: Tweedie PSNR per noise level), "record" (a JSON record: its numbers,
-one per line), "pivot" (plain JSON-lines rows: an index x column table of a value's mean, median or mean |.|).
+one per line), "pivot" (plain JSON-lines rows: an index x column table of a value's mean, median or mean |.|),
+"exact" (`bench exact` rows: samplers against exact posteriors).
 Everything is computed from the rows; nothing is typed in, so a rerun that adds rows changes the report and a
 table never drifts from its rows (tests/test_studies.py regenerates every committed report).
 """
@@ -181,6 +182,14 @@ def pivot_table(folder: Path, spec: dict) -> str:
     return "\n".join(lines)
 
 
+def exact_rows_table(folder: Path, spec: dict) -> str:
+    """`bench exact` rows (exact.jsonl): samplers against exact Gaussian-mixture posteriors (`exact.exact_table`)."""
+    from posterior_diffusion.exact import exact_table
+
+    rows = [json.loads(line) for name in spec["rows"] for line in (folder / name).read_text().splitlines() if line]
+    return exact_table(rows)
+
+
 def _flatten(value, prefix: str = ""):
     if isinstance(value, dict):
         for key, inner in value.items():
@@ -198,6 +207,7 @@ REPORTS: dict[str, Callable[[Path, dict], str]] = {
     "denoise": denoise_tables,
     "record": record_table,
     "pivot": pivot_table,
+    "exact": exact_rows_table,
 }
 
 
