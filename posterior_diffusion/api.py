@@ -115,6 +115,9 @@ def on_device(op: Operator, device: torch.device) -> Operator:
     return copy.deepcopy(op).to(device)
 
 
+BUDGETS = ("device", "cpu", "gpu")  # sampler="auto": whose budget picks the sampler ("device": the one it runs on)
+
+
 def sample_posterior(
     y: torch.Tensor,
     op: Operator | str,
@@ -147,7 +150,8 @@ def sample_posterior(
         sampler: a Sampler, a registered name, or "auto" (default): the sampler measured best for the operator that
             accepts the prior, with its preset for the task (`samplers.auto.AUTO`; the choice is in config["sampler"]);
             on a CPU, for a linear operator, at the CPU budget (`samplers.auto.CPU_STEPS` steps and `CPU_OPTIONS`);
-            options given here win over the chosen ones.
+            options given here win over the chosen ones; budget="cpu" or "gpu" asks for that budget's choice on any
+            device (default "device": the CPU budget on a CPU).
             `sampler_options` go to its config (e.g. steps, step_size, preset).
         num_samples: samples per measurement (S).
         batch_size: chains per network call (default: all B * S at once).
@@ -225,8 +229,12 @@ def sample_posterior(
     if cuda_graphs:
         prior.use_cuda_graphs()
     if sampler == "auto":
-        name, chosen = choose_sampler(prior, op, on_cpu=device.type == "cpu")
-        given = {k: v for k, v in sampler_options.items() if not (k == "preset" and v is None)}  # None: auto's
+        budget = sampler_options.get("budget", "device")
+        if budget not in BUDGETS:
+            raise ValueError(f"unknown budget {budget!r} for sampler='auto'; valid: {', '.join(BUDGETS)}")
+        on_cpu = device.type == "cpu" if budget == "device" else budget == "cpu"
+        name, chosen = choose_sampler(prior, op, on_cpu=on_cpu)
+        given = {k: v for k, v in sampler_options.items() if not (k == "preset" and v is None) and k != "budget"}
         sampler = get_sampler(name, **(chosen | given))
     if device.type == "cpu":
         _warn_slow_cpu_dtype(getattr(prior, "dtype", None))

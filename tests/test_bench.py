@@ -180,6 +180,18 @@ def test_the_auto_method_runs_what_sample_posterior_picks_and_records_it(tmp_pat
         bench.get_method("autoo")
 
 
+def test_auto_with_the_gpu_budget_runs_the_100_step_order_on_a_cpu(tmp_path, images, tiny_unet_folder):
+    """ "auto.budget=gpu": box inpainting picks the GPU order's first sampler (PiGDM) at its own steps, where the
+    CPU budget picks DiffPIR-20; an unknown budget is refused before any work."""
+    cfg = _config(images, tmp_path / "gpu", tiny_unet_folder, tasks=("box_inpaint",), methods=("auto",))
+    cfg = replace(cfg, num_images=1, steps=None, sampler_options={"auto.budget": "gpu", "auto.steps": 3})
+    rows = run_bench(cfg, progress=False)
+    assert {r["sampler"] for r in rows} == {"pigdm-3"}
+    with pytest.raises(ValueError, match=r"unknown auto\.budget 'tpu'"):
+        run_bench(replace(cfg, out=str(tmp_path / "bad"), sampler_options={"auto.budget": "tpu"}), progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_two_processes_give_the_rows_of_one(tmp_path, images, tiny_unet_folder):
     one = run_bench(_config(images, tmp_path / "one", tiny_unet_folder, methods=("dps", "tikhonov")), progress=False)
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "posterior_diffusion.cli"]

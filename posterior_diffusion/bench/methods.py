@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
-from posterior_diffusion.api import SamplingSettings, on_device
+from posterior_diffusion.api import BUDGETS, SamplingSettings, on_device
 from posterior_diffusion.baselines import BASELINES, baseline, grid_search, tune
 from posterior_diffusion.bench.config import BenchConfig
 from posterior_diffusion.bench.store import atomic_write_text
@@ -264,8 +264,8 @@ class SamplerMethod:
 @dataclass(frozen=True)
 class AutoMethod:
     """`sampler="auto"`: the sampler and preset sample_posterior picks for the task (`samplers.auto`, at the CPU
-    budget on a CPU), with the bench's --steps and the "K" and "auto.K" options; its rows record the pick as
-    "sampler": "NAME-STEPS"."""
+    budget on a CPU unless "auto.budget=gpu"), with the bench's --steps and the "K" and "auto.K" options; its rows
+    record the pick as "sampler": "NAME-STEPS"."""
 
     name: str = AUTO
     needs_prior = True
@@ -279,10 +279,15 @@ class AutoMethod:
         return self
 
     def check_options(self, cfg) -> None:
-        """Nothing to check before the pick: its options go to the sampler it picks per task."""
+        """Its budget ("auto.budget=gpu": the 100-step order on a CPU); its other options go to the sampler it
+        picks per task."""
+        if self.options(cfg).get("budget", "device") not in BUDGETS:
+            raise ValueError(f"unknown auto.budget {self.options(cfg)['budget']!r}; valid: {', '.join(BUDGETS)}")
 
     def refusal(self, cfg, task, prior, op) -> str | None:
-        return _refusal(lambda: choose_sampler(prior, op, on_cpu=prior.device.type == "cpu"))
+        budget = self.options(cfg).get("budget", "device")
+        on_cpu = prior.device.type == "cpu" if budget == "device" else budget == "cpu"
+        return _refusal(lambda: choose_sampler(prior, op, on_cpu=on_cpu))
 
     def runs(self, task) -> int:
         return task.best_of
