@@ -148,7 +148,8 @@ def sample_posterior(
         op: an operator (see `posterior_diffusion.operators`) or the name of one with default settings.
         prior: a DiffusionPrior, a `load_prior` spec, or None for the built-in prior matching the channels.
         sampler: a Sampler, a registered name, or "auto" (default): the sampler measured best for the operator that
-            accepts the prior, with its preset for the task (`samplers.auto.AUTO`; the choice is in config["sampler"]);
+            accepts the prior, with its preset for the task (the task table, `tasks.Task.auto`; the choice is in
+            config["sampler"]);
             on a CPU, for a linear operator, at the CPU budget (`samplers.auto.CPU_STEPS` steps and `CPU_OPTIONS`);
             options given here win over the chosen ones; budget="cpu" or "gpu" asks for that budget's choice on any
             device (default "device": the CPU budget on a CPU).
