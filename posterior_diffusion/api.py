@@ -8,6 +8,7 @@ res.config
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import platform
 import time
@@ -314,23 +315,8 @@ class SamplingSettings:
 
     def run(self, y: torch.Tensor, op, seed: int = 0, measurement_ids=None, **extra) -> PosteriorResult:
         """sample_posterior(y, op, ...) with these settings; `extra`: its other keywords (calibration, ...)."""
-        return sample_posterior(
-            y,
-            op,
-            prior=self.prior,
-            sampler=self.sampler,
-            num_samples=self.num_samples,
-            batch_size=self.batch_size,
-            seed=seed,
-            device=self.device,
-            dtype=self.dtype,
-            progress=self.progress,
-            measurement_ids=measurement_ids,
-            compile=self.compile,
-            cuda_graphs=self.cuda_graphs,
-            **extra,
-            **self.options,
-        )
+        keywords = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        return sample_posterior(y, op, seed=seed, measurement_ids=measurement_ids, **keywords, **extra, **self.options)
 
 
 def _check_memory(total: int, chains: int, shape: tuple[int, ...], device: torch.device) -> None:
