@@ -114,12 +114,16 @@ class Calibration:
     raw_coverage: dict[float, float] = field(default_factory=dict)
     calibrated_coverage: dict[float, float] = field(default_factory=dict)
     prior_digest: str = ""  # sha256 of a built-in prior's network weights when made (`shipped_calibrations`)
+    held_out: dict = field(default_factory=dict)  # {"images", "folder", "raw_coverage", "calibrated_coverage"}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         record = {"kind": KIND, "version": VERSION, **asdict(self)}
         for key in ("factors", "raw_coverage", "calibrated_coverage"):
             record[key] = {str(level): value for level, value in record[key].items()}
+        for key in ("raw_coverage", "calibrated_coverage"):
+            if key in record["held_out"]:
+                record["held_out"] = record["held_out"] | {key: {str(k): v for k, v in record["held_out"][key].items()}}
         path.write_text(json.dumps(record, indent=2) + "\n")
         return path
 
@@ -137,6 +141,10 @@ class Calibration:
         del record["kind"], record["version"]
         for key in ("factors", "raw_coverage", "calibrated_coverage"):
             record[key] = {float(level): float(value) for level, value in record.get(key, {}).items()}
+        held_out = record.get("held_out", {})
+        for key in ("raw_coverage", "calibrated_coverage"):
+            if key in held_out:
+                held_out[key] = {float(level): float(value) for level, value in held_out[key].items()}
         return cls(**record)
 
     def differences(self, config: dict) -> list[str]:

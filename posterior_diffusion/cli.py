@@ -237,7 +237,7 @@ def cmd_calibrate(args) -> None:
     channels = args.channels or (task.channels if task and task.channels else 3)
     x = load_center_crops(paths, channels, args.size)
     op = task.build(args.size) if task else build_operator(args, tuple(x.shape[1:]))
-    name = args.task or op.to_config()["name"]
+    name = args.name or args.task or op.to_config()["name"]
     settings = _sampling_settings(args, device)
     common = dict(seed=args.seed, images_per_call=args.images_per_call)
     cal = calibrate(x, op, name, settings, tuple(args.levels), guarantee=args.guarantee, **common)
@@ -258,6 +258,8 @@ def cmd_calibrate(args) -> None:
         print(f"test images ({len(test)}, {args.test_images}):")
         for level in cal.factors:
             print(f"  {level:.0%}: raw coverage {raw[level]:.3f}, calibrated {calibrated[level]:.3f}")
+        held_out = {"images": len(test), "folder": Path(args.test_images).name}
+        dataclasses.replace(cal, held_out=held_out | {"raw_coverage": raw, "calibrated_coverage": calibrated}).save(out)
 
 
 def cmd_lpips_weights(args) -> None:

@@ -104,6 +104,7 @@ class CalibrateOptions(OperatorOptions, SamplingOptions):
     images: str = option("folder of calibration images (centre-cropped to --size)")
     out: str = option("calibration file to write (.json)")
     task: str | None = option("a bench task (sr4, random_inpaint, ...; see `bench grid --help`), or --operator", None)
+    name: str | None = option("the calibration's name (default: --task, or the operator's name)", None)
     size: int = option("crop side in pixels", 64)
     num_images: int | None = option("the first N images of the folder (default all)", None)
     images_per_call: int = option("images sampled together", 8)

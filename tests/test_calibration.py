@@ -134,6 +134,8 @@ def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_fol
     assert Calibration.load(cal).images == 20 and Calibration.load(cal).task == "random_inpaint"
     printed = capsys.readouterr().out
     assert "test images (4," in printed and "90%: raw coverage" in printed
+    held_out = Calibration.load(cal).held_out  # kept in the file, as printed
+    assert held_out["images"] == 4 and f"calibrated {held_out['calibrated_coverage'][0.9]:.3f}" in printed
     restore = ["restore", str(images / "00.png"), "--simulate", "--operator", "inpaint_random"]
     restore += ["--op-param", "missing=0.7", "--calibration", str(cal), "--level", "0.8", *common]
     assert main([*restore, "--out", str(tmp_path / "r")]) == 0

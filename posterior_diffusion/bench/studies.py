@@ -15,7 +15,8 @@ Kinds: "grid" (bench grid rows: one table per task, methods by PSNR of the mean,
 seeds), "versus" (bench grid rows: per task, `method` against the best classical baseline, and the margin),
 "denoise" (prior_benchmark denoise rows: Tweedie PSNR per noise level), "record" (a JSON record: its numbers,
 one per line), "pivot" (plain JSON-lines rows: an index x column table of a value's mean, median or mean |.|),
-"exact" (`bench exact` rows: samplers against exact posteriors).
+"exact" (`bench exact` rows: samplers against exact posteriors), "calibrations" (calibration files: factors and
+coverage, held-out included).
 Everything is computed from the rows; nothing is typed in, so a rerun that adds rows changes the report and a
 table never drifts from its rows (tests/test_studies.py regenerates every committed report).
 """
@@ -190,6 +191,32 @@ def exact_rows_table(folder: Path, spec: dict) -> str:
     return exact_table(rows)
 
 
+def calibrations_table(folder: Path, spec: dict) -> str:
+    """Calibration files (`posterior-diffusion calibrate`): per file and level, the factor, the raw and calibrated
+    coverage on the calibration images and, where the file holds it, on its held-out test images."""
+    from posterior_diffusion.calibration import Calibration
+
+    lines = [
+        "| file | task | sampler | level | factor | raw / calibrated coverage (calibration images) | raw / calibrated "
+        "coverage (held out) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in spec["rows"]:
+        cal = Calibration.load(folder / name)
+        sampler = f"{cal.sampler.get('name')}-{cal.sampler.get('steps')}, {cal.num_samples} samples"
+        for level, factor in cal.factors.items():
+            own = f"{cal.raw_coverage[level]:.3f} / {cal.calibrated_coverage[level]:.3f} ({cal.images})"
+            held = cal.held_out
+            other = (
+                f"{held['raw_coverage'][level]:.3f} / {held['calibrated_coverage'][level]:.3f} "
+                f"({held['images']} {held['folder']})"
+                if held
+                else "-"
+            )
+            lines.append(f"| {Path(name).name} | {cal.task} | {sampler} | {level:g} | {factor:.3f} | {own} | {other} |")
+    return "\n".join(lines)
+
+
 def _flatten(value, prefix: str = ""):
     if isinstance(value, dict):
         for key, inner in value.items():
@@ -208,6 +235,7 @@ REPORTS: dict[str, Callable[[Path, dict], str]] = {
     "record": record_table,
     "pivot": pivot_table,
     "exact": exact_rows_table,
+    "calibrations": calibrations_table,
 }
 
 
