@@ -24,13 +24,14 @@ table never drifts from its rows (tests/test_studies.py regenerates every commit
 from __future__ import annotations
 
 import json
-import math
+import statistics
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 from posterior_diffusion.baselines import BASELINES
-from posterior_diffusion.bench.store import rows_of
+from posterior_diffusion.bench.report import summary
+from posterior_diffusion.bench.store import KEY, rows_of
 
 REPORT = "report.md"
 STUDY = "study.toml"
@@ -45,12 +46,6 @@ LABELS = {  # column headers of the grid tables
 }
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return mean, math.sqrt(var)
-
-
 def _method_label(method: str, rows: list[dict]) -> str:
     """The method as a table shows it: baselines marked, auto with the samplers it picked."""
     if method in BASELINES:
@@ -59,33 +54,32 @@ def _method_label(method: str, rows: list[dict]) -> str:
     return f"{method} ({', '.join(picked)})" if picked else method
 
 
-def _by_task_and_method(rows: list[dict]) -> dict[str, dict[str, list[dict]]]:
-    groups: dict[str, dict[str, list[dict]]] = {}
-    for r in rows:
-        groups.setdefault(r["task"], {}).setdefault(r["method"], []).append(r)
-    return groups
+def _by_task(rows: list[dict]) -> dict[str, list[tuple[dict, str]]]:
+    """task -> [(its `report.summary` entry, the method's label)] per method, tasks and methods in the rows' order."""
+    tasks: dict[str, list[tuple[dict, str]]] = {}
+    for entry in summary(rows):
+        sel = [r for r in rows if r["task"] == entry["task"] and r["method"] == entry["method"]]
+        tasks.setdefault(entry["task"], []).append((entry, _method_label(entry["method"], sel)))
+    return tasks
 
 
 def grid_tables(folder: Path, spec: dict) -> str:
     """One table per task (in the rows' order of first appearance): each method's metrics (mean +- std over its
-    rows), NFE, seconds per image and rows, best PSNR first."""
-    rows = read_rows_files(folder, spec["rows"])
+    rows, `report.summary`), NFE, seconds per image and rows, best PSNR first."""
     columns = spec.get("columns", ["psnr", "ssim"])
     parts = []
-    for task, methods in _by_task_and_method(rows).items():
+    for task, methods in _by_task(read_rows_files(folder, spec["rows"])).items():
         header = ["method", *[LABELS.get(c, c) for c in columns], "NFE", "s / image", "rows"]
         lines = [f"{task}:", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        ranked = sorted(methods.items(), key=lambda item: -_mean_std([r["psnr"] for r in item[1]])[0])
-        for method, sel in ranked:
-            cells = [_method_label(method, sel)]
+        for entry, label in sorted(methods, key=lambda item: -item[0]["psnr"]):
+            cells = [label]
             for column in columns:
-                values = [r[column] for r in sel if column in r]
                 digits = 2 if column.startswith("psnr") else 3
-                cells.append(
-                    f"{_mean_std(values)[0]:.{digits}f} +- {_mean_std(values)[1]:.{digits}f}" if values else "-"
+                mean_std = (
+                    f"{entry[column]:.{digits}f} +- {entry[column + '_std']:.{digits}f}" if column in entry else "-"
                 )
-            seconds = sum(r["seconds"] for r in sel) / len(sel)
-            cells += [str(sel[0]["nfe"]), f"{seconds:.1f}", str(len(sel))]
+                cells.append(mean_std)
+            cells += [str(entry["nfe"]), f"{entry['seconds']:.1f}", str(entry["runs"])]
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
@@ -93,20 +87,18 @@ def grid_tables(folder: Path, spec: dict) -> str:
 
 def versus_table(folder: Path, spec: dict) -> str:
     """Per task: `spec["method"]`'s mean PSNR against the best classical baseline's, and the margin."""
-    rows = read_rows_files(folder, spec["rows"])
     method = spec["method"]
     lines = [f"| task | {method} | best classical | margin |", "|---|---|---|---|"]
-    for task, methods in _by_task_and_method(rows).items():
-        if method not in methods:
+    for task, methods in _by_task(read_rows_files(folder, spec["rows"])).items():
+        ours = [(entry, label) for entry, label in methods if entry["method"] == method]
+        baselines = [entry for entry, _ in methods if entry["method"] in BASELINES]
+        if not ours or not baselines:
             continue
-        ours = _mean_std([r["psnr"] for r in methods[method]])[0]
-        baselines = {m: _mean_std([r["psnr"] for r in sel])[0] for m, sel in methods.items() if m in BASELINES}
-        if not baselines:
-            continue
-        best = max(baselines, key=baselines.get)
-        picked = _method_label(method, methods[method]).removeprefix(method).strip(" ()")
-        shown = f"{ours:.2f} ({picked})" if picked else f"{ours:.2f}"
-        lines.append(f"| {task} | {shown} | {baselines[best]:.2f} ({best}) | {ours - baselines[best]:+.2f} |")
+        (entry, label), best = ours[0], max(baselines, key=lambda e: e["psnr"])
+        picked = label.removeprefix(method).strip(" ()")
+        shown = f"{entry['psnr']:.2f} ({picked})" if picked else f"{entry['psnr']:.2f}"
+        margin = entry["psnr"] - best["psnr"]
+        lines.append(f"| {task} | {shown} | {best['psnr']:.2f} ({best['method']}) | {margin:+.2f} |")
     return "\n".join(lines)
 
 
@@ -151,7 +143,7 @@ def pivot_table(folder: Path, spec: dict) -> str:
     """Plain JSON-lines rows as a table: a line per value of `index`, a column per value of `column` (both in the
     rows' order), each cell the `aggregate` ("mean", "median" or "mean_abs") of `value` over the rows that have it,
     times `scale` (default 1) with `digits` decimals. `value` is a field or "a - b" of two fields."""
-    rows = [json.loads(line) for name in spec["rows"] for line in (folder / name).read_text().splitlines() if line]
+    rows = _json_lines(folder, spec["rows"])
     first, _, second = spec["value"].partition(" - ")
 
     def value(row):
@@ -161,9 +153,7 @@ def pivot_table(folder: Path, spec: dict) -> str:
 
     aggregate = {
         "mean": lambda v: sum(v) / len(v),
-        "median": lambda v: (
-            sorted(v)[len(v) // 2] if len(v) % 2 else sum(sorted(v)[len(v) // 2 - 1 : len(v) // 2 + 1]) / 2
-        ),
+        "median": statistics.median,
         "mean_abs": lambda v: sum(abs(x) for x in v) / len(v),
     }[spec.get("aggregate", "mean")]
     index, column = spec["index"], spec["column"]
@@ -187,8 +177,7 @@ def exact_rows_table(folder: Path, spec: dict) -> str:
     """`bench exact` rows (exact.jsonl): samplers against exact Gaussian-mixture posteriors (`exact.exact_table`)."""
     from posterior_diffusion.exact import exact_table
 
-    rows = [json.loads(line) for name in spec["rows"] for line in (folder / name).read_text().splitlines() if line]
-    return exact_table(rows)
+    return exact_table(_json_lines(folder, spec["rows"]))
 
 
 def calibrations_table(folder: Path, spec: dict) -> str:
@@ -215,6 +204,11 @@ def calibrations_table(folder: Path, spec: dict) -> str:
             )
             lines.append(f"| {Path(name).name} | {cal.task} | {sampler} | {level:g} | {factor:.3f} | {own} | {other} |")
     return "\n".join(lines)
+
+
+def _json_lines(folder: Path, names: list[str]) -> list[dict]:
+    """The records of the named JSON-lines files of `folder`, in order."""
+    return [json.loads(line) for name in names for line in (folder / name).read_text().splitlines() if line]
 
 
 def _flatten(value, prefix: str = ""):
@@ -244,7 +238,7 @@ def read_rows_files(folder: Path, names: list[str]) -> list[dict]:
     rows = {}
     for name in names:
         for r in rows_of(folder / name):
-            rows[(r["task"], r["method"], r["image"], r["seed"])] = r
+            rows[tuple(r[k] for k in KEY)] = r
     return list(rows.values())
 
 
