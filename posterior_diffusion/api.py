@@ -25,7 +25,7 @@ from posterior_diffusion.operators.noise_estimate import with_noise_sigma
 from posterior_diffusion.posterior_mean import posterior_mean
 from posterior_diffusion.priors import DiffusionPrior, default_prior_name, load_prior, resolve_dtype
 from posterior_diffusion.samplers import Sampler, get_sampler
-from posterior_diffusion.samplers.auto import choose_sampler
+from posterior_diffusion.samplers.auto import choose_sampler, cpu_budget
 from posterior_diffusion.samplers.base import validate_measurement
 from posterior_diffusion.tensor_utils import as_batch, sample_moments
 
@@ -114,9 +114,6 @@ def on_device(op: Operator, device: torch.device) -> Operator:
     if all(b.device == device for b in op.buffers()):
         return op
     return copy.deepcopy(op).to(device)
-
-
-BUDGETS = ("device", "cpu", "gpu")  # sampler="auto": whose budget picks the sampler ("device": the one it runs on)
 
 
 def sample_posterior(
@@ -231,10 +228,7 @@ def sample_posterior(
     if cuda_graphs:
         prior.use_cuda_graphs()
     if sampler == "auto":
-        budget = sampler_options.get("budget", "device")
-        if budget not in BUDGETS:
-            raise ValueError(f"unknown budget {budget!r} for sampler='auto'; valid: {', '.join(BUDGETS)}")
-        on_cpu = device.type == "cpu" if budget == "device" else budget == "cpu"
+        on_cpu = cpu_budget(sampler_options.get("budget", "device"), device)
         name, chosen = choose_sampler(prior, op, on_cpu=on_cpu)
         given = {k: v for k, v in sampler_options.items() if not (k == "preset" and v is None) and k != "budget"}
         sampler = get_sampler(name, **(chosen | given))

@@ -22,6 +22,14 @@ from .base import list_samplers, sampler_applies, sampler_class
 FALLBACK = ("ddrm", "red_diff", "resample", "dps")  # operators without a task: presets none
 CPU_STEPS = 20  # steps of the auto sampler for linear operators on a CPU (module docstring)
 CPU_OPTIONS: dict[str, dict] = {"diffpir": {"prox_iters": 5}}  # ... and each sampler's options at that budget
+BUDGETS = ("device", "cpu", "gpu")  # whose budget picks the sampler ("device": that of the device it runs on)
+
+
+def cpu_budget(budget: str, device) -> bool:
+    """Whether a run on `device` (a torch.device) takes the CPU budget under `budget` (one of BUDGETS)."""
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r} for sampler='auto'; valid: {', '.join(BUDGETS)}")
+    return device.type == "cpu" if budget == "device" else budget == "cpu"
 
 
 def check_task(name: str, task: Task) -> None:

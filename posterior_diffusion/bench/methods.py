@@ -15,14 +15,14 @@ from typing import Any, Protocol
 
 import torch
 
-from posterior_diffusion.api import BUDGETS, SamplingSettings, on_device
+from posterior_diffusion.api import SamplingSettings, on_device
 from posterior_diffusion.baselines import BASELINES, baseline, grid_search, tune
 from posterior_diffusion.bench.config import BenchConfig
 from posterior_diffusion.bench.store import atomic_write_text
 from posterior_diffusion.images import random_crops
 from posterior_diffusion.metrics import psnr
 from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
-from posterior_diffusion.samplers.auto import choose_sampler
+from posterior_diffusion.samplers.auto import BUDGETS, choose_sampler, cpu_budget
 
 AUTO = "auto"  # method "auto": what sample_posterior(sampler="auto") picks per task, at the bench's --steps if given
 TUNED = ":tuned"  # method "NAME:tuned": sampler NAME with its TUNE_GRID options tuned per task on --tune-images
@@ -285,8 +285,7 @@ class AutoMethod:
             raise ValueError(f"unknown auto.budget {self.options(cfg)['budget']!r}; valid: {', '.join(BUDGETS)}")
 
     def refusal(self, cfg, task, prior, op) -> str | None:
-        budget = self.options(cfg).get("budget", "device")
-        on_cpu = prior.device.type == "cpu" if budget == "device" else budget == "cpu"
+        on_cpu = cpu_budget(self.options(cfg).get("budget", "device"), prior.device)
         return _refusal(lambda: choose_sampler(prior, op, on_cpu=on_cpu))
 
     def runs(self, task) -> int:
