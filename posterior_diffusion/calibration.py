@@ -50,6 +50,7 @@ CALIBRATION_LEVELS = (0.8, 0.9, 0.95)
 PER_IMAGE_PARAMS = ("image_size", "seed")
 # what a run must share with the calibration (`PosteriorResult.config` keys)
 IDENTITY = ("operator", "prior", "sampler", "num_samples")
+COVERAGES = ("raw_coverage", "calibrated_coverage")  # {level: coverage} fields, beside "factors"
 
 
 GUARANTEES = ("pixel", "image")
@@ -119,11 +120,8 @@ class Calibration:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         record = {"kind": KIND, "version": VERSION, **asdict(self)}
-        for key in ("factors", "raw_coverage", "calibrated_coverage"):
-            record[key] = {str(level): value for level, value in record[key].items()}
-        for key in ("raw_coverage", "calibrated_coverage"):
-            if key in record["held_out"]:
-                record["held_out"] = record["held_out"] | {key: {str(k): v for k, v in record["held_out"][key].items()}}
+        _convert_levels(record, ("factors", *COVERAGES), str, lambda v: v)
+        _convert_levels(record["held_out"], COVERAGES, str, lambda v: v)
         path.write_text(json.dumps(record, indent=2) + "\n")
         return path
 
@@ -139,26 +137,27 @@ class Calibration:
         if record.get("version") != VERSION:
             raise ValueError(f"calibration file '{path}' has version {record.get('version')}; this reads {VERSION}")
         del record["kind"], record["version"]
-        for key in ("factors", "raw_coverage", "calibrated_coverage"):
-            record[key] = {float(level): float(value) for level, value in record.get(key, {}).items()}
-        held_out = record.get("held_out", {})
-        for key in ("raw_coverage", "calibrated_coverage"):
-            if key in held_out:
-                held_out[key] = {float(level): float(value) for level, value in held_out[key].items()}
+        for key in ("factors", *COVERAGES):
+            record.setdefault(key, {})
+        _convert_levels(record, ("factors", *COVERAGES), float, float)
+        _convert_levels(record.get("held_out", {}), COVERAGES, float, float)
         return cls(**record)
 
     def differences(self, config: dict) -> list[str]:
         """The IDENTITY keys in which a run (`PosteriorResult.config`) differs from what this was made for."""
-        run = {key: config[key] for key in IDENTITY} | {"operator": operator_identity(config["operator"])}
+        return self._differences(_run_identity(config))
+
+    def _differences(self, run: dict) -> list[str]:
         return [key for key in IDENTITY if getattr(self, key) != run[key]]
 
     def check(self, config: dict) -> None:
         """Refuse a run (`PosteriorResult.config`) that differs from what the calibration was made for."""
-        differ = self.differences(config)
+        run = _run_identity(config)
+        differ = self._differences(run)
         if differ:
-            run = {key: config[key] for key in IDENTITY} | {"operator": operator_identity(config["operator"])}
-            made = {key: getattr(self, key) for key in IDENTITY}
-            details = "; ".join(f"{key}: calibrated {_brief(made[key])}, this run {_brief(run[key])}" for key in differ)
+            details = "; ".join(
+                f"{key}: calibrated {_brief(getattr(self, key))}, this run {_brief(run[key])}" for key in differ
+            )
             raise ValueError(
                 f"this calibration was made for task {self.task!r} with sampler {self.sampler.get('name')!r}; "
                 f"this run uses operator {run['operator'].get('name')!r} with sampler "
@@ -174,6 +173,20 @@ class Calibration:
         self.check_level(level)
         half = self.factors[level] * std
         return mean - half, mean + half
+
+
+def _run_identity(config: dict) -> dict:
+    """What of a run (`PosteriorResult.config`) a calibration must share (IDENTITY, the operator without its
+    per-image parameters)."""
+    return {key: config[key] for key in IDENTITY} | {"operator": operator_identity(config["operator"])}
+
+
+def _convert_levels(record: dict, keys, level, value) -> None:
+    """In place: the {level: value} dicts under `keys` of `record` (those present) with converted keys and values
+    (JSON keys are strings)."""
+    for key in keys:
+        if key in record:
+            record[key] = {level(k): value(v) for k, v in record[key].items()}
 
 
 def operator_identity(config: dict) -> dict:
