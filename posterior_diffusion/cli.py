@@ -193,17 +193,18 @@ def cmd_bench_speed(args) -> None:
 
 
 def cmd_bench_report(args) -> None:
-    from posterior_diffusion.bench.studies import STUDY, render_report, write_report
+    from posterior_diffusion.bench.studies import REPORT, STUDY, render_report, write_report
 
     folders = args.folders
     if len(folders) > 1:  # a glob such as assets/bench/*/: the folders that are studies
+        studies = [folder for folder in folders if Path(folder, STUDY).is_file()]
         for folder in folders:
-            if not Path(folder, STUDY).is_file():
+            if folder not in studies:
                 print(f"skipped: {folder} (no {STUDY})")
-        folders = [folder for folder in folders if Path(folder, STUDY).is_file()] or folders[:1]
+        folders = studies or folders[:1]
     for folder in folders:
         if args.check:
-            current = Path(folder, "report.md")
+            current = Path(folder, REPORT)
             if not current.is_file() or current.read_text() != render_report(folder):
                 raise ValueError(f"{current} does not match its rows: run posterior-diffusion bench report {folder}")
             print(f"{current}: matches its rows")

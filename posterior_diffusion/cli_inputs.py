@@ -83,8 +83,9 @@ def build_operator(args, image_shape: tuple[int, ...] | None, auto_noise: bool =
     if not args.operator:
         raise ValueError("give --operator NAME (see `posterior-diffusion list`) or --operator-config FILE")
     params = parse_params(args.op_param, "--op-param")
-    if noise_sigma_option(args.noise_sigma) not in (None, "auto"):
-        params["noise_sigma"] = noise_sigma_option(args.noise_sigma)
+    noise_sigma = noise_sigma_option(args.noise_sigma)
+    if noise_sigma not in (None, "auto"):
+        params["noise_sigma"] = noise_sigma
     if image_shape is not None and "image_size" in operator_params(args.operator) and "image_size" not in params:
         params["image_size"] = list(image_shape[1:])
     return get_operator(args.operator, **params)
