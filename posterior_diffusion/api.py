@@ -166,7 +166,7 @@ def sample_posterior(
         callback: called after each sampler step with a dict {"i", "t", "x", "x0_hat", ...}.
         compile: compile the prior's network with torch.compile (`prior.compile_network()`, in place: a prior
             object passed in stays compiled for later calls). Off by default: each new batch shape compiles for
-            about a minute on a CPU core, more than a default CPU run saves (assets/bench/cpu_speed/README.md).
+            about a minute on a CPU core, more than a default CPU run saves (assets/bench/speed/README.md).
         cuda_graphs: on a CUDA device, replay the network's forward passes from captured CUDA graphs
             (`prior.use_cuda_graphs()`, in place like compile; for small networks at small batches, where the GPU
             waits for Python; unmeasured). The CPU path is unchanged.

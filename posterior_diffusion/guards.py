@@ -124,7 +124,7 @@ def auto_dtype(device: torch.device | str) -> torch.dtype:
     measured faster at the same quality, float32 elsewhere.
 
     - CUDA with bfloat16 (Ampere and newer, `torch.cuda.is_bf16_supported`): on one H100 the README's first command
-      took 0.80 s against 1.38 s in float32, PSNR of the mean 30.18 against 30.19 dB (assets/bench/gpu_speed/README.md).
+      took 0.80 s against 1.38 s in float32, PSNR of the mean 30.18 against 30.19 dB (assets/bench/speed/README.md).
     - CPUs with native bfloat16 (`native_cpu_bfloat16`): on an Intel Xeon with AMX the built-in prior ran 2.5-2.8x
       faster than in float32 (forward; forward + backward, batch 16, 64 px) and the PSNR of the mean moved by
       +0.07 dB (DiffPIR) and -0.07 dB (DPS-100) on the bench's hdr task (assets/bench/quality_per_second/README.md).

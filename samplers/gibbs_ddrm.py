@@ -129,7 +129,7 @@ def cholesky_factors(matrices: torch.Tensor) -> torch.Tensor:
     factor would surface as NaN in the chain, which the sampler's guard names).
 
     On CUDA one call per matrix, which is faster there than torch's batched path; on CPUs the batched call is the
-    faster (assets/bench/gpu_speed/README.md).
+    faster (`bench speed`, assets/bench/speed/README.md).
     """
     if matrices.device.type != "cuda":
         return torch.linalg.cholesky_ex(matrices).L

@@ -1,5 +1,6 @@
-"""One line before a long run: after a few network evaluations, a run predicted to take more than
-`LONG_RUN_SECONDS` says how long and what would be faster (fewer steps, another sampler, a GPU), once.
+"""One line before a long run: a run predicted to take more than `LONG_RUN_SECONDS` says how long and what would
+be faster (fewer steps, another sampler, a GPU), once: after its first step where that step alone predicts more than
+`FIRST_STEP_MARGIN` times the limit (a photo-size image on a CPU core), else after `TIMED_STEPS` more steps.
 
     notice = LongRunNotice("dps", steps=1000, total_nfe=4000, on_gpu=False)
     notice.update(nfe)   # from the step hook, with each step's network evaluations
@@ -12,6 +13,7 @@ import warnings
 
 LONG_RUN_SECONDS = 600.0  # ten minutes
 TIMED_STEPS = 3  # the steps timed after the first one (which pays for warm-up) before the estimate
+FIRST_STEP_MARGIN = 2.0  # the first step, warm-up included, may overestimate; past twice the limit it cannot matter
 
 
 class LongRunWarning(UserWarning):
@@ -27,8 +29,9 @@ def format_duration(seconds: float) -> str:
 
 
 class LongRunNotice:
-    """Times `TIMED_STEPS` steps after the first one of a run (one host clock read per step, no device sync) and
-    warns once when total_nfe network evaluations at that pace exceed LONG_RUN_SECONDS; silent after that.
+    """Times the first step of a run and the `TIMED_STEPS` after it (one host clock read per step, no device sync)
+    and warns once when total_nfe network evaluations at that pace exceed LONG_RUN_SECONDS (after the first step:
+    FIRST_STEP_MARGIN times it); silent after that. Made just before the run's first step.
 
     Args:
         sampler: its name, for the message.
@@ -39,17 +42,20 @@ class LongRunNotice:
 
     def __init__(self, sampler: str, steps: int | None, total_nfe: int, on_gpu: bool):
         self.sampler, self.steps, self.total_nfe, self.on_gpu = sampler, steps, total_nfe, on_gpu
+        self.created = time.perf_counter()
         self.start: float | None = None
-        self.done_steps, self.timed_nfe = 0, 0
+        self.done_steps, self.timed_nfe, self.warned = 0, 0, False
 
     def update(self, nfe: int) -> None:
         """After a step with `nfe` network evaluations."""
-        if self.done_steps > TIMED_STEPS:
+        if self.done_steps > TIMED_STEPS or self.warned:
             return
         now = time.perf_counter()
         self.done_steps += 1
         if self.start is None:
-            self.start = now  # the clock starts after the first step
+            self.start = now  # the steady pace is timed from here
+            if nfe and (now - self.created) / nfe * self.total_nfe > FIRST_STEP_MARGIN * LONG_RUN_SECONDS:
+                self.check((now - self.created) / nfe)
             return
         self.timed_nfe += nfe
         if self.done_steps > TIMED_STEPS and self.timed_nfe:
@@ -59,6 +65,7 @@ class LongRunNotice:
         estimate = seconds_per_nfe * self.total_nfe
         if estimate <= LONG_RUN_SECONDS:
             return
+        self.warned = True
         faster = []
         if self.steps:
             fitting = max(1, int(self.steps * LONG_RUN_SECONDS / estimate))

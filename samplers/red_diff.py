@@ -48,8 +48,8 @@ class REDDiffConfig:
     steps: 1000 (sample_test.sh and the paper's runs; `exp.num_steps` defaults to 50).
     lam: lambda, the regulariser weight `grad_term_weight` = 0.25.
     lr: Adam learning rate 0.1 (README examples use 0.25-0.5; nonlinear tasks 0.5), the same at any `steps` as in
-        the reference: each step moves mu by about lr, so many steps need a smaller one
-        (assets/bench/restoration_builtin/README.md).
+        the reference: each step moves mu by about lr, so many steps need a smaller one (scale it by 100 / steps
+        beyond about 100 steps).
     obs_weight: v = 1.
     weighting: `denoise_term_weight` = "linear" (w_t = inverse SNR).
     sigma_x0: 0 (q's std; > 0 adds sigma_x0 * noise to mu inside each step).

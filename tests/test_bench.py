@@ -554,7 +554,7 @@ def test_a_missing_lpips_is_one_warning_that_says_how_to_get_it(tmp_path, images
 
 
 def test_a_methods_own_option_wins_over_the_bench_steps(tmp_path, images):
-    """`--steps 100 --sampler-param pnp_ula.steps=200` (the commands of assets/bench/restoration_builtin/README.md)
+    """`--steps 100 --sampler-param pnp_ula.steps=200` (a budget the studies use)
     runs PnP-ULA with 200 steps; the bench-wide --steps used to override it."""
     from posterior_diffusion.bench.methods import SamplerMethod
 

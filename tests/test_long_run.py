@@ -48,6 +48,33 @@ def test_the_estimate_times_the_steps_after_the_first_and_speaks_once(monkeypatc
     assert len(caught) == 1 and "about 17 min" in str(caught[0].message)
 
 
+def test_a_first_step_far_past_the_limit_speaks_at_once(monkeypatch):
+    """A 1024x768 photo on one CPU core: the first of 20 steps takes 138 s, so the run will take 46 min (more than
+    FIRST_STEP_MARGIN x 10 min): said right after that step, not after TIMED_STEPS more (another 7 min), and once."""
+    clock = iter([0.0, 138.0, *range(276, 4000, 138)])
+    monkeypatch.setattr(long_run.time, "perf_counter", lambda: float(next(clock)))
+    notice = LongRunNotice("diffpir", 20, 20, on_gpu=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        notice.update(1)
+        assert len(caught) == 1 and "about 46 min (20 network evaluations at 1.4e+02 s)" in str(caught[0].message)
+        assert "steps=4" in str(caught[0].message)
+        for _ in range(19):
+            notice.update(1)
+    assert len(caught) == 1
+
+
+def test_a_first_step_just_past_the_limit_waits_for_the_timed_steps(monkeypatch):
+    """A slow first step (warm-up) predicting 15 min does not speak: the steady 1 s per evaluation says 5 min."""
+    clock = iter([0.0, 3.0, *range(4, 400)])
+    monkeypatch.setattr(long_run.time, "perf_counter", lambda: float(next(clock)))
+    notice = LongRunNotice("ddrm", 300, 300, on_gpu=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(300):
+            notice.update(1)
+
+
 def test_a_sampler_run_gives_the_notice(tiny_unet_folder, monkeypatch):
     monkeypatch.setattr(long_run, "LONG_RUN_SECONDS", 0.0)
     y = torch.zeros(3, 16, 16).uniform_(-1, 1)

@@ -77,3 +77,15 @@ def test_a_pivot_table_aggregates_plain_rows(tmp_path):
     assert "| task | sigma 5 | sigma 25 |" in report
     assert "| denoise | 4.0 | 2.0 |" in report and "| sr4 | 1.0 | - |" in report
     assert "| denoise | 30.00 | - |" in report and "| sr4 | 5.00 | - |" in report
+
+
+def test_a_speed_table_shows_each_samplers_overhead(tmp_path):
+    row = {
+        "sampler": "ddrm", "dtype": "float32", "layout": "contiguous", "compiled": False, "compile_seconds": 0.0,
+        "cuda_graphs": False, "batch": 4, "nfe": 20, "network": "forward", "seconds": 2.8, "bare_seconds": 2.5,
+        "algorithm_seconds": 0.0, "overhead": 1.12, "images_per_s": 1.43, "peak_mb": 562.0,
+    }  # fmt: skip
+    (tmp_path / "speed.json").write_text(json.dumps([row]))
+    (tmp_path / STUDY).write_text('title = "t"\n[[tables]]\nkind = "speed"\nrows = ["speed.json"]\n')
+    report = render_report(tmp_path)
+    assert "| ddrm | float32 | contiguous | eager | 4 | 20 | forward | 2.80 | 2.50 | 1.12 | 1.43 | 562 |" in report

@@ -16,7 +16,7 @@ seeds), "versus" (bench grid rows: per task, `method` against the best classical
 "denoise" (prior_benchmark denoise rows: Tweedie PSNR per noise level), "record" (a JSON record: its numbers,
 one per line), "pivot" (plain JSON-lines rows: an index x column table of a value's mean, median or mean |.|),
 "exact" (`bench exact` rows: samplers against exact posteriors), "calibrations" (calibration files: factors and
-coverage, held-out included).
+coverage, held-out included), "speed" (`bench speed` records: time against the bare work).
 Everything is computed from the rows; nothing is typed in, so a rerun that adds rows changes the report and a
 table never drifts from its rows (tests/test_studies.py regenerates every committed report).
 """
@@ -43,6 +43,9 @@ LABELS = {  # column headers of the grid tables
     "psnr_sample": "PSNR of one sample",
     "coverage90": "90 % coverage",
     "z_spread": "z spread",
+    "spearman": "Spearman (std, error)",
+    "kernel_l2": "kernel L2 error",
+    "kernel_ncc": "kernel NCC",
 }
 
 
@@ -206,6 +209,13 @@ def calibrations_table(folder: Path, spec: dict) -> str:
     return "\n".join(lines)
 
 
+def speed_tables(folder: Path, spec: dict) -> str:
+    """`bench speed` records (speed.json): each sampler's time against its bare work (`speed.speed_table`)."""
+    from posterior_diffusion.speed import speed_table
+
+    return "\n\n".join(speed_table(json.loads((folder / name).read_text())) for name in spec["rows"])
+
+
 def _json_lines(folder: Path, names: list[str]) -> list[dict]:
     """The records of the named JSON-lines files of `folder`, in order."""
     return [json.loads(line) for name in names for line in (folder / name).read_text().splitlines() if line]
@@ -230,6 +240,7 @@ REPORTS: dict[str, Callable[[Path, dict], str]] = {
     "pivot": pivot_table,
     "exact": exact_rows_table,
     "calibrations": calibrations_table,
+    "speed": speed_tables,
 }
 
 

@@ -1,8 +1,8 @@
 """CUDA graphs for the network: each network call replayed from a captured graph instead of launched kernel by kernel.
 
-Small networks at batch 1 leave a GPU waiting for Python to queue their kernels
-(assets/bench/gpu_speed/README.md: 1.07-1.32 engine overhead for the built-in network at 64 px on an H100). A
-captured graph launches a whole forward pass at once.
+Small networks at batch 1 leave a GPU waiting for Python to queue their kernels (`bench speed` on an H100: 1.07-1.32
+engine overhead for the built-in network at 64 px; assets/bench/speed/README.md). A captured graph launches a whole
+forward pass at once.
 `GraphedForward` captures one graph per input (shape, dtype, strides, device), with static input buffers that each
 call copies into and a static output that it copies out (PyTorch's "whole network capture" recipe,
 `torch.cuda.graphs`). Only forward passes without autograd on CUDA tensors are graphed; anything else (CPU tensors,

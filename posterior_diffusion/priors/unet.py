@@ -4,7 +4,7 @@ The network runs in its dtype (float32, float16 or bfloat16); inputs are cast to
 outputs come back as float32. Learned-variance networks (out_channels =
 2 * in_channels, as in guided-diffusion / improved DDPM) are split into eps and the variance value v.
 
-Speed: the memory format follows what the speed bench measured faster (assets/bench/cpu_speed/README.md, "Layout and
+Speed: the memory format follows what the speed bench measured faster (assets/bench/speed/README.md, "Layout and
 compilation"; the built-in 64 px network on one core of a Xeon with AMX): by default (`channels_last=None`) each
 sampler run lays the network out channels-last (NHWC) when it is half precision and the run needs no gradient
 through it (DDRM 20 steps, batch 4: 1.06 s against 1.55 s contiguous), and contiguous (NCHW) otherwise (bfloat16
