@@ -269,7 +269,7 @@ class Sampler:
         nfe = self.nfe(prior)
         bar = tqdm(total=nfe * len(chunks), disable=not progress, desc=self.name, unit="nfe")
         notice = LongRunNotice(
-            self.name, getattr(self.config, "steps", None), nfe * len(chunks), prior.device.type == "cuda"
+            self.name, getattr(self.config, "steps", None), nfe * len(chunks), prior.device.type == "cuda", s
         )
 
         samples, extras = [], []

@@ -2,7 +2,7 @@
 be faster (fewer steps, another sampler, a GPU), once: after its first step where that step alone predicts more than
 `FIRST_STEP_MARGIN` times the limit (a photo-size image on a CPU core), else after `TIMED_STEPS` more steps.
 
-    notice = LongRunNotice("dps", steps=1000, total_nfe=4000, on_gpu=False)
+    notice = LongRunNotice("dps", steps=1000, total_nfe=4000, on_gpu=False, num_samples=4)
     notice.update(nfe)   # from the step hook, with each step's network evaluations
 """
 
@@ -38,10 +38,13 @@ class LongRunNotice:
         steps: its `steps` option, from which a budget that fits LONG_RUN_SECONDS is suggested.
         total_nfe: network evaluations of the whole run (all chunks).
         on_gpu: whether the network already runs on a GPU (else a GPU is suggested).
+        num_samples: samples per measurement; above 1, one sample is suggested (the network's time grows with its
+            batch, so one sample takes about 1 / num_samples of the time).
     """
 
-    def __init__(self, sampler: str, steps: int | None, total_nfe: int, on_gpu: bool):
+    def __init__(self, sampler: str, steps: int | None, total_nfe: int, on_gpu: bool, num_samples: int = 1):
         self.sampler, self.steps, self.total_nfe, self.on_gpu = sampler, steps, total_nfe, on_gpu
+        self.num_samples = num_samples
         self.created = time.perf_counter()
         self.start: float | None = None
         self.done_steps, self.timed_nfe, self.warned = 0, 0, False
@@ -70,7 +73,12 @@ class LongRunNotice:
         if self.steps:
             fitting = max(1, int(self.steps * LONG_RUN_SECONDS / estimate))
             faster.append(f"fewer steps (steps={fitting} / --steps {fitting}: about ten minutes)")
-        faster.append("fewer samples, or another sampler (sampler='auto' picks the best measured at 100 steps)")
+        if self.num_samples > 1:
+            faster.append(
+                f"one sample instead of {self.num_samples} (num_samples=1 / --num-samples 1: about "
+                f"{format_duration(estimate / self.num_samples)}, no std)"
+            )
+        faster.append("another sampler (sampler='auto' picks the best measured at 100 steps)")
         if not self.on_gpu:
             faster.append("a GPU (device='cuda' / --device cuda)")
         warnings.warn(

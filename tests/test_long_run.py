@@ -23,6 +23,7 @@ def test_a_run_past_ten_minutes_names_its_length_and_what_is_faster():
     message = str(caught[0].message)
     assert message.startswith("dps: this run will take about 33 min (4000 network evaluations at 0.5 s)")
     assert "steps=300" in message and "sampler='auto'" in message and "--device cuda" in message
+    assert "num-samples" not in message  # one sample already
     with pytest.warns(UserWarning) as caught:
         LongRunNotice("dps", 1000, 4000, on_gpu=True).check(0.5)
     assert "cuda" not in str(caught[0].message)
@@ -53,12 +54,13 @@ def test_a_first_step_far_past_the_limit_speaks_at_once(monkeypatch):
     FIRST_STEP_MARGIN x 10 min): said right after that step, not after TIMED_STEPS more (another 7 min), and once."""
     clock = iter([0.0, 138.0, *range(276, 4000, 138)])
     monkeypatch.setattr(long_run.time, "perf_counter", lambda: float(next(clock)))
-    notice = LongRunNotice("diffpir", 20, 20, on_gpu=False)
+    notice = LongRunNotice("diffpir", 20, 20, on_gpu=False, num_samples=4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         notice.update(1)
-        assert len(caught) == 1 and "about 46 min (20 network evaluations at 1.4e+02 s)" in str(caught[0].message)
-        assert "steps=4" in str(caught[0].message)
+        message = str(caught[0].message)
+        assert len(caught) == 1 and "about 46 min (20 network evaluations at 1.4e+02 s)" in message
+        assert "steps=4" in message and "--num-samples 1: about 12 min, no std" in message
         for _ in range(19):
             notice.update(1)
     assert len(caught) == 1

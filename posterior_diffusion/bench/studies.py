@@ -10,6 +10,8 @@ in order:
     rows = ["rows-a.jsonl", "rows-b.jsonl"]
     heading = "Every sampler at its defaults"     # optional
     columns = ["psnr", "lpips_sample"]            # grid: the metrics shown (default psnr, ssim)
+    methods = ["auto"]                            # grid: only these methods' rows (default all)
+    one_table = true                              # grid: every task in one table (default one table per task)
 
 Kinds: "grid" (bench grid rows: one table per task, methods by PSNR of the mean, +- the spread over images and
 seeds), "versus" (bench grid rows: per task, `method` against the best classical baseline, and the margin),
@@ -68,14 +70,20 @@ def _by_task(rows: list[dict]) -> dict[str, list[tuple[dict, str]]]:
 
 def grid_tables(folder: Path, spec: dict) -> str:
     """One table per task (in the rows' order of first appearance): each method's metrics (mean +- std over its
-    rows, `report.summary`), NFE, seconds per image and rows, best PSNR first."""
+    rows, `report.summary`), NFE, seconds per image and rows, best PSNR first; `methods` keeps only those, and
+    `one_table = true` puts every task in one table with a task column."""
     columns = spec.get("columns", ["psnr", "ssim"])
+    rows = read_rows_files(folder, spec["rows"])
+    if "methods" in spec:
+        rows = [r for r in rows if r["method"] in spec["methods"]]
+    one_table = spec.get("one_table", False)
+    header = [*(["task"] * one_table), "method", *[LABELS.get(c, c) for c in columns], "NFE", "s / image", "rows"]
+    head = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     parts = []
-    for task, methods in _by_task(read_rows_files(folder, spec["rows"])).items():
-        header = ["method", *[LABELS.get(c, c) for c in columns], "NFE", "s / image", "rows"]
-        lines = [f"{task}:", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task, methods in _by_task(rows).items():
+        lines = []
         for entry, label in sorted(methods, key=lambda item: -item[0]["psnr"]):
-            cells = [label]
+            cells = [*([task] * one_table), label]
             for column in columns:
                 digits = 2 if column.startswith("psnr") else 3
                 mean_std = (
@@ -84,8 +92,10 @@ def grid_tables(folder: Path, spec: dict) -> str:
                 cells.append(mean_std)
             cells += [str(entry["nfe"]), f"{entry['seconds']:.1f}", str(entry["runs"])]
             lines.append("| " + " | ".join(cells) + " |")
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts)
+        parts.append(lines if one_table else [f"{task}:", "", *head, *lines])
+    if one_table:
+        return "\n".join(head + [line for lines in parts for line in lines])
+    return "\n\n".join("\n".join(lines) for lines in parts)
 
 
 def versus_table(folder: Path, spec: dict) -> str:
