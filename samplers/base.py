@@ -22,6 +22,7 @@ import torch
 from posterior_diffusion.operators.base import Operator
 from posterior_diffusion.operators.noise import GaussianNoise
 from posterior_diffusion.priors.base import DiffusionPrior
+from posterior_diffusion.priors.cpu_memory import reuse_freed_memory
 from posterior_diffusion.registry import Registry
 from posterior_diffusion.tensor_utils import chunk_slices, make_generators, seed_for
 
@@ -273,7 +274,7 @@ class Sampler:
         )
 
         samples, extras = [], []
-        try:
+        with reuse_freed_memory(prior.device), bar:  # photo-size activations: freed memory reused on a CPU
             for chunk in chunks:
                 guard = DivergenceGuard(self.name, self.step_option)
 
@@ -290,8 +291,6 @@ class Sampler:
                 guard.check()
                 samples.append(x.float())
                 extras.append(extra)
-        finally:
-            bar.close()
         out = torch.cat(samples).reshape(b, s, *image_shape)
         merged = {k: torch.cat([e[k] for e in extras]).reshape(b, s, *extras[0][k].shape[1:]) for k in extras[0]}
         return SamplerOutput(samples=out, nfe=nfe, extras=merged)
