@@ -173,6 +173,12 @@ class Operator(nn.Module):
             f"Operators that have it: {describe_capable('linear')}"
         )
 
+    @classmethod
+    def task_params(cls, params: dict) -> dict:
+        """The parameters of a `to_config()["params"]` that define the task rather than the image, which a
+        calibration must share with a run: all but the image size and the seed of per-image draws."""
+        return {k: v for k, v in params.items() if k not in ("image_size", "seed")}
+
     def to_config(self) -> dict:
         """A JSON-ready dict; `operators.from_config` rebuilds the same operator (kernels and masks included)."""
         params = {}

@@ -76,6 +76,13 @@ class InpaintBox(Masked):
         self._set_mask(mask)
         self.image_size, self.box_size, self.top, self.left, self.seed = [h, w], [bh, bw], t, l_, seed
 
+    @classmethod
+    def task_params(cls, params: dict) -> dict:
+        """The box as a share of the image side (to one decimal: the default half at any size), without its
+        position (drawn per seed): a calibration made at one size applies at every size."""
+        (h, w), (bh, bw) = params["image_size"], params["box_size"]
+        return {"box_share": [round(bh / h, 1), round(bw / w, 1)]}
+
 
 @register_operator("inpaint_random")
 class InpaintRandom(Masked):

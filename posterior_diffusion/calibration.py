@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from posterior_diffusion.metrics import predictive_factor, standardised_errors
+from posterior_diffusion.operators.registry import operator_class
 
 # This module is the pure part, below the API (`sample_posterior` applies a Calibration); the runs that sample
 # calibration and held-out images are `calibrate_run`, above it.
@@ -46,8 +47,6 @@ from posterior_diffusion.metrics import predictive_factor, standardised_errors
 KIND = "posterior_diffusion.calibration"
 VERSION = 1
 CALIBRATION_LEVELS = (0.8, 0.9, 0.95)
-# operator parameters that change with each image, not with the task
-PER_IMAGE_PARAMS = ("image_size", "seed")
 # what a run must share with the calibration (`PosteriorResult.config` keys)
 IDENTITY = ("operator", "prior", "sampler", "num_samples")
 COVERAGES = ("raw_coverage", "calibrated_coverage")  # {level: coverage} fields, beside "factors"
@@ -190,9 +189,9 @@ def _convert_levels(record: dict, keys, level, value) -> None:
 
 
 def operator_identity(config: dict) -> dict:
-    """An operator config without the parameters that change with each image (`PER_IMAGE_PARAMS`)."""
-    params = {k: v for k, v in config.get("params", {}).items() if k not in PER_IMAGE_PARAMS}
-    return {**config, "params": params}
+    """An operator config with only the parameters that define its task, not its image (`Operator.task_params`:
+    without the image size and seed; a box as a share of the image)."""
+    return {**config, "params": operator_class(config["name"]).task_params(config.get("params", {}))}
 
 
 def _brief(value) -> str:

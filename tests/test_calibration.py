@@ -176,3 +176,20 @@ def test_held_out_coverage_is_the_share_of_pixels_inside(gmm, monkeypatch):
     assert calibrated[0.9] == pytest.approx(float((scores <= cal.factors[0.9]).double().mean()))
     assert raw[0.5] == pytest.approx(float(interval_coverage(held, x, (0.5,)).mean()))
     assert not torch.equal(held, samples)  # other measurement noise and chains than the calibration run's
+
+
+def test_an_operator_identity_keeps_the_task_and_leaves_out_the_image():
+    """What a calibration must share with a run: not the image size nor the seed of per-image draws; a box as its
+    share of the image, so a file made for the default half-size box at 128 px holds at 256 px and 257x300."""
+    from posterior_diffusion.calibration import operator_identity
+
+    def identity(name, **params):
+        return operator_identity(get_operator(name, **params).to_config())
+
+    assert identity("inpaint_random", image_size=64, seed=1) == identity("inpaint_random", image_size=128, seed=7)
+    assert identity("inpaint_random", missing=0.5) != identity("inpaint_random", missing=0.9)
+    half = identity("inpaint_box", image_size=128)
+    assert half["params"] == {"box_share": [0.5, 0.5]}
+    assert half == identity("inpaint_box", image_size=256, seed=3) == identity("inpaint_box", image_size=(257, 300))
+    assert half != identity("inpaint_box", image_size=128, box_size=32)  # a quarter of the side
+    assert identity("gaussian_blur", sigma=1.0) != identity("gaussian_blur", sigma=3.0)
