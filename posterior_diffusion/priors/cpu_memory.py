@@ -6,8 +6,11 @@ faulted in page by page at every call. Measured on one core of the development A
 a forward pass of the built-in prior at 512x384, batch 4, took 26 s, a third of it in the kernel (11 M page
 faults); with mmap off and trimming deferred for the run (`mallopt`) freed blocks are reused: 16 s (2 M faults),
 peak resident memory 3.6 GB against 2.9 GB. At the end of the outermost run the settings return to glibc's
-defaults and `malloc_trim` hands the memory back (resident 0.5 GB again). Below about 64x64 nothing changes: those
-tensors stay under the threshold. Without glibc (macOS, Windows, musl) or on a GPU this does nothing.
+defaults and `malloc_trim` hands the memory back (resident 0.5 GB again). The reuse is partial: small allocations
+split freed blocks, so the heap keeps growing for a while (a whole 1024x768 restore at 4 chains per call: 29 min
+against 43 min, peak 13.7 GB against 9.2 GB; `sample_posterior` therefore gives a CPU call few chains at photo
+sizes, `api.CPU_PIXELS_PER_CALL`). Below about 64x64 nothing changes: those tensors stay under the threshold.
+Without glibc (macOS, Windows, musl) or on a GPU this does nothing.
 
     with reuse_freed_memory(device):
         ...  # network calls
