@@ -48,6 +48,10 @@ LABELS = {  # column headers of the grid tables
     "spearman": "Spearman (std, error)",
     "kernel_l2": "kernel L2 error",
     "kernel_ncc": "kernel NCC",
+    "psnr_aligned": "PSNR (aligned)",
+    "psnr_blur15": "PSNR after a 15 uas blur",
+    "chi2_cphase": "chi2 closure phases",
+    "chi2_logcamp": "chi2 log closure amplitudes",
 }
 
 
@@ -70,8 +74,8 @@ def _by_task(rows: list[dict]) -> dict[str, list[tuple[dict, str]]]:
 
 def grid_tables(folder: Path, spec: dict) -> str:
     """One table per task (in the rows' order of first appearance): each method's metrics (mean +- std over its
-    rows, `report.summary`), NFE, seconds per image and rows, best PSNR first; `methods` keeps only those, and
-    `one_table = true` puts every task in one table with a task column."""
+    rows, `report.summary`), NFE, seconds per image and rows, best PSNR first (or best `sort` metric); `methods`
+    keeps only those, and `one_table = true` puts every task in one table with a task column."""
     columns = spec.get("columns", ["psnr", "ssim"])
     rows = read_rows_files(folder, spec["rows"])
     if "methods" in spec:
@@ -82,7 +86,7 @@ def grid_tables(folder: Path, spec: dict) -> str:
     parts = []
     for task, methods in _by_task(rows).items():
         lines = []
-        for entry, label in sorted(methods, key=lambda item: -item[0]["psnr"]):
+        for entry, label in sorted(methods, key=lambda item: -item[0][spec.get("sort", "psnr")]):
             cells = [*([task] * one_table), label]
             for column in columns:
                 digits = 2 if column.startswith("psnr") else 3
