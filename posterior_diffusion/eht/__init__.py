@@ -85,7 +85,7 @@ register_task(
         sized=True,
         channels=1,
         presets={name: "black_hole" for name in ("dps", "red_diff", "pnp_ula")},
-        auto=("dps", "red_diff", "pnp_ula"),  # assets/bench/black_hole: DPS 30.4 dB, RED-Diff 29.5, PnP-ULA 28.7
+        auto=("dps", "red_diff", "pnp_ula"),  # all three fit the closures; DPS needs no rml start (black_hole study)
         description="EHT 2017 on Sgr A* over 160 uas: closure phases, log closure amplitudes, flux (InverseBench)",
         metrics=black_hole_metrics,
         align=_align,
