@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from posterior_diffusion import sample_posterior, shipped_calibrations
-from posterior_diffusion.calibration import calibration_from_samples
-from posterior_diffusion.operators import from_config, get_operator, operator_params
+from posterior_diffusion.calibration import calibration_from_samples, operator_identity
+from posterior_diffusion.operators import get_operator, operator_params
 from posterior_diffusion.priors import load_prior
 from posterior_diffusion.samplers import get_sampler
 from posterior_diffusion.samplers.auto import CPU_STEPS, choose_sampler
@@ -50,8 +50,8 @@ def test_every_shipped_file_matches_its_prior_and_the_auto_table(path, cal):
     if cal.task.startswith("auto/"):  # made for what sampler="auto" runs: still its pick
         prior = load_prior(cal.prior)
         sized = "image_size" in operator_params(cal.operator["name"])  # masks: any size, the identity omits it
-        params = cal.operator["params"] | ({"image_size": [64, 64]} if sized else {})
-        op = from_config(cal.operator | {"params": params})
+        op = get_operator(cal.operator["name"], **({"image_size": 64} if sized else {}))
+        assert operator_identity(op.to_config()) == cal.operator, f"{path.name}: made for the operator's defaults"
         name, options = choose_sampler(prior, op, on_cpu=cal.sampler.get("steps") == CPU_STEPS)
         assert get_sampler(name, **options).to_config() == cal.sampler, f"{path.name}: auto picks another sampler"
 
