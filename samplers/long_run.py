@@ -58,7 +58,7 @@ class LongRunNotice:
         self.done_steps += 1
         if self.start is None:
             self.start = now  # the steady pace is timed from here
-            if nfe and (now - self.created) / nfe * self.total_nfe > FIRST_STEP_MARGIN * LONG_RUN_SECONDS:
+            if nfe:
                 self.check((now - self.created) / nfe, first_step=True)
             return
         self.timed_nfe += nfe
@@ -66,8 +66,10 @@ class LongRunNotice:
             self.check((now - self.start) / self.timed_nfe)
 
     def check(self, seconds_per_nfe: float, first_step: bool = False) -> None:
+        """Warn when total_nfe evaluations at this pace exceed LONG_RUN_SECONDS (FIRST_STEP_MARGIN times it when
+        the pace comes from the first step alone)."""
         estimate = seconds_per_nfe * self.total_nfe
-        if estimate <= LONG_RUN_SECONDS:
+        if estimate <= LONG_RUN_SECONDS * (FIRST_STEP_MARGIN if first_step else 1.0):
             return
         self.warned = True
         faster = []

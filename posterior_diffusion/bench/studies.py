@@ -83,7 +83,7 @@ def grid_tables(folder: Path, spec: dict) -> str:
     one_table = spec.get("one_table", False)
     header = [*(["task"] * one_table), "method", *[LABELS.get(c, c) for c in columns], "NFE", "s / image", "rows"]
     head = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    parts = []
+    body = {}  # task -> its table lines, best first
     for task, methods in _by_task(rows).items():
         lines = []
         for entry, label in sorted(methods, key=lambda item: -item[0][spec.get("sort", "psnr")]):
@@ -96,10 +96,10 @@ def grid_tables(folder: Path, spec: dict) -> str:
                 cells.append(mean_std)
             cells += [str(entry["nfe"]), f"{entry['seconds']:.1f}", str(entry["runs"])]
             lines.append("| " + " | ".join(cells) + " |")
-        parts.append(lines if one_table else [f"{task}:", "", *head, *lines])
+        body[task] = lines
     if one_table:
-        return "\n".join(head + [line for lines in parts for line in lines])
-    return "\n\n".join("\n".join(lines) for lines in parts)
+        return "\n".join(head + [line for lines in body.values() for line in lines])
+    return "\n\n".join("\n".join([f"{task}:", "", *head, *lines]) for task, lines in body.items())
 
 
 def versus_table(folder: Path, spec: dict) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import threading
 from collections.abc import Iterator
 
@@ -33,8 +34,9 @@ _lock = threading.Lock()
 _depth = 0  # runs in progress: the settings change at the first and return after the last
 
 
+@functools.cache
 def _glibc():
-    """The process's C library where it is glibc with mallopt and malloc_trim, else None."""
+    """The process's C library where it is glibc with mallopt and malloc_trim, else None (looked up once)."""
     try:
         libc = ctypes.CDLL(None)
     except OSError:
