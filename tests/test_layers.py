@@ -42,7 +42,7 @@ LAYERS = [
     ),
     (
         "tools",
-        ["prior_benchmark", "noise_benchmark", "applications", ""],
+        ["prior_benchmark", "noise_benchmark", "calibration_recipes", "applications", ""],
     ),  # "": the package's __init__, which loads applications
 ]
 APPLICATIONS = ["eht"]

@@ -198,18 +198,22 @@ def exact_rows_table(folder: Path, spec: dict) -> str:
 
 
 def calibrations_table(folder: Path, spec: dict) -> str:
-    """Calibration files (`posterior-diffusion calibrate`): per file and level, the factor, the raw and calibrated
-    coverage on the calibration images and, where the file holds it, on its held-out test images."""
+    """Calibration files (`posterior-diffusion calibrate`; `rows` may hold shell patterns, expanded in name order):
+    per file and level, the factor, the raw and calibrated coverage on the calibration images and, where the file
+    holds it, on its held-out test images; with `level`, one row per file at that level: the held-out coverage and
+    its distance from the level in points."""
     from posterior_diffusion.calibration import Calibration
 
+    names = [str(p.relative_to(folder)) for pattern in spec["rows"] for p in sorted(folder.glob(pattern))]
+    if "level" in spec:
+        return _calibration_summary([(name, Calibration.load(folder / name)) for name in names], spec["level"])
     lines = [
         "| file | task | sampler | level | factor | raw / calibrated coverage (calibration images) | raw / calibrated "
         "coverage (held out) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in spec["rows"]:
+    for name in names:
         cal = Calibration.load(folder / name)
-        sampler = f"{cal.sampler.get('name')}-{cal.sampler.get('steps')}, {cal.num_samples} samples"
         for level, factor in cal.factors.items():
             own = f"{cal.raw_coverage[level]:.3f} / {cal.calibrated_coverage[level]:.3f} ({cal.images})"
             held = cal.held_out
@@ -219,7 +223,30 @@ def calibrations_table(folder: Path, spec: dict) -> str:
                 if held
                 else "-"
             )
-            lines.append(f"| {Path(name).name} | {cal.task} | {sampler} | {level:g} | {factor:.3f} | {own} | {other} |")
+            cells = [Path(name).name, cal.task, _sampler_label(cal), f"{level:g}", f"{factor:.3f}", own, other]
+            lines.append(f"| {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def _sampler_label(cal) -> str:
+    return f"{cal.sampler.get('name')}-{cal.sampler.get('steps')}, {cal.num_samples} samples"
+
+
+def _calibration_summary(files: list, level: float) -> str:
+    """One row per (file name, Calibration) at `level`: the held-out raw and calibrated coverage and the
+    calibrated coverage's distance from the level, in points."""
+    lines = [
+        "| file | prior | sampler | factor | raw coverage (held out) | calibrated coverage (held out) | off by |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, cal in files:
+        held = cal.held_out
+        calibrated = held["calibrated_coverage"][level]
+        lines.append(
+            f"| {Path(name).name} | {cal.prior.removeprefix('builtin:')} | {_sampler_label(cal)} | "
+            f"{cal.factors[level]:.3f} | {held['raw_coverage'][level]:.3f} | {calibrated:.3f} "
+            f"({held['images']} {held['folder']}) | {100 * (calibrated - level):+.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -290,7 +317,7 @@ def render_report(folder: str | Path) -> str:
         kind = spec.get("kind")
         if kind not in REPORTS:
             raise ValueError(f"{path}: unknown table kind {kind!r}; valid: {', '.join(REPORTS)}")
-        missing = [name for name in spec.get("rows", []) if not (folder / name).is_file()]
+        missing = [name for name in spec.get("rows", []) if not any(folder.glob(name))]  # a name or a pattern
         if missing or not spec.get("rows"):
             raise ValueError(f"{path}: a {kind} table needs rows files in the folder; missing: {missing or 'rows'}")
         if "heading" in spec:

@@ -1,0 +1,119 @@
+"""How every shipped calibration file (assets/calibrations) is made: one table of recipes, each a `posterior-diffusion
+calibrate` command on the tune split (calibration images) with its coverage measured on the test split (held-out
+images), and the command that remakes them when a built-in prior or the `auto` table changes:
+
+    python -m posterior_diffusion.calibration_recipes --data ../shared/data                  # every file
+    python -m posterior_diffusion.calibration_recipes --data ../shared/data --only '*_gpu*' --device cuda
+    python -m posterior_diffusion.calibration_recipes --list                                # the commands
+
+A file named auto_<operator>_<budget>[_gray].json is made for what `sampler="auto"` runs on that operator with its
+defaults at that budget ("cpu": a CPU's 20 steps; "gpu": the samplers' own steps, asked for with `budget=gpu`, so
+it can be made on any device; "any": a nonlinear operator, the same sampler and steps on every device), with the
+built-in prior for its channels (natural-rgb, or natural-gray for "_gray").
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from posterior_diffusion.shipped_calibrations import FOLDER
+
+# Calibration images (tune split) and held-out images (test split), under the data folder, and the run's counts
+CALIBRATION_IMAGES = "testsets/Kodak24"
+HELD_OUT_IMAGES = "testsets/McMaster"
+COMMON = ["--size", "128", "--num-test-images", "8", "--num-samples", "4", "--quiet"]
+IMAGE_OPERATORS = (  # the operators `restore` offers for photos, each with its defaults
+    "denoise",
+    "inpaint_random",
+    "inpaint_box",
+    "gaussian_blur",
+    "motion_blur",
+    "super_resolution",
+    "high_dynamic_range",
+)
+NONLINEAR = ("high_dynamic_range",)  # one budget: auto runs the sampler's own steps on every device
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One shipped file: its name (under assets/calibrations), what it is for, and its `calibrate` arguments beyond
+    the images, COMMON and --out."""
+
+    file: str
+    purpose: str
+    arguments: tuple[str, ...]
+
+    def command(self, data: str, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
+        """The `posterior-diffusion calibrate` argument list that writes this file to `out`."""
+        images = ["--images", f"{data}/{CALIBRATION_IMAGES}", "--test-images", f"{data}/{HELD_OUT_IMAGES}"]
+        return ["calibrate", *images, *COMMON, *self.arguments, *extra, "--overwrite", "--out", str(out)]
+
+
+def _auto_recipes() -> list[Recipe]:
+    recipes = []
+    for gray in (False, True):
+        for operator in IMAGE_OPERATORS:
+            for budget in ("any",) if operator in NONLINEAR else ("cpu", "gpu"):
+                suffix = f"_{budget}" if budget != "any" else ""
+                task = f"auto/{operator}" + (f"-{budget}" if budget != "any" else "") + ("-gray" if gray else "")
+                arguments = ["--num-images", "12", "--operator", operator, "--name", task]
+                arguments += ["--sampler-param", f"budget={budget}"] if budget != "any" else []
+                arguments += ["--channels", "1"] if gray else []
+                prior = "natural-gray" if gray else "natural-rgb"
+                where = {"cpu": "on a CPU", "gpu": "on a GPU", "any": "on any device"}[budget]
+                recipes.append(
+                    Recipe(
+                        f"auto_{operator}{suffix}{'_gray' if gray else ''}.json",
+                        f"`restore --operator {operator}` with its defaults {where}, prior {prior}",
+                        tuple(arguments),
+                    )
+                )
+    return recipes
+
+
+README_BLUR = ["--op-param", "kernel_size=31", "--op-param", "sigma=1.5", "--op-param", "boundary=circular"]
+RECIPES = [
+    Recipe(
+        "readme_gaussian_blur_ddrm.json",
+        "the README's first command (gaussian_blur 31 px, sigma 1.5, circular; DDRM-20)",
+        ("--num-images", "24", "--operator", "gaussian_blur", *README_BLUR, "--sampler", "ddrm"),
+    ),
+    *_auto_recipes(),
+]
+
+
+def select(patterns: list[str] | None) -> list[Recipe]:
+    """The recipes whose file name matches any of the shell patterns (all without patterns); none is a ValueError."""
+    chosen = [r for r in RECIPES if not patterns or any(fnmatch.fnmatch(r.file, p) for p in patterns)]
+    if not chosen:
+        names = ", ".join(r.file for r in RECIPES)
+        raise ValueError(f"no shipped calibration matches {' '.join(patterns)}; files: {names}")
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    from posterior_diffusion.cli import main as cli_main
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="../shared/data", help="folder holding testsets/ (default ../shared/data)")
+    parser.add_argument("--only", nargs="+", help="file-name patterns, e.g. 'auto_*_gpu*' (default: every file)")
+    parser.add_argument("--out", type=Path, default=FOLDER, help="folder to write (default: the package's)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: calibrate's)")
+    parser.add_argument("--list", action="store_true", help="print the commands instead of running them")
+    args = parser.parse_args(argv)
+    extra = ("--device", args.device) if args.device else ()
+    for recipe in select(args.only):
+        command = recipe.command(args.data, Path(os.path.relpath(args.out / recipe.file)), extra)
+        print(f"# {recipe.file}: {recipe.purpose}\nposterior-diffusion {shlex.join(command)}", flush=True)
+        if not args.list and cli_main(command) != 0:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""Every shipped calibration file has a recipe that remakes it (the same task, operator, prior and image count),
+and the recipes' command lists them and refuses a pattern that matches none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from posterior_diffusion import calibration_recipes, shipped_calibrations
+from posterior_diffusion.calibration import operator_identity
+from posterior_diffusion.cli import build_parser
+from posterior_diffusion.cli_inputs import build_operator
+
+RECIPES = {recipe.file: recipe for recipe in calibration_recipes.RECIPES}
+
+
+@pytest.mark.parametrize("path,cal", shipped_calibrations.shipped(), ids=lambda v: getattr(v, "name", ""))
+def test_every_shipped_file_is_made_by_its_recipe(path, cal):
+    assert path.name in RECIPES, f"{path.name} has no recipe in calibration_recipes.RECIPES"
+    args = build_parser().parse_args(RECIPES[path.name].command("DATA", path))
+    channels = args.channels or 3
+    assert cal.prior == f"builtin:natural-{'rgb' if channels == 3 else 'gray'}"
+    assert cal.task == (args.name or args.operator) and cal.images == args.num_images
+    assert cal.num_samples == args.num_samples and cal.held_out["images"] == args.num_test_images
+    assert operator_identity(build_operator(args, (channels, args.size, args.size)).to_config()) == cal.operator
+
+
+def test_recipes_are_one_per_file_and_auto_files_name_their_budget():
+    assert len(RECIPES) == len(calibration_recipes.RECIPES)
+    for name, recipe in RECIPES.items():
+        if name.startswith("auto_"):
+            args = build_parser().parse_args(recipe.command("DATA", Path(name)))
+            budget = dict(p.split("=") for p in args.sampler_param or []).get("budget", "any")
+            assert args.sampler == "auto" and f"-{budget}" in args.name + "-any"
+
+
+def test_list_prints_every_command_and_a_pattern_must_match(capsys):
+    assert calibration_recipes.main(["--list", "--data", "D", "--only", "auto_denoise_*"]) == 0
+    out = capsys.readouterr().out
+    assert "auto_denoise_cpu.json" in out and "auto_denoise_gpu_gray.json" in out and "auto_inpaint" not in out
+    assert "--images D/testsets/Kodak24" in out and "--sampler-param budget=gpu" in out
+    with pytest.raises(ValueError, match="no shipped calibration matches"):
+        calibration_recipes.select(["nothing*"])
