@@ -4,7 +4,7 @@ images), and the command that remakes them when a built-in prior or the `auto` t
 
     python -m posterior_diffusion.calibration_recipes --data ../shared/data                  # every file
     python -m posterior_diffusion.calibration_recipes --data ../shared/data --only '*_gpu*' --device cuda
-    python -m posterior_diffusion.calibration_recipes --list                                # the commands
+    python -m posterior_diffusion.calibration_recipes --list --missing                      # what is not made
 
 A file named auto_<operator>_<budget>[_gray].json is made for what `sampler="auto"` runs on that operator with its
 defaults at that budget ("cpu": a CPU's 20 steps; "gpu": the samplers' own steps, asked for with `budget=gpu`, so
@@ -21,6 +21,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from posterior_diffusion.operators.registry import operator_class
 from posterior_diffusion.shipped_calibrations import FOLDER
 
 # Calibration images (tune split) and held-out images (test split), under the data folder, and the run's counts
@@ -36,7 +37,6 @@ IMAGE_OPERATORS = (  # the operators `restore` offers for photos, each with its 
     "super_resolution",
     "high_dynamic_range",
 )
-NONLINEAR = ("high_dynamic_range",)  # one budget: auto runs the sampler's own steps on every device
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ def _auto_recipes() -> list[Recipe]:
     recipes = []
     for gray in (False, True):
         for operator in IMAGE_OPERATORS:
-            for budget in ("any",) if operator in NONLINEAR else ("cpu", "gpu"):
+            # a nonlinear operator has one budget: auto runs the sampler's own steps on every device
+            for budget in ("cpu", "gpu") if operator_class(operator).is_linear else ("any",):
                 suffix = f"_{budget}" if budget != "any" else ""
                 task = f"auto/{operator}" + (f"-{budget}" if budget != "any" else "") + ("-gray" if gray else "")
                 arguments = ["--num-images", "12", "--operator", operator, "--name", task]
@@ -104,10 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="file-name patterns, e.g. 'auto_*_gpu*' (default: every file)")
     parser.add_argument("--out", type=Path, default=FOLDER, help="folder to write (default: the package's)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: calibrate's)")
+    parser.add_argument("--missing", action="store_true", help="only the files not yet in --out")
     parser.add_argument("--list", action="store_true", help="print the commands instead of running them")
     args = parser.parse_args(argv)
     extra = ("--device", args.device) if args.device else ()
     for recipe in select(args.only):
+        if args.missing and (args.out / recipe.file).exists():
+            continue
         command = recipe.command(args.data, Path(os.path.relpath(args.out / recipe.file)), extra)
         print(f"# {recipe.file}: {recipe.purpose}\nposterior-diffusion {shlex.join(command)}", flush=True)
         if not args.list and cli_main(command) != 0:

@@ -35,10 +35,15 @@ def test_recipes_are_one_per_file_and_auto_files_name_their_budget():
             assert args.sampler == "auto" and f"-{budget}" in args.name + "-any"
 
 
-def test_list_prints_every_command_and_a_pattern_must_match(capsys):
+def test_list_prints_every_command_and_a_pattern_must_match(capsys, tmp_path):
     assert calibration_recipes.main(["--list", "--data", "D", "--only", "auto_denoise_*"]) == 0
     out = capsys.readouterr().out
     assert "auto_denoise_cpu.json" in out and "auto_denoise_gpu_gray.json" in out and "auto_inpaint" not in out
     assert "--images D/testsets/Kodak24" in out and "--sampler-param budget=gpu" in out
+    assert calibration_recipes.main(["--list", "--missing", "--out", str(tmp_path), "--only", "readme*"]) == 0
+    assert "readme_gaussian_blur_ddrm.json" in capsys.readouterr().out
+    (tmp_path / "readme_gaussian_blur_ddrm.json").touch()
+    assert calibration_recipes.main(["--list", "--missing", "--out", str(tmp_path), "--only", "readme*"]) == 0
+    assert capsys.readouterr().out == ""
     with pytest.raises(ValueError, match="no shipped calibration matches"):
         calibration_recipes.select(["nothing*"])
