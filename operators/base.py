@@ -72,6 +72,8 @@ class Operator(nn.Module):
     measurement_ndim: ClassVar[int] = 3  # rank of one measurement (3: image-like (C, h, w))
     own_noise: ClassVar[bool] = False  # True: `noisy_forward` draws the noise; get_operator refuses noise parameters
     default_prior: ClassVar[str | None] = None  # a built-in prior made for this operator's images (by name)
+    # the pixel classes that `calibration_strata` tells apart (none: a calibration treats every pixel alike)
+    calibration_strata_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self):
         super().__init__()
@@ -145,6 +147,13 @@ class Operator(nn.Module):
     def restrict(self, y: torch.Tensor) -> torch.Tensor:
         """y with the entries the operator does not observe set to 0 (identity except for masks)."""
         return y
+
+    def calibration_strata(self, y: torch.Tensor) -> torch.Tensor | None:
+        """The class of each pixel (an index into `calibration_strata_names`, int64, shaped as the image (B, C, H,
+        W)) read off the measurement y (B, *measurement) alone, or None for one class: pixels whose errors the
+        measurement tells apart (observed and missing, saturated and not), whose share varies between images. A
+        calibration finds a factor per class, so that its intervals hold within each (`calibration`)."""
+        return None
 
     def residual_norm(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-sample DPS data-fidelity norm of the noise model between y and A(x): (B,)."""

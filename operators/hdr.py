@@ -25,6 +25,8 @@ class HighDynamicRange(Operator):
         tensor([[[[-1.0000,  0.5000,  1.0000]]]])
     """
 
+    calibration_strata_names = ("unsaturated", "saturated")
+
     def __init__(self, scale: float = 2.0):
         super().__init__()
         if not scale > 0:
@@ -33,3 +35,7 @@ class HighDynamicRange(Operator):
 
     def forward(self, x):
         return (self.scale * x).clamp(-1, 1)
+
+    def calibration_strata(self, y):
+        """Saturated: |y| within two noise stds of 1 (a saturated pixel is +-1 plus the noise)."""
+        return (y.abs() >= 1 - 2 * getattr(self.noise, "sigma", 0.0)).long()

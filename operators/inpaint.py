@@ -22,6 +22,8 @@ def _size(image_size) -> tuple[int, int]:
 class Masked(DiagonalOperator):
     """Base class: a fixed mask (1, H, W) for images of size `image_size`."""
 
+    calibration_strata_names = ("observed", "missing")
+
     def _set_mask(self, mask: torch.Tensor) -> None:
         self.register_buffer("mask", mask.float().reshape(1, *mask.shape[-2:]))  # broadcasts over (B,) C, H, W
 
@@ -38,6 +40,9 @@ class Masked(DiagonalOperator):
 
     def measure(self, x, generator=None):
         return self.restrict(super().measure(x, generator))
+
+    def calibration_strata(self, y):
+        return (self.mask == 0).long().expand_as(y).to(y.device)
 
     def singular_values(self, image_shape):
         return self.mask

@@ -288,8 +288,14 @@ def sample_posterior(
         extras = {k: (v[0] if isinstance(v, torch.Tensor) else v) for k, v in extras.items()}
     lower = upper = None
     if calibration is not None:
-        lower, upper = calibration.interval(average, std, level)
+        strata = op.calibration_strata(y) if calibration.strata else None  # (B, C, H, W) pixel classes
+        if strata is not None:
+            strata = strata[0].cpu() if unbatched else strata.cpu()
+        lower, upper = calibration.interval(average, std, level, strata)
         config["calibration"] = {"task": calibration.task, "level": level, "factor": calibration.factors[level]}
+        if calibration.strata:
+            factors = zip(calibration.strata, calibration.stratum_factors[level], strict=True)
+            config["calibration"]["factor_per_pixel_class"] = dict(factors)
         if shipped_file is not None:
             config["calibration"]["shipped_file"] = shipped_file
     else:

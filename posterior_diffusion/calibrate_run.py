@@ -32,23 +32,26 @@ def calibrate(
     """Measure the calibration images x (n, C, H, W) in [-1, 1] with `op`, sample their posteriors with `settings`
     (`posterior_samples`) and calibrate at `levels`."""
     check_enough_images(score_count(guarantee, len(x), x[0].numel()), levels)
-    samples, config = posterior_samples(x, op, settings, seed, images_per_call)
-    return calibration_from_samples(samples, x, config, task, levels, guarantee)
+    samples, config, strata = posterior_samples(x, op, settings, seed, images_per_call)
+    return calibration_from_samples(samples, x, config, task, levels, guarantee, strata, op.calibration_strata_names)
 
 
 def posterior_samples(
     x: torch.Tensor, op, settings: SamplingSettings, seed: int, images_per_call: int, first_id: int = 0
-) -> tuple[torch.Tensor, dict]:
-    """Samples (n, S, C, H, W) of the posteriors of measurements of images x (n, C, H, W) and the run's config:
-    image i is measured with noise from `measurement_generator(seed, first_id + i)` (as the bench) and sampled with
-    `settings`, `images_per_call` at a time (measurement_ids = first_id + i)."""
-    samples, config = [], None
+) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+    """Samples (n, S, C, H, W) of the posteriors of measurements of images x (n, C, H, W), the run's config and
+    the pixels' classes (n, C, H, W) or None (`Operator.calibration_strata`): image i is measured with noise from
+    `measurement_generator(seed, first_id + i)` (as the bench) and sampled with `settings`, `images_per_call` at a
+    time (measurement_ids = first_id + i)."""
+    samples, strata, config = [], [], None
     for start in range(0, len(x), images_per_call):
         ids = [first_id + i for i in range(start, min(start + images_per_call, len(x)))]
-        result = settings.run(measure_images(op, x[start : start + len(ids)], seed, ids), op, seed, ids)
+        y = measure_images(op, x[start : start + len(ids)], seed, ids)
+        result = settings.run(y, op, seed, ids)
         samples.append(result.samples)
+        strata.append(op.calibration_strata(y))
         config = result.config
-    return torch.cat(samples), config
+    return torch.cat(samples), config, None if strata[0] is None else torch.cat(strata).cpu()
 
 
 HELD_OUT_IDS = 10**6  # held-out images' measurement ids start here: noise and chains apart from the calibration's
@@ -56,14 +59,15 @@ HELD_OUT_IDS = 10**6  # held-out images' measurement ids start here: noise and c
 
 def held_out_coverage(
     cal: Calibration, x: torch.Tensor, op, settings: SamplingSettings, seed: int = 0, images_per_call: int = 8
-) -> tuple[dict[float, float], dict[float, float]]:
+) -> tuple[dict[float, float], dict[float, float], dict[float, list[float]]]:
     """Coverage on other images x (n, C, H, W) with known truth, sampled as the calibration was (`settings`, whose
     num_samples must be the calibration's): ({level: raw Gaussian interval's coverage}, {level: calibrated
-    interval's coverage}), means over images of the fraction of pixels inside. A run that differs from the
-    calibration's is refused (`Calibration.check`)."""
-    samples, config = posterior_samples(x, op, settings, seed, images_per_call, first_id=HELD_OUT_IDS)
+    interval's coverage}, {level: [its coverage per pixel class]}), shares of the pixels inside. A run that differs
+    from the calibration's is refused (`Calibration.check`)."""
+    samples, config, strata = posterior_samples(x, op, settings, seed, images_per_call, first_id=HELD_OUT_IDS)
     cal.check(config)
-    return coverages(standardised_errors(samples, x), cal.num_samples, cal.factors)
+    scores = standardised_errors(samples, x)
+    return coverages(scores, cal.num_samples, cal, None if strata is None else strata.flatten(1))
 
 
 __all__ = ["HELD_OUT_IDS", "calibrate", "held_out_coverage", "posterior_samples"]

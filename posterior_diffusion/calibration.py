@@ -21,6 +21,13 @@ Regression with Distribution-Free Uncertainty Quantification", ICML 2022, calibr
   price is the +1 of one whole image: it needs n >= 1 / alpha - 1 images and is conservative by up to about
   1 / (n + 1) (24 images: 95 % becomes about 99 % on the calibration images).
 
+Pixel classes (Mondrian conformal prediction: Vovk, Gammerman and Shafer, "Algorithmic Learning in a Random World",
+2005): where the operator tells pixel classes apart from the measurement alone (`Operator.calibration_strata`:
+observed and missing pixels of a mask, saturated and unsaturated ones of hdr), the pixel guarantee is applied within
+each class, one factor per class. Each class is then covered at its level whatever its share of a new image: a
+pooled factor over-covers the observed pixels and under-covers the missing ones, and misses the level on images
+whose share of missing or saturated pixels differs from the calibration images'. The image guarantee stays pooled.
+
 A calibration file (JSON) records what it was made for (task, operator, prior, sampler with every option,
 samples per image); `Calibration.check` refuses a run that differs, naming both.
 
@@ -31,6 +38,7 @@ samples per image); `Calibration.check` refuses a run that differs, naming both.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -50,6 +58,7 @@ CALIBRATION_LEVELS = (0.8, 0.9, 0.95)
 # what a run must share with the calibration (`PosteriorResult.config` keys)
 IDENTITY = ("operator", "prior", "sampler", "num_samples")
 COVERAGES = ("raw_coverage", "calibrated_coverage")  # {level: coverage} fields, beside "factors"
+PER_CLASS = ("stratum_factors", "stratum_coverage")  # {level: [one value per pixel class]} fields
 
 
 GUARANTEES = ("pixel", "image")
@@ -100,8 +109,11 @@ class Calibration:
 
     factors: {level: lambda_hat}; raw_coverage: {level: coverage of the uncalibrated Gaussian interval
     (`metrics.interval_coverage`)} and calibrated_coverage: {level: coverage of mean +- lambda_hat std}, both
-    over the calibration images; task, operator (its config without per-image parameters), prior, sampler (its
-    full config), num_samples, images: what the factors hold for; guarantee: how they were computed."""
+    over the calibration images; strata: the operator's pixel classes (`Operator.calibration_strata_names`, empty
+    when it has none), with stratum_factors {level: [lambda_hat per class]}, which then define the interval,
+    and stratum_coverage {level: [calibrated coverage per class]}; task, operator (its config without per-image
+    parameters), prior, sampler (its full config), num_samples, images: what the factors hold for; guarantee: how
+    they were computed."""
 
     factors: dict[float, float]
     task: str
@@ -114,13 +126,16 @@ class Calibration:
     raw_coverage: dict[float, float] = field(default_factory=dict)
     calibrated_coverage: dict[float, float] = field(default_factory=dict)
     prior_digest: str = ""  # sha256 of a built-in prior's network weights when made (`shipped_calibrations`)
-    held_out: dict = field(default_factory=dict)  # {"images", "folder", "raw_coverage", "calibrated_coverage"}
+    held_out: dict = field(default_factory=dict)  # {"images", "folder", *COVERAGES, "stratum_coverage"}
+    strata: list[str] = field(default_factory=list)
+    stratum_factors: dict[float, list[float]] = field(default_factory=dict)
+    stratum_coverage: dict[float, list[float]] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         record = {"kind": KIND, "version": VERSION, **asdict(self)}
-        _convert_levels(record, ("factors", *COVERAGES), str, lambda v: v)
-        _convert_levels(record["held_out"], COVERAGES, str, lambda v: v)
+        _convert_levels(record, ("factors", *COVERAGES, *PER_CLASS), str, lambda v: v)
+        _convert_levels(record["held_out"], (*COVERAGES, *PER_CLASS), str, lambda v: v)
         path.write_text(json.dumps(record, indent=2) + "\n")
         return path
 
@@ -139,7 +154,9 @@ class Calibration:
         for key in ("factors", *COVERAGES):
             record.setdefault(key, {})
         _convert_levels(record, ("factors", *COVERAGES), float, float)
+        _convert_levels(record, PER_CLASS, float, lambda v: [float(x) for x in v])
         _convert_levels(record.get("held_out", {}), COVERAGES, float, float)
+        _convert_levels(record.get("held_out", {}), PER_CLASS, float, lambda v: [float(x) for x in v])
         return cls(**record)
 
     def differences(self, config: dict) -> list[str]:
@@ -167,11 +184,33 @@ class Calibration:
         if level not in self.factors:
             raise ValueError(f"level {level} was not calibrated; calibrated levels: {sorted(self.factors)}")
 
-    def interval(self, mean: torch.Tensor, std: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lower, upper) = mean -+ lambda_hat std at a calibrated `level`."""
+    def factor_map(self, level: float, strata: torch.Tensor | None) -> float | torch.Tensor:
+        """lambda_hat at a calibrated `level`: one number, or with pixel classes the factor of each pixel's class
+        (`strata`, from `Operator.calibration_strata`; a ValueError without them)."""
         self.check_level(level)
-        half = self.factors[level] * std
+        if not self.stratum_factors:
+            return self.factors[level]
+        if strata is None:
+            raise ValueError(
+                f"this calibration has a factor per pixel class ({', '.join(self.strata)}): pass the measurement's "
+                "classes (operator.calibration_strata(y))"
+            )
+        return torch.tensor(self.stratum_factors[level], dtype=torch.float64, device=strata.device)[strata]
+
+    def interval(
+        self, mean: torch.Tensor, std: torch.Tensor, level: float, strata: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lower, upper) = mean -+ lambda_hat std at a calibrated `level` (with pixel classes, each pixel's
+        class's lambda_hat; `strata` shaped as mean)."""
+        factor = self.factor_map(level, strata)
+        half = (factor.to(std) if isinstance(factor, torch.Tensor) else factor) * std
         return mean - half, mean + half
+
+
+def per_class_label(cal: Calibration, values: dict, level: float) -> str:
+    """ "observed 1.234, missing 5.678" from {level: [value per pixel class]} of `cal`, or "" without classes."""
+    pairs = zip(cal.strata, values[level], strict=True) if values else ()
+    return ", ".join(f"{name} {v:.3f}" for name, v in pairs)
 
 
 def _run_identity(config: dict) -> dict:
@@ -198,15 +237,23 @@ def _brief(value) -> str:
     return json.dumps(value, sort_keys=True) if isinstance(value, dict) else repr(value)
 
 
-def coverages(scores: torch.Tensor, num_samples: int, factors: dict[float, float]) -> tuple[dict, dict]:
-    """({level: coverage of the raw Gaussian interval, `metrics.interval_coverage`'s}, {level: coverage of mean +-
-    factor std}) from the standardised errors (n, P) of n images with `num_samples` samples each."""
+def coverages(
+    scores: torch.Tensor, num_samples: int, cal: Calibration, strata: torch.Tensor | None = None
+) -> tuple[dict, dict, dict]:
+    """({level: coverage of the raw Gaussian interval, `metrics.interval_coverage`'s}, {level: coverage of the
+    calibrated interval}, {level: [its coverage per pixel class]} (empty without classes)) from the standardised
+    errors (n, P) of n images with `num_samples` samples each and their pixels' classes `strata` (n, P)."""
 
-    def share(bound: float) -> float:
-        return float((scores <= bound).double().mean())
+    def share(covered: torch.Tensor) -> float:
+        return float(covered.double().mean())
 
-    raw = {level: share(predictive_factor(level, num_samples)) for level in factors}
-    return raw, {level: share(factor) for level, factor in factors.items()}
+    raw = {level: share(scores <= predictive_factor(level, num_samples)) for level in cal.factors}
+    inside = {level: scores <= cal.factor_map(level, strata) for level in cal.factors}
+    per_class = {
+        level: [share(inside[level][strata == k]) for k in range(len(cal.strata))]
+        for level in (cal.stratum_factors if strata is not None else {})
+    }
+    return raw, {level: share(covered) for level, covered in inside.items()}, per_class
 
 
 def calibration_from_samples(
@@ -216,13 +263,19 @@ def calibration_from_samples(
     task: str,
     levels=CALIBRATION_LEVELS,
     guarantee: str = "pixel",
+    strata: torch.Tensor | None = None,
+    names: tuple[str, ...] = (),
 ) -> Calibration:
     """A `Calibration` from calibration images' samples (n, S, C, H, W) and truths (n, C, H, W) and the run's
-    `PosteriorResult.config`."""
+    `PosteriorResult.config`; with the pixel guarantee and the classes `strata` (n, C, H, W) of the operator's
+    pixel classes `names`, a factor per class too (module docstring)."""
     scores = standardised_errors(samples, truth)
     factors = {level: conformal_factor(scores, 1 - level, guarantee) for level in levels}
-    raw, calibrated = coverages(scores, samples.shape[1], factors)
-    return Calibration(
+    per_class = {}
+    if strata is not None and names and guarantee == "pixel":
+        strata = strata.flatten(1)
+        per_class = {level: _class_factors(scores, strata, names, 1 - level) for level in levels}
+    cal = Calibration(
         factors=factors,
         task=task,
         operator=operator_identity(config["operator"]),
@@ -231,9 +284,25 @@ def calibration_from_samples(
         num_samples=samples.shape[1],
         images=len(samples),
         guarantee=guarantee,
-        raw_coverage=raw,
-        calibrated_coverage=calibrated,
+        strata=list(names) if per_class else [],
+        stratum_factors=per_class,
     )
+    raw, calibrated, by_class = coverages(scores, cal.num_samples, cal, strata if per_class else None)
+    return dataclasses.replace(cal, raw_coverage=raw, calibrated_coverage=calibrated, stratum_coverage=by_class)
+
+
+def _class_factors(scores: torch.Tensor, strata: torch.Tensor, names, alpha: float) -> list[float]:
+    """The pixel guarantee's factor within each pixel class (scores and strata (n, P))."""
+    factors = []
+    for k, name in enumerate(names):
+        chosen = scores[strata == k]
+        if alpha * (len(chosen) + 1) < 1:
+            raise ValueError(
+                f"the calibration images have {len(chosen)} {name} pixels, too few to calibrate them at level "
+                f"{1 - alpha:g}: use more or larger images"
+            )
+        factors.append(conformal_factor(chosen.reshape(1, -1), alpha))
+    return factors
 
 
 __all__ = [
@@ -243,5 +312,6 @@ __all__ = [
     "conformal_factor",
     "coverages",
     "operator_identity",
+    "per_class_label",
     "score_count",
 ]

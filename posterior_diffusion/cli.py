@@ -251,16 +251,27 @@ def cmd_calibrate(args) -> None:
     for level, factor in cal.factors.items():
         print(
             f"  {level:.0%}: raw coverage {cal.raw_coverage[level]:.3f}, factor {factor:.3f} x std "
-            f"(calibration images: {cal.calibrated_coverage[level]:.3f})"
+            f"(calibration images: {cal.calibrated_coverage[level]:.3f}){_per_class(cal, cal.stratum_factors, level)}"
         )
     if args.test_images:
         test = load_center_crops(list_images(args.test_images)[: args.num_test_images], channels, args.size)
-        raw, calibrated = held_out_coverage(cal, test, op, settings, **common)
+        raw, calibrated, by_class = held_out_coverage(cal, test, op, settings, **common)
         print(f"test images ({len(test)}, {args.test_images}):")
         for level in cal.factors:
-            print(f"  {level:.0%}: raw coverage {raw[level]:.3f}, calibrated {calibrated[level]:.3f}")
-        held_out = {"images": len(test), "folder": Path(args.test_images).name}
-        dataclasses.replace(cal, held_out=held_out | {"raw_coverage": raw, "calibrated_coverage": calibrated}).save(out)
+            print(
+                f"  {level:.0%}: raw coverage {raw[level]:.3f}, calibrated {calibrated[level]:.3f}"
+                f"{_per_class(cal, by_class, level)}"
+            )
+        held_out = {"images": len(test), "folder": Path(args.test_images).name, "raw_coverage": raw}
+        held_out |= {"calibrated_coverage": calibrated} | ({"stratum_coverage": by_class} if by_class else {})
+        dataclasses.replace(cal, held_out=held_out).save(out)
+
+
+def _per_class(cal, values: dict, level: float) -> str:
+    """ "; per pixel class: observed 1.234, missing 4.567" for {level: [value per class]}, or "" without classes."""
+    from posterior_diffusion.calibration import per_class_label
+
+    return f"; per pixel class: {per_class_label(cal, values, level)}" if values else ""
 
 
 def cmd_lpips_weights(args) -> None:

@@ -136,6 +136,9 @@ def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_fol
     assert "test images (4," in printed and "90%: raw coverage" in printed
     held_out = Calibration.load(cal).held_out  # kept in the file, as printed
     assert held_out["images"] == 4 and f"calibrated {held_out['calibrated_coverage'][0.9]:.3f}" in printed
+    made = Calibration.load(cal)  # inpainting: a factor for the observed and one for the missing pixels
+    assert made.strata == ["observed", "missing"] and len(held_out["stratum_coverage"][0.9]) == 2
+    assert f"per pixel class: observed {held_out['stratum_coverage'][0.9][0]:.3f}" in printed
     restore = ["restore", str(images / "00.png"), "--simulate", "--operator", "inpaint_random"]
     restore += ["--op-param", "missing=0.7", "--calibration", str(cal), "--level", "0.8", *common]
     assert main([*restore, "--out", str(tmp_path / "r")]) == 0
@@ -143,6 +146,7 @@ def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_fol
         assert (tmp_path / "r" / name).exists()
     run = json.loads((tmp_path / "r" / "run.json").read_text())
     assert run["calibration"]["level"] == 0.8 and run["calibration"]["factor"] == Calibration.load(cal).factors[0.8]
+    assert list(run["calibration"]["factor_per_pixel_class"].values()) == made.stratum_factors[0.8]
     from safetensors.torch import load_file
 
     saved = load_file(tmp_path / "r" / "results.safetensors")
@@ -168,10 +172,12 @@ def test_held_out_coverage_is_the_share_of_pixels_inside(gmm, monkeypatch):
 
     monkeypatch.setattr(calibration, "posterior_samples", recording)
     settings = SamplingSettings(prior=gmm, sampler="ddrm", num_samples=4, options={"steps": 5})
-    samples, config = original(x, op, settings, 0, 8)
+    samples, config, strata = original(x, op, settings, 0, 8)
+    assert strata is None  # denoising: one pixel class
     cal = calibration_from_samples(samples, x, config, "denoise_test", levels=(0.5, 0.9))
-    raw, calibrated = calibration.held_out_coverage(cal, x, op, settings)
-    held, _ = seen["out"]
+    raw, calibrated, by_class = calibration.held_out_coverage(cal, x, op, settings)
+    held, _, _ = seen["out"]
+    assert by_class == {}
     scores = standardised_errors(held, x)
     assert calibrated[0.9] == pytest.approx(float((scores <= cal.factors[0.9]).double().mean()))
     assert raw[0.5] == pytest.approx(float(interval_coverage(held, x, (0.5,)).mean()))

@@ -106,8 +106,8 @@ def test_a_calibrations_table_expands_patterns_and_summarises_one_level(tmp_path
     spec = 'kind = "calibrations"\nrows = ["cal/*.json"]\n'
     (tmp_path / STUDY).write_text(f'title = "t"\n[[tables]]\n{spec}level = 0.9\n[[tables]]\n{spec}')
     report = render_report(tmp_path)
-    assert "| a.json | natural-rgb | ddrm-20, 4 samples | 2.000 | 0.500 | 0.938 (8 McMaster) | +3.8 |" in report
-    assert "| b.json | natural-rgb | ddrm-20, 4 samples | 2.000 | 0.500 | 0.880 (8 McMaster) | -2.0 |" in report
+    assert "| a.json | natural-rgb | ddrm-20, 4 samples | 2.000 | 0.500 | 0.938 (8 McMaster) | +3.8 | - |" in report
+    assert "| b.json | natural-rgb | ddrm-20, 4 samples | 2.000 | 0.500 | 0.880 (8 McMaster) | -2.0 | - |" in report
     detail = "| b.json | b.json | ddrm-20, 4 samples | 0.9 | 2.000 | 0.600 / 0.900 (12) | 0.500 / 0.880 (8 McMaster) |"
     assert detail in report
     (tmp_path / STUDY).write_text('title = "t"\n[[tables]]\nkind = "calibrations"\nrows = ["none/*.json"]\n')

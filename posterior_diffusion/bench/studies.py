@@ -233,19 +233,25 @@ def _sampler_label(cal) -> str:
 
 
 def _calibration_summary(files: list, level: float) -> str:
-    """One row per (file name, Calibration) at `level`: the held-out raw and calibrated coverage and the
-    calibrated coverage's distance from the level, in points."""
+    """One row per (file name, Calibration) at `level`: the factor (per pixel class where the file has classes),
+    the held-out raw and calibrated coverage, the calibrated coverage's distance from the level in points, and
+    per pixel class."""
+    from posterior_diffusion.calibration import per_class_label
+
     lines = [
-        "| file | prior | sampler | factor | raw coverage (held out) | calibrated coverage (held out) | off by |",
-        "|---|---|---|---|---|---|---|",
+        "| file | prior | sampler | factor | raw coverage (held out) | calibrated coverage (held out) | off by | "
+        "per pixel class (held out) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, cal in files:
         held = cal.held_out
         calibrated = held["calibrated_coverage"][level]
+        factor = per_class_label(cal, cal.stratum_factors, level) or f"{cal.factors[level]:.3f}"
+        by_class = per_class_label(cal, held.get("stratum_coverage", {}), level) or "-"
         lines.append(
-            f"| {Path(name).name} | {cal.prior.removeprefix('builtin:')} | {_sampler_label(cal)} | "
-            f"{cal.factors[level]:.3f} | {held['raw_coverage'][level]:.3f} | {calibrated:.3f} "
-            f"({held['images']} {held['folder']}) | {100 * (calibrated - level):+.1f} |"
+            f"| {Path(name).name} | {cal.prior.removeprefix('builtin:')} | {_sampler_label(cal)} | {factor} | "
+            f"{held['raw_coverage'][level]:.3f} | {calibrated:.3f} ({held['images']} {held['folder']}) | "
+            f"{100 * (calibrated - level):+.1f} | {by_class} |"
         )
     return "\n".join(lines)
 
