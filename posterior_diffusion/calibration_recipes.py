@@ -59,17 +59,17 @@ def _auto_recipes() -> list[Recipe]:
     for gray in (False, True):
         for operator in IMAGE_OPERATORS:
             # a nonlinear operator has one budget: auto runs the sampler's own steps on every device
-            for budget in ("cpu", "gpu") if operator_class(operator).is_linear else ("any",):
-                suffix = f"_{budget}" if budget != "any" else ""
-                task = f"auto/{operator}" + (f"-{budget}" if budget != "any" else "") + ("-gray" if gray else "")
+            for budget in ("cpu", "gpu") if operator_class(operator).is_linear else (None,):
+                tags = [*([budget] if budget else []), *(["gray"] if gray else [])]  # in the task and the file name
+                task = "-".join([f"auto/{operator}", *tags])
                 arguments = ["--num-images", "12", "--operator", operator, "--name", task]
-                arguments += ["--sampler-param", f"budget={budget}"] if budget != "any" else []
+                arguments += ["--sampler-param", f"budget={budget}"] if budget else []
                 arguments += ["--channels", "1"] if gray else []
                 prior = "natural-gray" if gray else "natural-rgb"
-                where = {"cpu": "on a CPU", "gpu": "on a GPU", "any": "on any device"}[budget]
+                where = f"on a {budget.upper()}" if budget else "on any device"
                 recipes.append(
                     Recipe(
-                        f"auto_{operator}{suffix}{'_gray' if gray else ''}.json",
+                        "_".join(["auto", operator, *tags]) + ".json",
                         f"`restore --operator {operator}` with its defaults {where}, prior {prior}",
                         tuple(arguments),
                     )
