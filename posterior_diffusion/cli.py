@@ -262,8 +262,10 @@ def cmd_calibrate(args) -> None:
                 f"  {level:.0%}: raw coverage {raw[level]:.3f}, calibrated {calibrated[level]:.3f}"
                 f"{_per_class(cal, by_class, level)}"
             )
-        held_out = {"images": len(test), "folder": Path(args.test_images).name, "raw_coverage": raw}
-        held_out |= {"calibrated_coverage": calibrated} | ({"stratum_coverage": by_class} if by_class else {})
+        held_out = {"images": len(test), "folder": Path(args.test_images).name}
+        held_out |= {"raw_coverage": raw, "calibrated_coverage": calibrated}
+        if by_class:
+            held_out["stratum_coverage"] = by_class
         dataclasses.replace(cal, held_out=held_out).save(out)
 
 
