@@ -169,6 +169,22 @@ def test_applications_are_loaded_by_entry_point():
     assert TASKS["black_hole"].metrics is not None  # registered by the application, not by general code
 
 
+def test_every_package_folder_is_installed():
+    """A non-editable install ships every folder with an __init__.py: pyproject's package list names each one
+    (a folder left out imports in a checkout and is missing from a user's `pip install .`)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {**PACKAGES, "assets": "posterior_diffusion.assets"}
+    on_disk = {
+        ".".join([package, *init.parent.relative_to(ROOT / folder).parts])
+        for folder, package in folders.items()
+        for init in (ROOT / folder).rglob("__init__.py")
+    }
+    assert on_disk - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(on_disk - listed)}"
+    assert listed - on_disk == set(), f"listed in pyproject.toml, no such package: {sorted(listed - on_disk)}"
+
+
 # A sampler written in this file alone: x0_hat of a noisy pseudo-inverse, `steps` times.
 @dataclass(frozen=True)
 class TweedieConfig:
