@@ -43,6 +43,21 @@ def test_a_changed_row_changes_the_report(tmp_path, monkeypatch):
     assert "| hdr | 16.33 (diffpir-100) | 19.85 (unclip) | -3.52 |" in after
 
 
+def test_a_versus_table_takes_its_baselines_from_other_rows(tmp_path):
+    """The method's rows in one file (another budget), the classical baselines from the study's rows."""
+    rows = [json.loads(line) for line in (STUDIES / "auto_vs_classical" / "rows-0.jsonl").read_text().splitlines()]
+    ours = [r | {"psnr": r["psnr"] + 1.0} for r in rows if r["method"] == "auto" and r["task"] == "sr4"]
+    (tmp_path / "classical.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["method"] != "auto"))
+    (tmp_path / "ours.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ours))
+    (tmp_path / STUDY).write_text(
+        'title = "t"\n[[tables]]\nkind = "versus"\nmethod = "auto"\nrows = ["ours.jsonl"]\n'
+        'baselines = ["classical.jsonl"]\n'
+    )
+    report = render_report(tmp_path)
+    assert "| sr4 | 28.24 (diffpir-20) | 28.05 (pnp_admm) | +0.19 |" in report
+    assert "| box_inpaint |" not in report  # no rows of the method there
+
+
 def test_bench_report_writes_checks_and_refuses_in_one_line(tmp_path, monkeypatch, capsys):
     study = tmp_path / "denoising"
     shutil.copytree(STUDIES / "denoising", study)

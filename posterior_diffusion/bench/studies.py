@@ -103,12 +103,15 @@ def grid_tables(folder: Path, spec: dict) -> str:
 
 
 def versus_table(folder: Path, spec: dict) -> str:
-    """Per task: `spec["method"]`'s mean PSNR against the best classical baseline's, and the margin."""
+    """Per task: `spec["method"]`'s mean PSNR against the best classical baseline's, and the margin. The baselines
+    come from the same rows, or from the files `spec["baselines"]` names (another run of the method, e.g. at another
+    budget, against the same baseline rows)."""
     method = spec["method"]
+    against = _by_task(read_rows_files(folder, spec.get("baselines", spec["rows"])))
     lines = [f"| task | {method} | best classical | margin |", "|---|---|---|---|"]
     for task, methods in _by_task(read_rows_files(folder, spec["rows"])).items():
         ours = [(entry, label) for entry, label in methods if entry["method"] == method]
-        baselines = [entry for entry, _ in methods if entry["method"] in BASELINES]
+        baselines = [entry for entry, _ in against.get(task, []) if entry["method"] in BASELINES]
         if not ours or not baselines:
             continue
         (entry, label), best = ours[0], max(baselines, key=lambda e: e["psnr"])
