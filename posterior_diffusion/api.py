@@ -22,7 +22,7 @@ from posterior_diffusion import guards, shipped_calibrations
 from posterior_diffusion.calibration import Calibration
 from posterior_diffusion.operators import Operator, get_operator
 from posterior_diffusion.operators.noise_estimate import with_noise_sigma
-from posterior_diffusion.posterior_mean import posterior_mean
+from posterior_diffusion.posterior_mean import RunOutput, posterior_mean
 from posterior_diffusion.priors import DiffusionPrior, default_prior_name, load_prior, resolve_dtype
 from posterior_diffusion.samplers import Sampler, get_sampler
 from posterior_diffusion.samplers.auto import choose_sampler, cpu_budget
@@ -36,8 +36,9 @@ class PosteriorResult:
 
     samples: (B, S, C, H, W) in about [-1, 1] ((S, C, H, W) if y was one unbatched measurement);
     mean: the best posterior-mean estimate of the run, (B, C, H, W) (or (C, H, W)): the exact one-call Tweedie mean
-    for denoising with a pixel prior, else the average of the S samples (`posterior_mean`; which one is in
-    config["mean_estimate"]); std: per-pixel standard deviation over the S samples, 0 when S = 1.
+    for denoising with a pixel prior, the chains' late denoiser estimates averaged for a sampler that reports them
+    (DiffPIR), else the average of the S samples (`posterior_mean`; which one is in config["mean_estimate"]);
+    std: per-pixel standard deviation over the S samples, 0 when S = 1.
     nfe: network evaluations per sample; seconds: wall time of the sampling;
     config: every setting needed to reproduce the run; extras: sampler outputs such as a kernel estimate.
     lower, upper: with a calibration, the conformally calibrated interval average -+ factor std at its level around
@@ -280,7 +281,9 @@ def sample_posterior(
     )
     samples = out.samples.cpu()
     average, std = sample_moments(samples)
-    mean, config["mean_estimate"] = posterior_mean(prior, op, y, average, batch_size)  # on the CPU: synchronised
+    tail = out.tail_mean.mean(1).cpu() if out.tail_mean is not None else None
+    run = RunOutput(y, average, tail, batch_size)
+    mean, config["mean_estimate"] = posterior_mean(prior, op, run)  # on the CPU: synchronised
     seconds = time.perf_counter() - start  # the sampling and the mean's network call, if any
     extras = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in out.extras.items()}
     if unbatched:

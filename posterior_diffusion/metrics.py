@@ -76,7 +76,7 @@ def sliced_wasserstein(
 COVERAGE_LEVELS = (0.5, 0.8, 0.9, 0.95)
 Z_STD_FLOOR = 1 / 255  # on [-1, 1]: half an 8-bit step
 COVERAGE_COLUMNS = tuple(f"coverage{round(100 * level)}" for level in COVERAGE_LEVELS)  # rows' names, by level
-CALIBRATION_COLUMNS = ("psnr_sample", *COVERAGE_COLUMNS, "spearman", "z_spread")
+CALIBRATION_COLUMNS = ("psnr_sample", "psnr_average", *COVERAGE_COLUMNS, "spearman", "z_spread")
 
 
 def standardised_errors(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -142,6 +142,8 @@ def calibration_metrics(samples: torch.Tensor, truth: torch.Tensor) -> dict[str,
     [-1, 1]; each value is (B,):
 
         psnr_sample      mean PSNR of the single samples (the mean's PSNR flatters a sampler whose samples are poor)
+        psnr_average     PSNR of the samples' average (what the intervals are centred on; a run's `mean` may be a
+                         better estimate, `posterior_mean`)
         coverage50 ..95  `interval_coverage` at COVERAGE_LEVELS (ideal: the level)
         spearman         Spearman rank correlation over pixels between the std map and |truth - mean| (1: the std
                          orders the errors perfectly; 0: it says nothing about them)
@@ -154,7 +156,7 @@ def calibration_metrics(samples: torch.Tensor, truth: torch.Tensor) -> dict[str,
     samples, truth = samples.float(), truth.float()
     mean, std = samples.mean(1), samples.std(1)
     error = (truth - mean).flatten(1)
-    out = {"psnr_sample": psnr(samples, truth[:, None]).mean(1)}
+    out = {"psnr_sample": psnr(samples, truth[:, None]).mean(1), "psnr_average": psnr(mean, truth)}
     coverage = interval_coverage(samples, truth)
     out |= {column: coverage[:, i] for i, column in enumerate(COVERAGE_COLUMNS)}
     out["spearman"] = _pearson(_ranks(std.flatten(1)), _ranks(error.abs()))

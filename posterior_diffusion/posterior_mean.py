@@ -3,8 +3,8 @@
 An average of S posterior samples misses the posterior mean by the samples' own spread: its expected squared
 error is the posterior mean's plus the posterior variance / S (a quarter of it at the default S = 4). Where the
 posterior mean has a closed form in the prior's network, `mean` is that instead. `ESTIMATES` lists the estimates
-in order of preference; the first that applies to (prior, operator) is used and its name is recorded in the
-run's config as "mean_estimate":
+in order of preference; the first that applies to the run is used and its name is recorded in the run's config
+as "mean_estimate":
 
     tweedie         denoising (identity operator, Gaussian noise sigma_y) with a pixel diffusion prior: y is a
                     noisy state of the diffusion at the noise level sigma_y, so E[x | y] is the prior's one-call
@@ -14,6 +14,9 @@ run's config as "mean_estimate":
                     own error, with no sampling error, for one more network call per measurement (counted
                     in the run's seconds, not in its NFE per sample). Used when the nearest step's level is
                     within `TWEEDIE_TOLERANCE` of sigma_y.
+    tail_average    a sampler that reports its chains' tail means (`samplers.tail_mean`: each chain's last
+                    denoiser estimates, averaged; a Rao-Blackwellised mean): their average over the S chains.
+                    DiffPIR, `sampler="auto"`'s pick for the linear image tasks on a CPU.
     sample_average  the average of the S samples (every other case).
 
 The samples, their std and the (calibrated) intervals are unchanged: intervals are Gaussian prediction intervals
@@ -70,29 +73,48 @@ def _denoising_sigma(prior, op: Operator) -> float | None:
 
 @dataclass(frozen=True)
 class MeanEstimate:
-    """name; applies(prior, op) -> bool; compute(prior, op, y, average, batch_size) -> mean (B, C, H, W) on the
-    CPU, float32. y (B, *meas) is on the prior's device, average (B, C, H, W), the samples' mean, on the CPU."""
+    """name; applies(prior, op, run) -> bool; compute(prior, op, run) -> mean (B, C, H, W) on the CPU, float32
+    (`RunOutput` holds what the run made)."""
 
     name: str
     applies: Callable[..., bool]
     compute: Callable[..., torch.Tensor]
 
 
+@dataclass(frozen=True)
+class RunOutput:
+    """y (B, *meas) on the prior's device; average (B, C, H, W), the samples' mean, on the CPU; tail (B, C, H, W),
+    the chains' tail means averaged (`samplers.tail_mean`), or None; batch_size: images per network call."""
+
+    y: torch.Tensor
+    average: torch.Tensor
+    tail: torch.Tensor | None = None
+    batch_size: int | None = None
+
+
 ESTIMATES = (
     MeanEstimate(
         "tweedie",
-        lambda prior, op: _denoising_sigma(prior, op) is not None,
-        lambda prior, op, y, average, batch_size: tweedie_mean(prior, y, op.noise.sigma, batch_size).float().cpu(),
+        lambda prior, op, run: _denoising_sigma(prior, op) is not None,
+        lambda prior, op, run: tweedie_mean(prior, run.y, op.noise.sigma, run.batch_size).float().cpu(),
     ),
-    MeanEstimate("sample_average", lambda prior, op: True, lambda prior, op, y, average, batch_size: average),
+    MeanEstimate("tail_average", lambda prior, op, run: run.tail is not None, lambda prior, op, run: run.tail),
+    MeanEstimate("sample_average", lambda prior, op, run: True, lambda prior, op, run: run.average),
 )
 
 
-def posterior_mean(prior, op: Operator, y: torch.Tensor, average: torch.Tensor, batch_size: int | None = None):
-    """(mean (B, C, H, W) float32 on the CPU, the estimate's name): the first of `ESTIMATES` that applies; `average`
-    is the samples' mean (B, C, H, W), which `sample_average` returns as it is."""
-    estimate = next(e for e in ESTIMATES if e.applies(prior, op))
-    return estimate.compute(prior, op, y, average, batch_size), estimate.name
+def posterior_mean(prior, op: Operator, run: RunOutput) -> tuple[torch.Tensor, str]:
+    """(mean (B, C, H, W) float32 on the CPU, the estimate's name): the first of `ESTIMATES` that applies."""
+    estimate = next(e for e in ESTIMATES if e.applies(prior, op, run))
+    return estimate.compute(prior, op, run), estimate.name
 
 
-__all__ = ["ESTIMATES", "TWEEDIE_TOLERANCE", "noise_levels", "posterior_mean", "tweedie_mean", "tweedie_step"]
+__all__ = [
+    "ESTIMATES",
+    "TWEEDIE_TOLERANCE",
+    "RunOutput",
+    "noise_levels",
+    "posterior_mean",
+    "tweedie_mean",
+    "tweedie_step",
+]

@@ -93,6 +93,7 @@ class DiffPIR(Sampler):
     needs_operator = "differentiable"
     needs_gaussian_noise = True
     samples_posterior = False  # a plug-and-play (HQS) restoration: its spread is not calibrated
+    reports_tail_mean = True  # its last data step amplifies noise that the denoiser's late estimates do not carry
     SMOKE_OPTIONS: ClassVar[dict] = {"steps": 3}
     EXACT_OPTIONS: ClassVar[dict | None] = {"steps": 100}
     # the paper tunes lambda and zeta per task and network (Sec. 4.1); the bench's "diffpir:tuned" does so on other

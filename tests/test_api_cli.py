@@ -29,11 +29,13 @@ def test_result_object(gmm):
     y = op.measure(gmm.sample(2, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
     res = sample_posterior(y, op, prior=gmm, num_samples=3, steps=20, progress=False, seed=4)
     assert res.samples.shape == (2, 3, 1, 8, 8) and res.mean.shape == res.std.shape == (2, 1, 8, 8)
-    assert torch.allclose(res.mean, res.samples.mean(1)) and (res.std > 0).any()
+    assert torch.allclose(res.std, res.samples.std(1)) and (res.std > 0).any()
+    assert res.config["mean_estimate"] == "tail_average"  # auto's DiffPIR: its chains' tail means averaged
     assert res.nfe == 20 and res.seconds > 0 and res.config["seed"] == 4
     assert res.config["operator"] == op.to_config() and res.config["sampler"]["steps"] == 20
     single = sample_posterior(y[0], op, prior=gmm, num_samples=3, steps=20, progress=False, seed=4)
     assert single.samples.shape == (3, 1, 8, 8) and torch.allclose(single.samples, res.samples[0], atol=1e-5)
+    assert torch.allclose(single.mean, res.mean[0], atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -167,9 +167,10 @@ def test_the_auto_method_runs_what_sample_posterior_picks_and_records_it(tmp_pat
     cfg = _config(images, tmp_path / "out", tiny_unet_folder, tasks=("random_inpaint", "denoise"), methods=("auto",))
     rows = run_bench(replace(cfg, num_images=2), progress=False)
     prior = load_prior(str(tiny_unet_folder))
-    for task, estimate in (("random_inpaint", "sample_average"), ("denoise", "tweedie")):
+    for task, estimate in (("random_inpaint", "tail_average"), ("denoise", "tweedie")):
         picked = choose_sampler(prior, TASKS[task].build(16), on_cpu=True)[0]
         assert {(r["sampler"], r["estimate"]) for r in rows if r["task"] == task} == {(f"{picked}-2", estimate)}
+    assert all(r["psnr"] != r["psnr_average"] for r in rows if r["task"] == "denoise")  # Tweedie's, not the average
     x = load_center_crops(sorted(images.glob("*.png"))[:2], 3, 16)
     op = TASKS["denoise"].build(16)
     y = torch.cat([op.measure(x[i : i + 1], measurement_generator(0, i)) for i in range(2)])

@@ -76,3 +76,34 @@ def test_calibrated_intervals_stay_around_the_samples_average():
     res = sample_posterior(y, op, calibration=cal, level=0.9, **options)
     assert torch.allclose((res.lower + res.upper) / 2, res.samples.mean(1), atol=1e-6)
     assert torch.allclose(res.upper - res.lower, 4.0 * res.std, atol=1e-6)
+
+
+def test_diffpir_reports_the_average_of_its_chains_last_denoiser_estimates():
+    """DiffPIR opts in to the tail mean: `mean` is x0_hat of the last TAIL_STEPS steps, averaged per chain and then
+    over the chains (recomputed here from the callback), in any batching; on an exact posterior it is about as close
+    to the posterior mean as the samples' average."""
+    from posterior_diffusion.samplers.tail_mean import TAIL_STEPS
+
+    prior = random_gaussian_mixture(shape=(1, 8, 8), components=3, seed=0, spread=0.3)
+    op = get_operator("inpaint_random", image_size=8, missing=0.5, seed=1, noise_sigma=0.05)
+    y = op.measure(prior.sample(4, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
+    steps = []
+    options = {"prior": prior, "sampler": "diffpir", "steps": 20, "num_samples": 3, "progress": False, "device": "cpu"}
+    res = sample_posterior(y, op, callback=lambda info: steps.append(info["x0_hat"].clone()), **options)
+    assert res.config["mean_estimate"] == "tail_average" and len(steps) == 20 and TAIL_STEPS >= 2
+    expected = torch.stack(steps[-TAIL_STEPS:]).mean(0).reshape(4, 3, 1, 8, 8).mean(1)
+    assert torch.allclose(res.mean, expected, atol=1e-6)
+    assert not torch.allclose(res.mean, res.samples.mean(1), atol=1e-3)  # not the final draws' average
+    assert torch.allclose(sample_posterior(y, op, batch_size=5, **options).mean, res.mean, atol=1e-6)
+    exact = prior.posterior(op, y).mean.float()
+    assert (res.mean - exact).pow(2).mean() <= 1.2 * (res.samples.mean(1) - exact).pow(2).mean()
+
+
+def test_the_tail_keeps_the_last_steps():
+    from posterior_diffusion.samplers.tail_mean import TailMean
+
+    tail = TailMean(steps=2)
+    assert tail.mean() is None
+    for value in (100.0, 50.0, 2.0, 4.0):
+        tail.add({"x0_hat": torch.full((2, 1, 2, 2), value)})
+    assert torch.equal(tail.mean(), torch.full((2, 1, 2, 2), 3.0))

@@ -43,6 +43,7 @@ LABELS = {  # column headers of the grid tables
     "lpips": "LPIPS of the mean",
     "lpips_sample": "LPIPS of one sample",
     "psnr_sample": "PSNR of one sample",
+    "psnr_average": "PSNR of the samples' average",
     "coverage90": "90 % coverage",
     "z_spread": "z spread",
     "spearman": "Spearman (std, error)",
