@@ -54,7 +54,7 @@ def test_a_versus_table_takes_its_baselines_from_other_rows(tmp_path):
         'baselines = ["classical.jsonl"]\n'
     )
     report = render_report(tmp_path)
-    assert "| sr4 | 28.24 (diffpir-20) | 28.05 (pnp_admm) | +0.19 |" in report
+    assert "| sr4 | 28.25 (diffpir-20) | 28.05 (pnp_admm) | +0.20 |" in report
     assert "| box_inpaint |" not in report  # no rows of the method there
 
 
