@@ -33,15 +33,10 @@ import torch
 from posterior_diffusion.operators.base import Operator
 from posterior_diffusion.operators.denoise import Denoise
 from posterior_diffusion.operators.noise import GaussianNoise
+from posterior_diffusion.priors.base import noise_levels
 from posterior_diffusion.tensor_utils import chunk_slices
 
 TWEEDIE_TOLERANCE = 0.1  # largest relative gap between sigma_y and the nearest step's noise level
-
-
-def noise_levels(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """Each step's noise level sqrt((1 - a_t) / a_t): the std of the noise of x_t / sqrt(a_t) (float64, (T,))."""
-    a = alphas_cumprod.double()
-    return ((1 - a) / a).sqrt()
 
 
 def tweedie_step(alphas_cumprod: torch.Tensor, sigma: float) -> int:

@@ -21,7 +21,7 @@ import torch
 
 from posterior_diffusion.operators.base import Operator
 from posterior_diffusion.operators.noise import GaussianNoise
-from posterior_diffusion.priors.base import DiffusionPrior
+from posterior_diffusion.priors.base import DiffusionPrior, noise_levels
 from posterior_diffusion.priors.cpu_memory import reuse_freed_memory
 from posterior_diffusion.registry import Registry
 from posterior_diffusion.tensor_utils import chunk_slices, make_generators, seed_for
@@ -279,11 +279,12 @@ class Sampler:
         )
 
         tails_counted = self.reports_tail_mean and prior.space == "pixel"
+        levels = noise_levels(prior.alphas_cumprod).tolist() if tails_counted else []
         samples, extras, tails = [], [], []
         with reuse_freed_memory(prior.device), bar:  # photo-size activations: freed memory reused on a CPU
             for chunk in chunks:
                 guard = DivergenceGuard(self.name, self.step_option)
-                tail = TailMean() if tails_counted else None
+                tail = TailMean(levels) if tails_counted else None
 
                 def step_hook(info: dict, guard=guard, tail=tail) -> None:
                     guard.update(info["i"], info["x"])

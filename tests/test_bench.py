@@ -711,11 +711,20 @@ def test_rows_of_two_or_more_samples_carry_the_calibration_metrics(tmp_path):
     paths = [Path("a.png"), Path("b.png")]
     rows = bench_run.score(result, truth, paths, [0, 1], "t", "sampler", 0, "none")
     expected = calibration_metrics(samples, truth)
-    for name in ("psnr_sample", "coverage50", "coverage80", "coverage90", "coverage95", "spearman", "z_spread"):
+    for name in (
+        "psnr_sample",
+        "psnr_average",
+        "coverage50",
+        "coverage80",
+        "coverage90",
+        "coverage95",
+        "spearman",
+        "z_spread",
+    ):
         assert [r[name] for r in rows] == pytest.approx(expected[name].tolist(), abs=1e-5), name
     single = {**result, "mean": samples[:, 0], "samples": samples[:, :1]}
     rows += bench_run.score(single, truth, paths, [0, 1], "t", "baseline", 0, "none")
-    assert "coverage90" not in rows[-1] and bench.metric_columns(rows)[2:4] == ["psnr_sample", "coverage50"]
+    assert "coverage90" not in rows[-1] and bench.metric_columns(rows)[2:4] == ["psnr_sample", "psnr_average"]
     table = bench.write_summary(tmp_path, rows)
     assert "| t | baseline | " in table and " - | - |" in table
 

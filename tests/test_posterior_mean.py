@@ -9,7 +9,8 @@ from posterior_diffusion.api import sample_posterior
 from posterior_diffusion.calibration import Calibration
 from posterior_diffusion.exact import random_gaussian_mixture
 from posterior_diffusion.operators import get_operator
-from posterior_diffusion.posterior_mean import noise_levels, tweedie_step
+from posterior_diffusion.posterior_mean import tweedie_step
+from posterior_diffusion.priors.base import noise_levels
 
 SHAPE = (1, 4, 4)
 
@@ -82,16 +83,18 @@ def test_diffpir_reports_the_average_of_its_chains_last_denoiser_estimates():
     """DiffPIR opts in to the tail mean: `mean` is x0_hat of the last TAIL_STEPS steps, averaged per chain and then
     over the chains (recomputed here from the callback), in any batching; on an exact posterior it is about as close
     to the posterior mean as the samples' average."""
-    from posterior_diffusion.samplers.tail_mean import TAIL_STEPS
+    from posterior_diffusion.samplers.tail_mean import TAIL_LEVEL, TAIL_STEPS
 
     prior = random_gaussian_mixture(shape=(1, 8, 8), components=3, seed=0, spread=0.3)
     op = get_operator("inpaint_random", image_size=8, missing=0.5, seed=1, noise_sigma=0.05)
     y = op.measure(prior.sample(4, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
     steps = []
     options = {"prior": prior, "sampler": "diffpir", "steps": 20, "num_samples": 3, "progress": False, "device": "cpu"}
-    res = sample_posterior(y, op, callback=lambda info: steps.append(info["x0_hat"].clone()), **options)
-    assert res.config["mean_estimate"] == "tail_average" and len(steps) == 20 and TAIL_STEPS >= 2
-    expected = torch.stack(steps[-TAIL_STEPS:]).mean(0).reshape(4, 3, 1, 8, 8).mean(1)
+    res = sample_posterior(y, op, callback=lambda info: steps.append((info["t"], info["x0_hat"].clone())), **options)
+    levels = noise_levels(prior.alphas_cumprod)
+    late = [x0_hat for t, x0_hat in steps[-TAIL_STEPS:] if levels[t] <= TAIL_LEVEL]
+    assert res.config["mean_estimate"] == "tail_average" and len(steps) == 20 and len(late) == TAIL_STEPS >= 2
+    expected = torch.stack(late).mean(0).reshape(4, 3, 1, 8, 8).mean(1)
     assert torch.allclose(res.mean, expected, atol=1e-6)
     assert not torch.allclose(res.mean, res.samples.mean(1), atol=1e-3)  # not the final draws' average
     assert torch.allclose(sample_posterior(y, op, batch_size=5, **options).mean, res.mean, atol=1e-6)
@@ -102,8 +105,12 @@ def test_diffpir_reports_the_average_of_its_chains_last_denoiser_estimates():
 def test_the_tail_keeps_the_last_steps():
     from posterior_diffusion.samplers.tail_mean import TailMean
 
-    tail = TailMean(steps=2)
+    tail = TailMean([0.01, 0.05, 0.08, 1.0], steps=2, level=0.1)
     assert tail.mean() is None
-    for value in (100.0, 50.0, 2.0, 4.0):
-        tail.add({"x0_hat": torch.full((2, 1, 2, 2), value)})
+    for t, value in ((3, 100.0), (2, 50.0), (1, 2.0), (0, 4.0)):
+        tail.add({"t": t, "x0_hat": torch.full((2, 1, 2, 2), value)})
     assert torch.equal(tail.mean(), torch.full((2, 1, 2, 2), 3.0))
+    few = TailMean([0.01, 0.5, 1.0], steps=2, level=0.1)  # a short run: its second-to-last step is too noisy
+    for t, value in ((2, 100.0), (0, 4.0)):
+        few.add({"t": t, "x0_hat": torch.full((1, 1, 2, 2), value)})
+    assert torch.equal(few.mean(), torch.full((1, 1, 2, 2), 4.0))

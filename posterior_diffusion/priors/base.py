@@ -69,6 +69,12 @@ def linear_alphas_cumprod(num_timesteps: int = 1000, beta_start: float = 1e-4, b
     return torch.cumprod(1 - betas, 0).float()
 
 
+def noise_levels(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Each step's noise level sqrt((1 - a_t) / a_t): the std of the noise of x_t / sqrt(a_t) (float64, (T,))."""
+    a = alphas_cumprod.double()
+    return ((1 - a) / a).sqrt()
+
+
 def pad_to_multiple(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
     """F.pad's (left, right, top, bottom) that bring an H x W image to multiples of `multiple`, split between both
     ends (floor half before, the rest after)."""
