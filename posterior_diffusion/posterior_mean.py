@@ -108,7 +108,6 @@ __all__ = [
     "ESTIMATES",
     "TWEEDIE_TOLERANCE",
     "RunOutput",
-    "noise_levels",
     "posterior_mean",
     "tweedie_mean",
     "tweedie_step",

@@ -108,9 +108,10 @@ def versus_table(folder: Path, spec: dict) -> str:
     come from the same rows, or from the files `spec["baselines"]` names (another run of the method, e.g. at another
     budget, against the same baseline rows)."""
     method = spec["method"]
-    against = _by_task(read_rows_files(folder, spec.get("baselines", spec["rows"])))
+    by_task = _by_task(read_rows_files(folder, spec["rows"]))
+    against = _by_task(read_rows_files(folder, spec["baselines"])) if "baselines" in spec else by_task
     lines = [f"| task | {method} | best classical | margin |", "|---|---|---|---|"]
-    for task, methods in _by_task(read_rows_files(folder, spec["rows"])).items():
+    for task, methods in by_task.items():
         ours = [(entry, label) for entry, label in methods if entry["method"] == method]
         baselines = [entry for entry, _ in against.get(task, []) if entry["method"] in BASELINES]
         if not ours or not baselines:
