@@ -5,7 +5,8 @@
         One-step Tweedie denoising: x0_hat(sqrt(a) (x + sigma n), t) at the step t whose noise level matches
         sigma (on the [0, 255] scale), per image (cropped to a multiple of the network's downsampling); a column
         per sigma; --bm3d adds (C)BM3D with the true sigma on the same noisy images; --out keeps the rows (and
-        the PSNR-gain curve beside them), and `denoise-table ROWS.json ...` prints their tables again.
+        the PSNR-gain curve beside them), and `denoise-table ROWS.json ... [--curve PNG]` prints their tables
+        again, joining one prior's runs on one folder (a long --bm3d run split by sigma), and draws their curve.
     python -m posterior_diffusion.prior_benchmark restore --prior builtin:natural-rgb --images DIR [DIR ...] \
         --tune-images DIR --crops 50 --size 128 --steps 1000
         Per-crop PSNR/SSIM of the sampler (one sample per crop) against the classical baseline of each task on
@@ -28,7 +29,7 @@ import torch
 from posterior_diffusion.api import SamplingSettings
 from posterior_diffusion.baselines import baseline
 from posterior_diffusion.baselines import tune as tune_baseline
-from posterior_diffusion.bench.studies import denoise_table
+from posterior_diffusion.bench.studies import denoise_table, merge_denoise_records
 from posterior_diffusion.images import list_images, load_image, random_crops
 from posterior_diffusion.metrics import psnr, ssim
 from posterior_diffusion.operators import get_operator
@@ -180,9 +181,13 @@ def _denoise(args) -> None:
 
 
 def _denoise_table(args) -> None:
-    for path in args.rows:
-        record = json.loads(Path(path).read_text())
+    records = merge_denoise_records([json.loads(Path(path).read_text()) for path in args.rows])
+    if args.curve and len(records) != 1:
+        raise SystemExit(f"--curve draws one prior on one image folder; these rows hold {len(records)}")
+    for record in records:
         print(denoise_table(record["prior"], record["images"], record["rows"]))
+        if args.curve:
+            denoise_curve(record["rows"], args.curve, f"{record['prior']} on {Path(record['images']).name}")
 
 
 def _restore(args) -> None:
@@ -223,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="JSON file for the per-image rows (and the curve beside it, as .png)")
     p.set_defaults(func=_denoise)
     p = sub.add_parser("denoise-table", help="the table of saved denoise rows (--out files), regenerated")
-    p.add_argument("rows", nargs="+", help="JSON files written by denoise --out")
+    p.add_argument("rows", nargs="+", help="JSON files written by denoise --out (one prior's runs on one folder join)")
+    p.add_argument("--curve", help="PNG file for the PSNR-gain curve of the rows (one prior and folder)")
     p.set_defaults(func=_denoise_table)
     p = sub.add_parser("restore", help="sampler vs classical baselines on random crops")
     p.add_argument("--prior", default="builtin:natural-rgb")

@@ -119,6 +119,18 @@ def test_prior_benchmark_denoise_command_writes_rows_table_and_curve(tmp_path, t
     assert [(r["image"], r["sigma"]) for r in rows] == [("0.png", 10), ("1.png", 10), ("0.png", 25), ("1.png", 25)]
     assert all("psnr_bm3d" in r for r in rows)
     assert Image.open(tmp_path / "rows.png").size[0] > 100
+    # the same run split by sigma: its two records read as the one run (noise is seeded per image, not per level)
+    for sigma in ("10", "25"):
+        main([*argv[:-3], "--sigma", sigma, "--bm3d", "--out", str(tmp_path / f"rows_{sigma}.json")])
+    capsys.readouterr()
+    halves = [str(tmp_path / "rows_25.json"), str(tmp_path / "rows_10.json")]
+    main(["denoise-table", *halves, "--curve", str(tmp_path / "joined.png")])
+    assert capsys.readouterr().out == table
+    assert Image.open(tmp_path / "joined.png").size == Image.open(tmp_path / "rows.png").size
+    with pytest.raises(SystemExit, match="one prior on one image folder"):
+        other = json.loads((tmp_path / "rows_10.json").read_text()) | {"prior": "another"}
+        (tmp_path / "other.json").write_text(json.dumps(other))
+        main(["denoise-table", halves[0], str(tmp_path / "other.json"), "--curve", str(tmp_path / "x.png")])
 
 
 def test_gibbs_ddrm_natural_preset_recovers_a_motion_kernel_on_a_natural_image():

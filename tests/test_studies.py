@@ -95,6 +95,25 @@ def test_a_pivot_table_aggregates_plain_rows(tmp_path):
     assert "| denoise | 30.00 | - |" in report and "| sr4 | 5.00 | - |" in report
 
 
+def test_a_denoise_table_joins_one_priors_runs_on_one_folder(tmp_path):
+    def record(prior, images, sigma, psnr):
+        rows = [{"image": f"{i}.png", "sigma": sigma, "psnr_noisy": 20.0, "psnr": psnr + i} for i in range(2)]
+        return {"prior": prior, "images": images, "rows": rows}
+
+    records = [
+        record("p", "/a/CBSD68", 50, 27.0),
+        record("p", "/b/CBSD68", 6.4, 38.0),
+        record("q", "/a/CBSD68", 25, 30.0),
+    ]
+    for i, r in enumerate(records):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(r))
+    (tmp_path / STUDY).write_text(
+        'title = "t"\n[[tables]]\nkind = "denoise"\nrows = ["r0.json", "r1.json", "r2.json"]\n'
+    )
+    report = render_report(tmp_path)
+    assert "| p | CBSD68 (2) | 38.50 | 27.50 |" in report and "| q | CBSD68 (2) | 30.50 |" in report
+
+
 def test_a_speed_table_shows_each_samplers_overhead(tmp_path):
     row = {
         "sampler": "ddrm", "dtype": "float32", "layout": "contiguous", "compiled": False, "compile_seconds": 0.0,

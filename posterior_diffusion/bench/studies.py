@@ -142,13 +142,23 @@ def denoise_table(prior: str, folder: str, rows: list[dict]) -> str:
     )
 
 
+def merge_denoise_records(records: list[dict]) -> list[dict]:
+    """prior_benchmark denoise records ({"prior", "images", "rows"}) with those of the same prior and image folder
+    (by name) joined into one, in first-seen order: a run split by noise level reads as one run."""
+    merged: dict[tuple[str, str], dict] = {}
+    for record in records:
+        key = (record["prior"], Path(record["images"]).name)
+        if key in merged:
+            merged[key]["rows"] = merged[key]["rows"] + record["rows"]
+        else:
+            merged[key] = dict(record)
+    return list(merged.values())
+
+
 def denoise_tables(folder: Path, spec: dict) -> str:
-    """prior_benchmark denoise records: one table per record (`denoise_table`)."""
-    tables = []
-    for name in spec["rows"]:
-        record = json.loads((folder / name).read_text())
-        tables.append(denoise_table(record["prior"], record["images"], record["rows"]))
-    return "\n\n".join(tables)
+    """prior_benchmark denoise records: one table per prior and image folder (`denoise_table`)."""
+    records = merge_denoise_records([json.loads((folder / name).read_text()) for name in spec["rows"]])
+    return "\n\n".join(denoise_table(r["prior"], r["images"], r["rows"]) for r in records)
 
 
 def record_table(folder: Path, spec: dict) -> str:
