@@ -8,20 +8,26 @@ images), and the command that remakes them when a built-in prior or the `auto` t
 
 A file named auto_<operator>_<budget>[_gray].json is made for what `sampler="auto"` runs on that operator with its
 defaults at that budget ("cpu": a CPU's 20 steps; "gpu": the samplers' own steps, asked for with `budget=gpu`, so
-it can be made on any device; "any": a nonlinear operator, the same sampler and steps on every device), with the
-built-in prior for its channels (natural-rgb, or natural-gray for "_gray").
+it can be made on any device), with the built-in prior for its channels (natural-rgb, or natural-gray for
+"_gray"). Where both budgets run the same sampler with the same options (a nonlinear operator keeps its sampler's
+steps; DDRM's own steps for denoising are the CPU budget's 20), one file auto_<operator>[_gray].json serves every
+device.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from posterior_diffusion.operators.registry import operator_class
+from posterior_diffusion.operators import get_operator
+from posterior_diffusion.priors.loading import load_prior
+from posterior_diffusion.samplers.auto import choose_sampler
+from posterior_diffusion.samplers.base import get_sampler
 from posterior_diffusion.shipped_calibrations import FOLDER
 
 # Calibration images (tune split) and held-out images (test split), under the data folder, and the run's counts
@@ -54,45 +60,59 @@ class Recipe:
         return ["calibrate", *images, *COMMON, *self.arguments, *extra, "--overwrite", "--out", str(out)]
 
 
+def _budgets_differ(operator: str, prior) -> bool:
+    """Whether `sampler="auto"` runs another sampler or other options on `operator` (its defaults) with `prior` (a
+    DiffusionPrior) at the CPU budget than at the GPU budget (`samplers.auto.choose_sampler`)."""
+    op = get_operator(operator)
+    cpu, gpu = (
+        get_sampler(name, **options).to_config()
+        for name, options in (choose_sampler(prior, op, on_cpu=True), choose_sampler(prior, op, on_cpu=False))
+    )
+    return cpu != gpu
+
+
 def _auto_recipes() -> list[Recipe]:
-    recipes = []
+    made = []
     for gray in (False, True):
+        prior = "natural-gray" if gray else "natural-rgb"
+        loaded = load_prior(f"builtin:{prior}")
         for operator in IMAGE_OPERATORS:
-            # a nonlinear operator has one budget: auto runs the sampler's own steps on every device
-            for budget in ("cpu", "gpu") if operator_class(operator).is_linear else (None,):
+            for budget in ("cpu", "gpu") if _budgets_differ(operator, loaded) else (None,):
                 tags = [*([budget] if budget else []), *(["gray"] if gray else [])]  # in the task and the file name
                 task = "-".join([f"auto/{operator}", *tags])
                 arguments = ["--num-images", "12", "--operator", operator, "--name", task]
                 arguments += ["--sampler-param", f"budget={budget}"] if budget else []
                 arguments += ["--channels", "1"] if gray else []
-                prior = "natural-gray" if gray else "natural-rgb"
-                where = f"on a {budget.upper()}" if budget else "on any device"
-                recipes.append(
+                where = f"on a {budget.upper()}" if budget else "on any device (both budgets run the same)"
+                made.append(
                     Recipe(
                         "_".join(["auto", operator, *tags]) + ".json",
                         f"`restore --operator {operator}` with its defaults {where}, prior {prior}",
                         tuple(arguments),
                     )
                 )
-    return recipes
+    return made
 
 
 README_BLUR = ["--op-param", "kernel_size=31", "--op-param", "sigma=1.5", "--op-param", "boundary=circular"]
-RECIPES = [
-    Recipe(
+
+
+@functools.cache
+def recipes() -> tuple[Recipe, ...]:
+    """Every shipped file's recipe (the auto files ask `choose_sampler` which budgets differ: a few seconds)."""
+    readme = Recipe(
         "readme_gaussian_blur_ddrm.json",
         "the README's first command (gaussian_blur 31 px, sigma 1.5, circular; DDRM-20)",
         ("--num-images", "24", "--operator", "gaussian_blur", *README_BLUR, "--sampler", "ddrm"),
-    ),
-    *_auto_recipes(),
-]
+    )
+    return (readme, *_auto_recipes())
 
 
 def select(patterns: list[str] | None) -> list[Recipe]:
     """The recipes whose file name matches any of the shell patterns (all without patterns); none is a ValueError."""
-    chosen = [r for r in RECIPES if not patterns or any(fnmatch.fnmatch(r.file, p) for p in patterns)]
+    chosen = [r for r in recipes() if not patterns or any(fnmatch.fnmatch(r.file, p) for p in patterns)]
     if not chosen:
-        names = ", ".join(r.file for r in RECIPES)
+        names = ", ".join(r.file for r in recipes())
         raise ValueError(f"no shipped calibration matches {' '.join(patterns)}; files: {names}")
     return chosen
 

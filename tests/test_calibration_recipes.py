@@ -12,7 +12,7 @@ from posterior_diffusion.calibration import operator_identity
 from posterior_diffusion.cli import build_parser
 from posterior_diffusion.cli_inputs import build_operator
 
-RECIPES = {recipe.file: recipe for recipe in calibration_recipes.RECIPES}
+RECIPES = {recipe.file: recipe for recipe in calibration_recipes.recipes()}
 
 
 @pytest.mark.parametrize("path,cal", shipped_calibrations.shipped(), ids=lambda v: getattr(v, "name", ""))
@@ -27,7 +27,7 @@ def test_every_shipped_file_is_made_by_its_recipe(path, cal):
 
 
 def test_recipes_are_one_per_file_and_auto_files_name_their_budget():
-    assert len(RECIPES) == len(calibration_recipes.RECIPES)
+    assert len(RECIPES) == len(calibration_recipes.recipes())
     for name, recipe in RECIPES.items():
         if name.startswith("auto_"):
             args = build_parser().parse_args(recipe.command("DATA", Path(name)))
@@ -35,10 +35,23 @@ def test_recipes_are_one_per_file_and_auto_files_name_their_budget():
             assert args.sampler == "auto" and f"-{budget}" in args.name + "-any"
 
 
+def test_a_budget_gets_its_own_file_only_where_auto_runs_differently_there():
+    # DDRM's own steps for denoising are the CPU budget's; hdr is nonlinear (no CPU budget); box inpainting switches
+    # sampler (DiffPIR on a CPU, PiGDM at the GPU budget); the other linear operators change their steps
+    for operator in ("denoise", "high_dynamic_range"):
+        assert f"auto_{operator}.json" in RECIPES and f"auto_{operator}_gray.json" in RECIPES
+        assert not any(name.startswith(f"auto_{operator}_cpu") for name in RECIPES)
+    for operator in ("inpaint_box", "gaussian_blur", "super_resolution"):
+        assert {f"auto_{operator}_cpu.json", f"auto_{operator}_gpu_gray.json"} <= set(RECIPES)
+        assert f"auto_{operator}.json" not in RECIPES
+
+
 def test_list_prints_every_command_and_a_pattern_must_match(capsys, tmp_path):
-    assert calibration_recipes.main(["--list", "--data", "D", "--only", "auto_denoise_*"]) == 0
+    assert calibration_recipes.main(["--list", "--data", "D", "--only", "auto_denoise*"]) == 0
     out = capsys.readouterr().out
-    assert "auto_denoise_cpu.json" in out and "auto_denoise_gpu_gray.json" in out and "auto_inpaint" not in out
+    assert "auto_denoise.json" in out and "auto_denoise_gray.json" in out and "auto_inpaint" not in out
+    assert calibration_recipes.main(["--list", "--data", "D", "--only", "auto_motion_blur_gpu*"]) == 0
+    out = capsys.readouterr().out
     assert "--images D/testsets/Kodak24" in out and "--sampler-param budget=gpu" in out
     assert calibration_recipes.main(["--list", "--missing", "--out", str(tmp_path), "--only", "readme*"]) == 0
     assert "readme_gaussian_blur_ddrm.json" in capsys.readouterr().out

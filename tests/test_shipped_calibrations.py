@@ -14,7 +14,7 @@ from posterior_diffusion.calibration import calibration_from_samples, operator_i
 from posterior_diffusion.operators import get_operator, operator_params
 from posterior_diffusion.priors import load_prior
 from posterior_diffusion.samplers import get_sampler
-from posterior_diffusion.samplers.auto import CPU_STEPS, choose_sampler
+from posterior_diffusion.samplers.auto import choose_sampler
 
 
 def _run(gmm, steps: int, **kwargs):
@@ -52,8 +52,10 @@ def test_every_shipped_file_matches_its_prior_and_the_auto_table(path, cal):
         sized = "image_size" in operator_params(cal.operator["name"])  # masks: any size, the identity omits it
         op = get_operator(cal.operator["name"], **({"image_size": 64} if sized else {}))
         assert operator_identity(op.to_config()) == cal.operator, f"{path.name}: made for the operator's defaults"
-        name, options = choose_sampler(prior, op, on_cpu=cal.sampler.get("steps") == CPU_STEPS)
-        assert get_sampler(name, **options).to_config() == cal.sampler, f"{path.name}: auto picks another sampler"
+        budgets = [tag == "cpu" for tag in ("cpu", "gpu") if f"-{tag}" in cal.task] or [True, False]  # none: both
+        for on_cpu in budgets:
+            name, options = choose_sampler(prior, op, on_cpu=on_cpu)
+            assert get_sampler(name, **options).to_config() == cal.sampler, f"{path.name}: auto picks another sampler"
 
 
 def test_the_package_ships_a_calibration_for_the_readme_first_command():
