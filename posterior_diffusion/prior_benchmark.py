@@ -159,6 +159,7 @@ def denoise_curve(rows: list[dict], path: str | Path, title: str) -> None:
     if all("psnr_bm3d" in r for r in rows):
         ax.plot(sigmas, gain("psnr_bm3d"), "s--", label="(C)BM3D, true sigma")
     ax.set_xscale("log")
+    ax.minorticks_off()  # the log axis's own labels would overlap the sigmas'
     ax.set_xticks(sigmas, [f"{s:g}" for s in sigmas])
     ax.set_xlabel("noise sigma (on [0, 255])")
     ax.set_ylabel("PSNR gain over the noisy image (dB)")
