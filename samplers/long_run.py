@@ -1,5 +1,5 @@
 """One line before a long run: a run predicted to take more than `LONG_RUN_SECONDS` says how long and what would
-be faster (fewer steps, another sampler, a GPU), once: after its first step where that step alone predicts more than
+be faster (fewer steps, fewer samples, the CPU budget's sampler, a GPU), once: after its first step where that step alone predicts more than
 `FIRST_STEP_MARGIN` times the limit (a photo-size image on a CPU core), else after `TIMED_STEPS` more steps.
 
     notice = LongRunNotice("dps", steps=1000, total_nfe=4000, on_gpu=False, num_samples=4)
@@ -81,7 +81,12 @@ class LongRunNotice:
                 f"one sample instead of {self.num_samples} (num_samples=1 / --num-samples 1: about "
                 f"{format_duration(estimate / self.num_samples)}, no std)"
             )
-        faster.append("another sampler (sampler='auto' picks the best measured at 100 steps)")
+        from .auto import CPU_STEPS  # here: auto imports the samplers, which import this module
+
+        faster.append(
+            "the CPU budget (sampler='auto', budget='cpu' / --sampler auto --sampler-param budget=cpu: the best "
+            f"sampler measured at {CPU_STEPS} steps)"
+        )
         if not self.on_gpu:
             faster.append("a GPU (device='cuda' / --device cuda)")
         warnings.warn(

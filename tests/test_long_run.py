@@ -17,12 +17,13 @@ def test_durations_read_as_a_person_would_say_them():
 
 
 def test_a_run_past_ten_minutes_names_its_length_and_what_is_faster():
-    """0.5 s per evaluation x 4000 = 33 min: fewer steps (1000 x 600 / 2000 = 300), another sampler, a GPU."""
+    """0.5 s per evaluation x 4000 = 33 min: fewer steps (1000 x 600 / 2000 = 300), the CPU budget, a GPU."""
     with pytest.warns(UserWarning) as caught:
         LongRunNotice("dps", 1000, 4000, on_gpu=False).check(0.5)
     message = str(caught[0].message)
     assert message.startswith("dps: this run will take about 33 min (4000 network evaluations at 0.5 s)")
-    assert "steps=300" in message and "sampler='auto'" in message and "--device cuda" in message
+    assert "steps=300" in message and "--device cuda" in message
+    assert "budget='cpu'" in message and "--sampler-param budget=cpu" in message and "20 steps" in message
     assert "num-samples" not in message  # one sample already
     with pytest.warns(UserWarning) as caught:
         LongRunNotice("dps", 1000, 4000, on_gpu=True).check(0.5)
