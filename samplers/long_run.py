@@ -83,10 +83,11 @@ class LongRunNotice:
             )
         from .auto import CPU_STEPS  # here: auto imports the samplers, which import this module
 
-        faster.append(
-            "the CPU budget (sampler='auto', budget='cpu' / --sampler auto --sampler-param budget=cpu: the best "
-            f"sampler measured at {CPU_STEPS} steps)"
-        )
+        if self.steps is None or self.steps > CPU_STEPS:  # a run at the CPU budget's steps is already that fast
+            faster.append(
+                "the CPU budget (sampler='auto', budget='cpu' / --sampler auto --sampler-param budget=cpu: the "
+                f"best sampler measured at {CPU_STEPS} steps)"
+            )
         if not self.on_gpu:
             faster.append("a GPU (device='cuda' / --device cuda)")
         warnings.warn(

@@ -65,6 +65,7 @@ def test_a_first_step_far_past_the_limit_speaks_at_once(monkeypatch):
             and "take up to about 46 min (20 network evaluations at 1.4e+02 s, timed on the first step" in message
         )
         assert "steps=4" in message and "--num-samples 1: about 12 min, no std" in message
+        assert "budget" not in message  # 20 steps: already the CPU budget
         for _ in range(19):
             notice.update(1)
     assert len(caught) == 1
