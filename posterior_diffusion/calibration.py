@@ -113,7 +113,7 @@ class Calibration:
     when it has none), with stratum_factors {level: [lambda_hat per class]}, which then define the interval,
     and stratum_coverage {level: [calibrated coverage per class]}; task, operator (its config without per-image
     parameters), prior, sampler (its full config), num_samples, images: what the factors hold for; guarantee: how
-    they were computed."""
+    they were computed; folder: the calibration images' folder name (`calibrate --images`; "" where not recorded)."""
 
     factors: dict[float, float]
     task: str
@@ -130,6 +130,7 @@ class Calibration:
     strata: list[str] = field(default_factory=list)
     stratum_factors: dict[float, list[float]] = field(default_factory=dict)
     stratum_coverage: dict[float, list[float]] = field(default_factory=dict)
+    folder: str = ""
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

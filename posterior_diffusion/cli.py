@@ -242,7 +242,8 @@ def cmd_calibrate(args) -> None:
     settings = _sampling_settings(args, device)
     common = dict(seed=args.seed, images_per_call=args.images_per_call)
     cal = calibrate(x, op, name, settings, tuple(args.levels), guarantee=args.guarantee, **common)
-    cal = dataclasses.replace(cal, prior_digest=prior_digest(cal.prior))  # a built-in prior's weights, else ""
+    # a built-in prior's weights (else ""), and where the calibration images came from
+    cal = dataclasses.replace(cal, prior_digest=prior_digest(cal.prior), folder=Path(args.images).name)
     cal.save(out)
     print(
         f"wrote {out}: {cal.sampler['name']} on {name}, {cal.images} images x {cal.num_samples} samples, "

@@ -132,6 +132,7 @@ def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_fol
     argv = ["calibrate", "--images", str(images), "--size", "16", "--task", "random_inpaint", "--out", str(cal)]
     assert main([*argv, *common, "--test-images", str(images), "--num-test-images", "4"]) == 0
     assert Calibration.load(cal).images == 20 and Calibration.load(cal).task == "random_inpaint"
+    assert Calibration.load(cal).folder == "images"  # where the calibration images came from
     printed = capsys.readouterr().out
     assert "test images (4," in printed and "90%: raw coverage" in printed
     held_out = Calibration.load(cal).held_out  # kept in the file, as printed

@@ -22,6 +22,7 @@ def test_every_shipped_file_is_made_by_its_recipe(path, cal):
     channels = args.channels or 3
     assert cal.prior == f"builtin:natural-{'rgb' if channels == 3 else 'gray'}"
     assert cal.task == (args.name or args.operator) and cal.images == args.num_images
+    assert cal.folder in ("", Path(args.images).name)  # files made before folders were recorded hold ""
     assert cal.num_samples == args.num_samples and cal.held_out["images"] == args.num_test_images
     assert operator_identity(build_operator(args, (channels, args.size, args.size)).to_config()) == cal.operator
 

@@ -131,19 +131,21 @@ def test_a_calibrations_table_expands_patterns_and_summarises_one_level(tmp_path
 
     held = {"images": 8, "folder": "McMaster", "raw_coverage": {0.9: 0.5}}
     (tmp_path / "cal").mkdir()
-    for name, covered in (("a.json", 0.938), ("b.json", 0.88)):
+    for name, covered, folder in (("a.json", 0.938, "BSD400"), ("b.json", 0.88, "")):  # b: made before folders
         Calibration(
             factors={0.9: 2.0}, task=name, operator={"name": "denoise"}, prior="builtin:natural-rgb",
             sampler={"name": "ddrm", "steps": 20}, num_samples=4, images=12, raw_coverage={0.9: 0.6},
-            calibrated_coverage={0.9: 0.9}, held_out=held | {"calibrated_coverage": {0.9: covered}},
+            calibrated_coverage={0.9: 0.9}, held_out=held | {"calibrated_coverage": {0.9: covered}}, folder=folder,
         ).save(tmp_path / "cal" / name)  # fmt: skip
     spec = 'kind = "calibrations"\nrows = ["cal/*.json"]\n'
     (tmp_path / STUDY).write_text(f'title = "t"\n[[tables]]\n{spec}level = 0.9\n[[tables]]\n{spec}')
     report = render_report(tmp_path)
-    assert "| a.json | natural-rgb | ddrm-20, 4 samples | 2.000 | 0.500 | 0.938 (8 McMaster) | +3.8 | - |" in report
-    assert "| b.json | natural-rgb | ddrm-20, 4 samples | 2.000 | 0.500 | 0.880 (8 McMaster) | -2.0 | - |" in report
-    detail = "| b.json | b.json | ddrm-20, 4 samples | 0.9 | 2.000 | 0.600 / 0.900 (12) | 0.500 / 0.880 (8 McMaster) |"
-    assert detail in report
+    summary = "| natural-rgb | ddrm-20, 4 samples | {} | 2.000 | 0.500 | {} (8 McMaster) | {} | - |"
+    assert "| a.json " + summary.format("12 BSD400", "0.938", "+3.8") in report
+    assert "| b.json " + summary.format("12", "0.880", "-2.0") in report
+    detail = "| ddrm-20, 4 samples | 0.9 | 2.000 | 0.600 / 0.900 ({}) | 0.500 / {} (8 McMaster) |"
+    assert "| a.json | a.json " + detail.format("12 BSD400", "0.938") in report
+    assert "| b.json | b.json " + detail.format("12", "0.880") in report
     (tmp_path / STUDY).write_text('title = "t"\n[[tables]]\nkind = "calibrations"\nrows = ["none/*.json"]\n')
     with pytest.raises(ValueError, match="missing"):
         render_report(tmp_path)

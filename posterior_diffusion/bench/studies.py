@@ -230,7 +230,7 @@ def calibrations_table(folder: Path, spec: dict) -> str:
     for name in names:
         cal = Calibration.load(folder / name)
         for level, factor in cal.factors.items():
-            own = f"{cal.raw_coverage[level]:.3f} / {cal.calibrated_coverage[level]:.3f} ({cal.images})"
+            own = f"{cal.raw_coverage[level]:.3f} / {cal.calibrated_coverage[level]:.3f} ({_calibration_images(cal)})"
             held = cal.held_out
             other = (
                 f"{held['raw_coverage'][level]:.3f} / {held['calibrated_coverage'][level]:.3f} "
@@ -241,6 +241,11 @@ def calibrations_table(folder: Path, spec: dict) -> str:
             cells = [Path(name).name, cal.task, _sampler_label(cal), f"{level:g}", f"{factor:.3f}", own, other]
             lines.append(f"| {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def _calibration_images(cal) -> str:
+    """'24 BSD400': how many calibration images and their folder (the count alone where the file has no folder)."""
+    return f"{cal.images} {cal.folder}".strip()
 
 
 def _sampler_label(cal) -> str:
@@ -254,9 +259,9 @@ def _calibration_summary(files: list, level: float) -> str:
     from posterior_diffusion.calibration import per_class_label
 
     lines = [
-        "| file | prior | sampler | factor | raw coverage (held out) | calibrated coverage (held out) | off by | "
-        "per pixel class (held out) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| file | prior | sampler | calibration images | factor | raw coverage (held out) | calibrated coverage "
+        "(held out) | off by | per pixel class (held out) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cal in files:
         held = cal.held_out
@@ -264,7 +269,8 @@ def _calibration_summary(files: list, level: float) -> str:
         factor = per_class_label(cal, cal.stratum_factors, level) or f"{cal.factors[level]:.3f}"
         by_class = per_class_label(cal, held.get("stratum_coverage", {}), level) or "-"
         lines.append(
-            f"| {Path(name).name} | {cal.prior.removeprefix('builtin:')} | {_sampler_label(cal)} | {factor} | "
+            f"| {Path(name).name} | {cal.prior.removeprefix('builtin:')} | {_sampler_label(cal)} | "
+            f"{_calibration_images(cal)} | {factor} | "
             f"{held['raw_coverage'][level]:.3f} | {calibrated:.3f} ({held['images']} {held['folder']}) | "
             f"{100 * (calibrated - level):+.1f} | {by_class} |"
         )
