@@ -54,6 +54,8 @@ def test_list_prints_every_command_and_a_pattern_must_match(capsys, tmp_path):
     assert calibration_recipes.main(["--list", "--data", "D", "--only", "auto_motion_blur_gpu*"]) == 0
     out = capsys.readouterr().out
     assert "--images D/testsets/Kodak24" in out and "--sampler-param budget=gpu" in out
+    assert calibration_recipes.main(["--list", "--data", "D", "--only", "auto_motion_blur_gpu_gray.json"]) == 0
+    assert "--images D/trainsets/BSD400 " in capsys.readouterr().out  # natural-gray: its own training photos
     assert calibration_recipes.main(["--list", "--missing", "--out", str(tmp_path), "--only", "readme*"]) == 0
     assert "readme_gaussian_blur_ddrm.json" in capsys.readouterr().out
     (tmp_path / "readme_gaussian_blur_ddrm.json").touch()
