@@ -25,8 +25,9 @@ from posterior_diffusion.operators.noise_estimate import with_noise_sigma
 from posterior_diffusion.posterior_mean import RunOutput, posterior_mean
 from posterior_diffusion.priors import DiffusionPrior, default_prior_name, load_prior, resolve_dtype
 from posterior_diffusion.samplers import Sampler, get_sampler
-from posterior_diffusion.samplers.auto import choose_sampler, cpu_budget
+from posterior_diffusion.samplers.auto import choose_sampler
 from posterior_diffusion.samplers.base import validate_measurement
+from posterior_diffusion.samplers.budgets import cpu_budget
 from posterior_diffusion.tensor_utils import as_batch, sample_moments
 
 
@@ -153,7 +154,7 @@ def sample_posterior(
         sampler: a Sampler, a registered name, or "auto" (default): the sampler measured best for the operator that
             accepts the prior, with its preset for the task (the task table, `tasks.Task.auto`; the choice is in
             config["sampler"]);
-            on a CPU, for a linear operator, at the CPU budget (`samplers.auto.CPU_STEPS` steps and `CPU_OPTIONS`);
+            on a CPU, for a linear operator, at the CPU budget (`samplers.budgets.CPU_STEPS` steps and `CPU_OPTIONS`);
             options given here win over the chosen ones; budget="cpu" or "gpu" asks for that budget's choice on any
             device (default "device": the CPU budget on a CPU).
             `sampler_options` go to its config (e.g. steps, step_size, preset).

@@ -34,7 +34,8 @@ def cmd_list(args) -> None:
     from posterior_diffusion.operators import list_operators, operator_class
     from posterior_diffusion.priors import builtin_priors
     from posterior_diffusion.samplers import list_samplers, sampler_class
-    from posterior_diffusion.samplers.auto import CPU_STEPS, auto_order
+    from posterior_diffusion.samplers.auto import auto_order
+    from posterior_diffusion.samplers.budgets import CPU_STEPS
 
     def first_line(obj) -> str:
         return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""

@@ -67,7 +67,7 @@ class Task:
     channels: int | None = None  # the image channels the operator takes (None: any, e.g. the prior's)
     best_of: int = 1
     auto: tuple[str, ...] = ()  # sampler="auto" on this operator: samplers by preference (their presets: `presets`)
-    cpu_auto: tuple[str, ...] = ()  # ... at the CPU budget, where that order differs (samplers.auto.CPU_STEPS)
+    cpu_auto: tuple[str, ...] = ()  # ... at the CPU budget, where that order differs (samplers.budgets.CPU_STEPS)
     metrics: Callable[..., dict[str, torch.Tensor]] | None = None
     align: Callable[[Operator, torch.Tensor], torch.Tensor] | None = None
     figure: Callable[..., None] | None = None

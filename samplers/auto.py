@@ -6,8 +6,8 @@ prior and the operator runs (DiffPIR and PiGDM need a pixel prior, so with a lat
 RED-Diff; ReSample is first only among the latent samplers). An operator without a task tries `FALLBACK`. The
 orders were chosen on the tune split (assets/bench/quality_per_second: four 64x64 crops, 4 samples, 100 NFE).
 
-On a CPU (`choose_sampler(..., on_cpu=True)`) a linear operator gets CPU_STEPS steps (a 256x256 restore takes
-about half a minute on one core instead of five to ten), each sampler's CPU_OPTIONS, and the task's `cpu_auto`
+On a CPU (`choose_sampler(..., on_cpu=True)`) a linear operator gets `budgets.CPU_STEPS` steps (a 256x256 restore takes
+about half a minute on one core instead of five to ten), each sampler's `budgets.CPU_OPTIONS`, and the task's `cpu_auto`
 order where it has one: at 20 steps DiffPIR also leads on box inpainting, and 5 conjugate-gradient iterations per
 DiffPIR data step scored higher on the tune crops in a third of the time (the same study, "The CPU budget").
 Nonlinear operators keep their samplers' steps (DiffPIR's gradient step on hdr needs them).
@@ -18,18 +18,9 @@ from __future__ import annotations
 from posterior_diffusion.tasks import TASK_CHECKS, TASKS, Task, auto_task
 
 from .base import list_samplers, sampler_applies, sampler_class
+from .budgets import CPU_OPTIONS, CPU_STEPS
 
 FALLBACK = ("ddrm", "red_diff", "resample", "dps")  # operators without a task: presets none
-CPU_STEPS = 20  # steps of the auto sampler for linear operators on a CPU (module docstring)
-CPU_OPTIONS: dict[str, dict] = {"diffpir": {"prox_iters": 5}}  # ... and each sampler's options at that budget
-BUDGETS = ("device", "cpu", "gpu")  # whose budget picks the sampler ("device": that of the device it runs on)
-
-
-def cpu_budget(budget: str, device) -> bool:
-    """Whether a run on `device` (a torch.device) takes the CPU budget under `budget` (one of BUDGETS)."""
-    if budget not in BUDGETS:
-        raise ValueError(f"unknown budget {budget!r} for sampler='auto'; valid: {', '.join(BUDGETS)}")
-    return device.type == "cpu" if budget == "device" else budget == "cpu"
 
 
 def check_task(name: str, task: Task) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 import warnings
 
+from .budgets import CPU_STEPS
+
 LONG_RUN_SECONDS = 600.0  # ten minutes
 TIMED_STEPS = 3  # the steps timed after the first one (which pays for warm-up) before the estimate
 FIRST_STEP_MARGIN = 2.0  # the first step, warm-up included, may overestimate; past twice the limit it cannot matter
@@ -82,8 +84,6 @@ class LongRunNotice:
                 f"one sample instead of {self.num_samples} (num_samples=1 / --num-samples 1: about "
                 f"{format_duration(estimate / self.num_samples)}, no std)"
             )
-        from .auto import CPU_STEPS  # here: auto imports the samplers, which import this module
-
         if self.steps is None or self.steps > CPU_STEPS:  # a run at the CPU budget's steps is already that fast
             faster.append(
                 "the CPU budget (sampler='auto', budget='cpu' / --sampler auto --sampler-param budget=cpu: the "

@@ -11,7 +11,8 @@ from posterior_diffusion.cli import main
 from posterior_diffusion.operators import get_operator, list_operators
 from posterior_diffusion.priors import load_prior
 from posterior_diffusion.samplers import list_samplers, sampler_class
-from posterior_diffusion.samplers.auto import CPU_STEPS, FALLBACK, auto_order, check_task, choose_sampler
+from posterior_diffusion.samplers.auto import FALLBACK, auto_order, check_task, choose_sampler
+from posterior_diffusion.samplers.budgets import CPU_STEPS
 from posterior_diffusion.tasks import TASKS, Task, auto_task, register_task
 
 

@@ -22,7 +22,8 @@ from posterior_diffusion.bench.store import atomic_write_text
 from posterior_diffusion.images import random_crops
 from posterior_diffusion.metrics import psnr
 from posterior_diffusion.samplers import get_sampler, list_samplers, sampler_class
-from posterior_diffusion.samplers.auto import BUDGETS, choose_sampler, cpu_budget
+from posterior_diffusion.samplers.auto import choose_sampler
+from posterior_diffusion.samplers.budgets import BUDGETS, cpu_budget
 
 AUTO = "auto"  # method "auto": what sample_posterior(sampler="auto") picks per task, at the bench's --steps if given
 TUNED = ":tuned"  # method "NAME:tuned": sampler NAME with its TUNE_GRID options tuned per task on --tune-images
