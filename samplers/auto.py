@@ -6,10 +6,10 @@ prior and the operator runs (DiffPIR and PiGDM need a pixel prior, so with a lat
 RED-Diff; ReSample is first only among the latent samplers). An operator without a task tries `FALLBACK`. The
 orders were chosen on the tune split (assets/bench/quality_per_second: four 64x64 crops, 4 samples, 100 NFE).
 
-On a CPU (`choose_sampler(..., on_cpu=True)`) a linear operator gets `budgets.CPU_STEPS` steps (a 256x256 restore takes
-about half a minute on one core instead of five to ten), each sampler's `budgets.CPU_OPTIONS`, and the task's `cpu_auto`
-order where it has one: at 20 steps DiffPIR also leads on box inpainting, and 5 conjugate-gradient iterations per
-DiffPIR data step scored higher on the tune crops in a third of the time (the same study, "The CPU budget").
+On a CPU (`choose_sampler(..., on_cpu=True)`) a linear operator gets the CPU budget (`samplers.budgets`: its steps
+and each sampler's options there) and the task's `cpu_auto` order where it has one: at 20 steps DiffPIR also leads
+on box inpainting, and 5 conjugate-gradient iterations per DiffPIR data step scored higher on the tune crops in a
+third of the time (the same study, "The CPU budget").
 Nonlinear operators keep their samplers' steps (DiffPIR's gradient step on hdr needs them).
 """
 
