@@ -1,5 +1,6 @@
 """What the command line reads and writes besides images and results: K=V option pairs, measurement files (image,
-.pt, .npz), the operator of --operator / --op-param / --operator-config, and measurements written by `degrade`."""
+.pt, .npz), the operator of --operator / --op-param / --operator-config, the sampling options of restore and
+calibrate as a SamplingSettings, and measurements written by `degrade`."""
 
 from __future__ import annotations
 
@@ -125,3 +126,32 @@ def write_measurement(y: torch.Tensor, path: Path) -> None:
                 f"it; write it as .pt or .npz (--out {path.with_suffix('.pt').name})"
             )
         save_image(y, path)
+
+
+def sampler_options(args) -> dict:
+    """Sampler options from --sampler-param, --steps and --preset (none: the sampler's own defaults, or auto's
+    preset for the task)."""
+    options = parse_params(args.sampler_param, "--sampler-param")
+    if args.steps is not None:
+        options["steps"] = args.steps
+    if args.preset is not None:
+        options["preset"] = args.preset
+    return options
+
+
+def sampling_settings(args, device):
+    """The sampling options of restore and calibrate (cli_options.SamplingOptions) as a SamplingSettings."""
+    from posterior_diffusion.api import SamplingSettings
+
+    return SamplingSettings(
+        prior=args.prior,
+        sampler=args.sampler,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        device=device,
+        dtype=args.dtype,
+        progress=not args.quiet,
+        compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
+        options=sampler_options(args),
+    )

@@ -33,6 +33,7 @@ LAYERS = [
             "speed",
             "outputs",
             "cli",
+            "cli_calibrate",
             "cli_options",
             "cli_inputs",
             "train",
