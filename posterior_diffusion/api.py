@@ -179,10 +179,11 @@ def sample_posterior(
             waits for Python; unmeasured). The CPU path is unchanged.
         calibration: "auto" (default): the shipped calibration made for this run's prior, operator, sampler and
             number of samples (`shipped_calibrations`), if there is one, else none (config["calibration"] says
-            "uncalibrated"); a `calibration.Calibration` or the path of a file written by `posterior-diffusion
-            calibrate`; or None. With one, the result's `lower` / `upper` are the conformally calibrated interval at
-            `level` (one of the calibrated levels, default 0.9). A calibration given for another operator, prior,
-            sampler (any option) or number of samples is refused before any work, naming both.
+            "uncalibrated"); a `calibration.Calibration`, the path of a file written by `posterior-diffusion
+            calibrate` or the name of a shipped one ("auto_denoise.json", ...); or None. With one, the result's
+            `lower` / `upper` are the conformally calibrated interval at `level` (one of the calibrated levels,
+            default 0.9). A calibration given for another operator, prior, sampler (any option) or number of
+            samples is refused before any work, naming both.
         noise_sigma: None (default: the operator's noise), a Gaussian noise std on the [-1, 1] scale replacing the
             operator's, or "auto": estimated from y (`operators.noise_estimate`: the flattest tiles of the finest
             Haar wavelet band; observed pixels only for masks); the value and method are in config["noise"].
@@ -192,7 +193,7 @@ def sample_posterior(
     if calibration is not None and not isinstance(calibration, str | Calibration):
         calibration = str(calibration)  # a path
     if isinstance(calibration, str) and calibration != "auto":
-        calibration = Calibration.load(calibration)
+        calibration = shipped_calibrations.load(calibration)
     if isinstance(calibration, Calibration):
         calibration.check_level(level)
     if dtype == "auto":

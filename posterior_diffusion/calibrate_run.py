@@ -37,17 +37,25 @@ def calibrate(
 
 
 def posterior_samples(
-    x: torch.Tensor, op, settings: SamplingSettings, seed: int, images_per_call: int, first_id: int = 0
+    x: torch.Tensor,
+    op,
+    settings: SamplingSettings,
+    seed: int,
+    images_per_call: int,
+    first_id: int = 0,
+    calibration: Calibration | None = None,
 ) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
     """Samples (n, S, C, H, W) of the posteriors of measurements of images x (n, C, H, W), the run's config and
     the pixels' classes (n, C, H, W) or None (`Operator.calibration_strata`): image i is measured with noise from
     `measurement_generator(seed, first_id + i)` (as the bench) and sampled with `settings`, `images_per_call` at a
-    time (measurement_ids = first_id + i)."""
+    time (measurement_ids = first_id + i). A `calibration` given refuses a run it was not made for before any
+    sampling (`Calibration.check`)."""
     samples, strata, config = [], [], None
+    checked = {"calibration": calibration, "level": next(iter(calibration.factors))} if calibration else {}
     for start in range(0, len(x), images_per_call):
         ids = [first_id + i for i in range(start, min(start + images_per_call, len(x)))]
         y = measure_images(op, x[start : start + len(ids)], seed, ids)
-        result = settings.run(y, op, seed, ids)
+        result = settings.run(y, op, seed, ids, **checked)
         samples.append(result.samples)
         strata.append(op.calibration_strata(y))
         config = result.config
@@ -63,9 +71,8 @@ def held_out_coverage(
     """Coverage on other images x (n, C, H, W) with known truth, sampled as the calibration was (`settings`, whose
     num_samples must be the calibration's): ({level: raw Gaussian interval's coverage}, {level: calibrated
     interval's coverage}, {level: [its coverage per pixel class]}), shares of the pixels inside. A run that differs
-    from the calibration's is refused (`Calibration.check`)."""
-    samples, config, strata = posterior_samples(x, op, settings, seed, images_per_call, first_id=HELD_OUT_IDS)
-    cal.check(config)
+    from the calibration's is refused before any sampling (`Calibration.check`)."""
+    samples, _, strata = posterior_samples(x, op, settings, seed, images_per_call, HELD_OUT_IDS, cal)
     scores = standardised_errors(samples, x)
     return coverages(scores, cal.num_samples, cal, None if strata is None else strata.flatten(1))
 

@@ -178,7 +178,8 @@ class Calibration:
             raise ValueError(
                 f"this calibration was made for task {self.task!r} with sampler {self.sampler.get('name')!r}; "
                 f"this run uses operator {run['operator'].get('name')!r} with sampler "
-                f"{run['sampler'].get('name')!r} ({details}): calibrate again for this run's settings"
+                f"{run['sampler'].get('name')!r} ({details}): run with the calibration's settings, or calibrate "
+                "again for this run's"
             )
 
     def check_level(self, level: float) -> None:

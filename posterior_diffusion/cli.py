@@ -6,6 +6,7 @@
         --sampler dps --num-samples 4 --out results/
     posterior-diffusion bench grid --images kodak/ --out bench/ --tasks sr4 --methods dps ddrm tikhonov
     posterior-diffusion calibrate --images kodak/ --task sr4 --sampler ddrm --out sr4_ddrm.json
+    posterior-diffusion coverage auto_gaussian_blur_cpu.json --images my_photos/ --operator gaussian_blur
     posterior-diffusion train --data my_images/ --out my_prior/ --steps 10000
     posterior-diffusion convert ffhq_10m.pt --arch adm-ffhq-256 --out ffhq_prior/
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from posterior_diffusion.cli_calibrate import cmd_calibrate
+from posterior_diffusion.cli_calibrate import cmd_calibrate, cmd_coverage
 from posterior_diffusion.cli_inputs import (
     build_operator,
     parse_params,
@@ -265,6 +266,11 @@ def _commands() -> dict[str, tuple]:
             o.CalibrateOptions,
             cmd_calibrate,
             "conformally calibrate a sampler's intervals on images with known truth",
+        ),
+        "coverage": (
+            o.CoverageOptions,
+            cmd_coverage,
+            "a calibration file's coverage on other images with known truth (do its intervals hold on yours?)",
         ),
         "bench": {
             "grid": (o.GridOptions, cmd_bench_grid, "tasks x methods x images: per-image rows, summary table, figures"),

@@ -1,5 +1,6 @@
 """`posterior-diffusion calibrate`: calibrate a sampler's intervals on images with known truth, write the file and,
-given test images, measure its coverage on them (the runs are `calibrate_run`'s, the maths `calibration`'s)."""
+given test images, measure its coverage on them; `posterior-diffusion coverage`: measure an existing file's
+coverage on other images, such as a user's own (the runs are `calibrate_run`'s, the maths `calibration`'s)."""
 
 from __future__ import annotations
 
@@ -12,28 +13,15 @@ CALIBRATE_COUNTS = ("size", "num_images", "images_per_call", "num_test_images", 
 
 
 def cmd_calibrate(args) -> None:
-    from posterior_diffusion.api import check_seed, resolve_device
     from posterior_diffusion.calibrate_run import calibrate, held_out_coverage
-    from posterior_diffusion.guards import check_counts
     from posterior_diffusion.images import list_images, load_center_crops
     from posterior_diffusion.shipped_calibrations import prior_digest
-    from posterior_diffusion.tasks import get_task
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"'{out}' exists; pass --overwrite to replace it")
-    if bool(args.task) == bool(args.operator or args.operator_config):
-        raise ValueError("give either --task NAME or --operator NAME (with --op-param ...), not both or neither")
-    check_seed(args.seed)
-    check_counts(
-        **{f"--{name.replace('_', '-')}": getattr(args, name) for name in CALIBRATE_COUNTS if hasattr(args, name)}
-    )
-    device = resolve_device(args.device)
-    paths = list_images(args.images)[: args.num_images]
-    task = get_task(args.task) if args.task else None
-    channels = args.channels or (task.channels if task and task.channels else 3)
-    x = load_center_crops(paths, channels, args.size)
-    op = task.build(args.size) if task else build_operator(args, tuple(x.shape[1:]))
+    device = _checked_device(args)
+    x, op, channels = _crops_and_operator(args, args.images, args.num_images, 3)
     name = args.name or args.task or op.to_config()["name"]
     settings = sampling_settings(args, device)
     common = dict(seed=args.seed, images_per_call=args.images_per_call)
@@ -54,16 +42,79 @@ def cmd_calibrate(args) -> None:
         test = load_center_crops(list_images(args.test_images)[: args.num_test_images], channels, args.size)
         raw, calibrated, by_class = held_out_coverage(cal, test, op, settings, **common)
         print(f"test images ({len(test)}, {args.test_images}):")
-        for level in cal.factors:
-            print(
-                f"  {level:.0%}: raw coverage {raw[level]:.3f}, calibrated {calibrated[level]:.3f}"
-                f"{_per_class(cal, by_class, level)}"
-            )
+        _print_coverage(cal, raw, calibrated, by_class)
         held_out = {"images": len(test), "folder": Path(args.test_images).name}
         held_out |= {"raw_coverage": raw, "calibrated_coverage": calibrated}
         if by_class:
             held_out["stratum_coverage"] = by_class
         dataclasses.replace(cal, held_out=held_out).save(out)
+
+
+def cmd_coverage(args) -> None:
+    """The file's intervals on other images: sampled with the file's prior, sampler (every option) and number of
+    samples, the images measured with the operator given (as for `calibrate`), noise and chains drawn as for
+    `calibrate --test-images` (so its test images give the file's held-out coverage again)."""
+    from posterior_diffusion.api import SamplingSettings
+    from posterior_diffusion.calibrate_run import held_out_coverage
+    from posterior_diffusion.priors.loading import default_prior_name
+    from posterior_diffusion.samplers.base import sampler_from_config
+    from posterior_diffusion.shipped_calibrations import load
+
+    cal = load(args.calibration)
+    device = _checked_device(args)
+    gray = cal.prior == f"builtin:{default_prior_name(1)}"
+    x, op, _ = _crops_and_operator(args, args.images, args.num_images, 1 if gray else 3)
+    settings = SamplingSettings(
+        prior=cal.prior,
+        sampler=sampler_from_config(cal.sampler),
+        num_samples=cal.num_samples,
+        batch_size=args.batch_size,
+        device=device,
+        dtype=args.dtype,
+        progress=not args.quiet,
+    )
+    raw, calibrated, by_class = held_out_coverage(cal, x, op, settings, args.seed, args.images_per_call)
+    made_on = f"{cal.images} images" + (f" of {cal.folder}" if cal.folder else "")
+    print(
+        f"coverage of {args.calibration} ({cal.sampler['name']}-{cal.sampler.get('steps')}, {cal.num_samples} "
+        f"samples, calibrated on {made_on}) on {len(x)} image{'s' * (len(x) != 1)} of {args.images}:"
+    )
+    _print_coverage(cal, raw, calibrated, by_class)
+
+
+def _checked_device(args):
+    """The run's device, after the counts and the seed of `calibrate` / `coverage` are checked."""
+    from posterior_diffusion.api import check_seed, resolve_device
+    from posterior_diffusion.guards import check_counts
+
+    if bool(args.task) == bool(args.operator or args.operator_config):
+        raise ValueError("give either --task NAME or --operator NAME (with --op-param ...), not both or neither")
+    check_seed(args.seed)
+    check_counts(
+        **{f"--{name.replace('_', '-')}": getattr(args, name) for name in CALIBRATE_COUNTS if hasattr(args, name)}
+    )
+    return resolve_device(args.device)
+
+
+def _crops_and_operator(args, folder: str, count: int | None, channels: int):
+    """(the first `count` images of `folder` as centre crops (n, C, --size, --size) in [-1, 1], the operator of
+    --task or --operator for them, C): C is --channels, else the task's, else `channels`."""
+    from posterior_diffusion.images import list_images, load_center_crops
+    from posterior_diffusion.tasks import get_task
+
+    task = get_task(args.task) if args.task else None
+    channels = args.channels or (task.channels if task and task.channels else channels)
+    x = load_center_crops(list_images(folder)[:count], channels, args.size)
+    op = task.build(args.size) if task else build_operator(args, tuple(x.shape[1:]))
+    return x, op, channels
+
+
+def _print_coverage(cal, raw: dict, calibrated: dict, by_class: dict) -> None:
+    for level in cal.factors:
+        print(
+            f"  {level:.0%}: raw coverage {raw[level]:.3f}, calibrated {calibrated[level]:.3f}"
+            f"{_per_class(cal, by_class, level)}"
+        )
 
 
 def _per_class(cal, values: dict, level: float) -> str:

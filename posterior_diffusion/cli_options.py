@@ -48,11 +48,31 @@ class OperatorOptions:
     )
     channels: int | None = option("read images as gray (1) or RGB (3)", None, choices=(1, 3))
     seed: int = option("seed of the noise and the samples", 0)
+
+
+@dataclass(kw_only=True)
+class OutputOptions:
+    """Commands that write files (degrade, restore, calibrate)."""
+
     overwrite: bool = option("replace existing outputs", False)
 
 
 @dataclass(kw_only=True)
-class SamplingOptions:
+class RunOptions:
+    """Where and how the network runs (restore, calibrate, coverage)."""
+
+    batch_size: int | None = option("samples per network call (default all)", None)
+    device: str | None = option("cpu, cuda, cuda:1, ... (default cuda if available)", None)
+    dtype: str = option(
+        "network precision (auto: bfloat16 on CUDA and on CPUs with native bfloat16, else float32)",
+        "auto",
+        choices=("auto", "float32", "float16", "bfloat16"),
+    )
+    quiet: bool = field(default=False, metadata=QUIET)
+
+
+@dataclass(kw_only=True)
+class SamplingOptions(RunOptions):
     """The sampling options of restore and calibrate."""
 
     sampler: str = option("sampler name, or auto: the one measured best for the operator", "auto")
@@ -61,16 +81,8 @@ class SamplingOptions:
     steps: int | None = option("sampler steps (default: the sampler's)", None)
     prior: str | None = option("prior: builtin:NAME, a diffusers folder or hub id (default: built-in)", None)
     num_samples: int = option("posterior samples", 4)
-    batch_size: int | None = option("samples per network call (default all)", None)
-    device: str | None = option("cpu, cuda, cuda:1, ... (default cuda if available)", None)
-    dtype: str = option(
-        "network precision (auto: bfloat16 on CUDA and on CPUs with native bfloat16, else float32)",
-        "auto",
-        choices=("auto", "float32", "float16", "bfloat16"),
-    )
     compile: bool = option("torch.compile the network (about a minute per batch shape on a CPU core)", False)
     cuda_graphs: bool = option("on a GPU, replay the network from CUDA graphs (small networks, small batches)", False)
-    quiet: bool = field(default=False, metadata=QUIET)
 
 
 @dataclass(kw_only=True)
@@ -79,20 +91,20 @@ class ListOptions:
 
 
 @dataclass(kw_only=True)
-class DegradeOptions(OperatorOptions):
+class DegradeOptions(OperatorOptions, OutputOptions):
     input: str = option("clean image file", positional=True)
     out: str = option("measurement file (.png, or .pt/.npz for exact values)")
 
 
 @dataclass(kw_only=True)
-class RestoreOptions(OperatorOptions, SamplingOptions):
+class RestoreOptions(OperatorOptions, SamplingOptions, OutputOptions):
     input: str = option("measurement (image, .pt or .npz), or a clean image with --simulate", positional=True)
     out: str = option("output folder")
     simulate: bool = option("INPUT is a clean image: measure it first", False)
     prior_arch: str | None = option("--prior is a guided-diffusion .pt of this ADM preset", None, metavar="PRESET")
     calibration: str = option(
-        "a file from `calibrate` (interval_lo/hi.png at --level), auto: the shipped calibration made for this run, "
-        "if any, or none",
+        "a file from `calibrate` or a shipped file's name (interval_lo/hi.png at --level), auto: the shipped "
+        "calibration made for this run, if any, or none",
         "auto",
         metavar="FILE",
     )
@@ -100,7 +112,7 @@ class RestoreOptions(OperatorOptions, SamplingOptions):
 
 
 @dataclass(kw_only=True)
-class CalibrateOptions(OperatorOptions, SamplingOptions):
+class CalibrateOptions(OperatorOptions, SamplingOptions, OutputOptions):
     images: str = option("folder of calibration images (centre-cropped to --size)")
     out: str = option("calibration file to write (.json)")
     task: str | None = option("a bench task (sr4, random_inpaint, ...; see `bench grid --help`), or --operator", None)
@@ -116,6 +128,19 @@ class CalibrateOptions(OperatorOptions, SamplingOptions):
         "pixel",
         choices=("pixel", "image"),
     )
+
+
+@dataclass(kw_only=True)
+class CoverageOptions(OperatorOptions, RunOptions):
+    calibration: str = option(
+        "a file from `calibrate`, or the name of a shipped one (auto_gaussian_blur_cpu.json, ...: assets/calibrations)",
+        positional=True,
+    )
+    images: str = option("folder of images with known truth (centre-cropped to --size)")
+    task: str | None = option("a bench task (sr4, random_inpaint, ...; see `bench grid --help`), or --operator", None)
+    size: int = option("crop side in pixels (the shipped files were made at 128)", 128)
+    num_images: int | None = option("the first N images of the folder (default all)", None)
+    images_per_call: int = option("images sampled together", 8)
 
 
 @dataclass(kw_only=True)

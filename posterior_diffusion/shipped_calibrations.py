@@ -42,6 +42,15 @@ def shipped() -> list[tuple[Path, Calibration]]:
     return [(path, Calibration.load(path)) for path in sorted(FOLDER.glob("*.json"))] if FOLDER.is_dir() else []
 
 
+def load(spec: str | Path) -> Calibration:
+    """A calibration file's contents: `spec` is its path, or the name of a shipped file (auto_denoise.json, ...)
+    where no such path exists; anything else is a ValueError naming it."""
+    path = Path(spec)
+    if not path.exists() and path.name == str(spec) and (FOLDER / path.name).is_file():
+        path = FOLDER / path.name
+    return Calibration.load(path)
+
+
 def find(config: dict, level: float) -> tuple[str, Calibration] | None:
     """(file name, calibration) of the shipped file made for a run (`PosteriorResult.config`) at `level`, with its
     prior's weights unchanged since, or None."""
@@ -51,4 +60,4 @@ def find(config: dict, level: float) -> tuple[str, Calibration] | None:
     return None
 
 
-__all__ = ["FOLDER", "UNCALIBRATED", "find", "prior_digest", "shipped"]
+__all__ = ["FOLDER", "UNCALIBRATED", "find", "load", "prior_digest", "shipped"]

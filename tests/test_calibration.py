@@ -121,7 +121,8 @@ def test_sample_posterior_returns_the_calibrated_interval_and_refuses_another_ru
 def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_folder, capsys):
     """The command line end to end: `calibrate` on 20 images writes a file (and measures the coverage on 4 test
     images); `restore --calibration` writes
-    interval_lo / hi / width and records the level; another sampler setting is refused naming both."""
+    interval_lo / hi / width and records the level; another sampler setting is refused naming both; `coverage`
+    measures the file on the test images again and gets the numbers kept in it."""
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
@@ -155,6 +156,15 @@ def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_fol
     assert run["calibration"]["coverage"] == pytest.approx(float(inside.float().mean()), abs=1e-5)
     assert main([*restore, "--out", str(tmp_path / "r2"), "--steps", "3"]) == 1
     assert not (tmp_path / "r2").exists()
+    check = ["coverage", str(cal), "--images", str(images), "--num-images", "4", "--size", "16", "--device", "cpu"]
+    assert main([*check, "--task", "random_inpaint", "--quiet"]) == 0  # the test images again: the same numbers
+    printed = capsys.readouterr().out
+    assert "calibrated on 20 images of images) on 4 images of" in printed
+    for level in (0.8, 0.9, 0.95):
+        assert f"{level:.0%}: raw coverage {held_out['raw_coverage'][level]:.3f}, calibrated " in printed
+        assert f"calibrated {held_out['calibrated_coverage'][level]:.3f}; per pixel class" in printed
+    assert main([*check, "--task", "box_inpaint", "--quiet"]) == 1  # another operator: refused, naming both
+    assert "this calibration was made for task 'random_inpaint'" in capsys.readouterr().err
 
 
 def test_held_out_coverage_is_the_share_of_pixels_inside(gmm, monkeypatch):

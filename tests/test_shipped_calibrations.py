@@ -74,3 +74,28 @@ def test_restore_says_uncalibrated_in_one_line_and_names_the_command(tiny_unet_f
     assert main([*argv, "--out", str(tmp_path / "out")]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("uncalibrated:")]
     assert len(lines) == 1 and "posterior-diffusion calibrate" in lines[0]
+
+
+def test_a_shipped_file_is_named_by_its_file_name_and_checked_on_other_images(tmp_path, capsys):
+    """`coverage NAME` reads the shipped file (a path of that name wins; an unknown name is one line), samples with
+    its prior, sampler and sample count, and reads images as gray for natural-gray's files."""
+    import numpy as np
+    from PIL import Image
+
+    from posterior_diffusion.calibration import Calibration
+    from posterior_diffusion.cli import main
+
+    shipped = shipped_calibrations.load("auto_denoise_gray.json")
+    assert shipped == Calibration.load(shipped_calibrations.FOLDER / "auto_denoise_gray.json")
+    with pytest.raises(ValueError, match=r"cannot read calibration file 'no_such_file\.json'"):
+        shipped_calibrations.load("no_such_file.json")
+    images = tmp_path / "photos"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(images / "a.png")
+    argv = ["coverage", "auto_denoise_gray.json", "--images", str(images), "--size", "16", "--device", "cpu"]
+    assert main([*argv, "--operator", "denoise", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "(ddrm-20, 4 samples, calibrated on 24 images of BSD400) on 1 image of" in printed
+    assert "90%: raw coverage" in printed
+    assert main([*argv, "--operator", "denoise", "--channels", "3", "--quiet"]) == 1  # an RGB run: another prior
