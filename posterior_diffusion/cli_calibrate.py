@@ -5,6 +5,7 @@ coverage on other images, such as a user's own (the runs are `calibrate_run`'s, 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from posterior_diffusion.cli_inputs import build_operator, sampling_settings
@@ -55,6 +56,7 @@ def cmd_coverage(args) -> None:
     samples, the images measured with the operator given (as for `calibrate`), noise and chains drawn as for
     `calibrate --test-images` (so its test images give the file's held-out coverage again)."""
     from posterior_diffusion.api import SamplingSettings
+    from posterior_diffusion.bench.calibration_tables import calibration_images, sampler_label
     from posterior_diffusion.calibrate_run import held_out_coverage
     from posterior_diffusion.priors.loading import default_prior_name
     from posterior_diffusion.samplers.base import sampler_from_config
@@ -74,12 +76,33 @@ def cmd_coverage(args) -> None:
         progress=not args.quiet,
     )
     raw, calibrated, by_class = held_out_coverage(cal, x, op, settings, args.seed, args.images_per_call)
-    made_on = f"{cal.images} images" + (f" of {cal.folder}" if cal.folder else "")
     print(
-        f"coverage of {args.calibration} ({cal.sampler['name']}-{cal.sampler.get('steps')}, {cal.num_samples} "
-        f"samples, calibrated on {made_on}) on {len(x)} image{'s' * (len(x) != 1)} of {args.images}:"
+        f"coverage of {args.calibration} ({sampler_label(cal)}, calibrated on {calibration_images(cal)} images) on "
+        f"{len(x)} image{'s' * (len(x) != 1)} of {args.images}:"
     )
     _print_coverage(cal, raw, calibrated, by_class)
+    if args.out:
+        row = {
+            "calibration": Path(args.calibration).name,
+            "task": cal.task,
+            "prior": cal.prior,
+            "sampler": sampler_label(cal),
+            "calibration_images": calibration_images(cal),
+            "file_held_out": {k: cal.held_out[k] for k in ("images", "folder", "calibrated_coverage")}
+            if cal.held_out
+            else {},
+            "images": len(x),
+            "folder": Path(args.images).name,
+            "size": args.size,
+            "seed": args.seed,
+            "raw_coverage": raw,
+            "calibrated_coverage": calibrated,
+            "strata": cal.strata,
+            **({"stratum_coverage": by_class} if by_class else {}),
+        }
+        with open(args.out, "a") as rows:  # JSON keys: the levels as strings
+            rows.write(json.dumps(row) + "\n")
+        print(f"appended to {args.out}")
 
 
 def _checked_device(args):

@@ -141,6 +141,7 @@ class CoverageOptions(OperatorOptions, RunOptions):
     size: int = option("crop side in pixels (the shipped files were made at 128)", 128)
     num_images: int | None = option("the first N images of the folder (default all)", None)
     images_per_call: int = option("images sampled together", 8)
+    out: str | None = option("JSON-lines file to append the result to (a `bench report` table kind: coverage)", None)
 
 
 @dataclass(kw_only=True)

@@ -157,14 +157,25 @@ def test_calibrate_then_restore_writes_the_interval_maps(tmp_path, tiny_unet_fol
     assert main([*restore, "--out", str(tmp_path / "r2"), "--steps", "3"]) == 1
     assert not (tmp_path / "r2").exists()
     check = ["coverage", str(cal), "--images", str(images), "--num-images", "4", "--size", "16", "--device", "cpu"]
+    rows = tmp_path / "study" / "coverage.jsonl"
+    rows.parent.mkdir()
+    check += ["--out", str(rows)]
     assert main([*check, "--task", "random_inpaint", "--quiet"]) == 0  # the test images again: the same numbers
     printed = capsys.readouterr().out
-    assert "calibrated on 20 images of images) on 4 images of" in printed
+    assert "(ddrm-2, 4 samples, calibrated on 20 images images) on 4 images of" in printed
     for level in (0.8, 0.9, 0.95):
         assert f"{level:.0%}: raw coverage {held_out['raw_coverage'][level]:.3f}, calibrated " in printed
         assert f"calibrated {held_out['calibrated_coverage'][level]:.3f}; per pixel class" in printed
     assert main([*check, "--task", "box_inpaint", "--quiet"]) == 1  # another operator: refused, naming both
     assert "this calibration was made for task 'random_inpaint'" in capsys.readouterr().err
+    assert len(rows.read_text().splitlines()) == 1  # nothing appended for the refused run
+    from posterior_diffusion.bench.studies import render_report
+
+    (rows.parent / "study.toml").write_text('[[tables]]\nkind = "coverage"\nrows = ["coverage.jsonl"]\nlevel = 0.9\n')
+    line = render_report(rows.parent).splitlines()[-1]
+    here, by_class = held_out["calibrated_coverage"][0.9], held_out["stratum_coverage"][0.9]
+    assert line.startswith("| c.json | ") and f"| {here:.3f} (4 images) | {here:.3f} (4 images) |" in line
+    assert f"| {100 * (here - 0.9):+.1f} | observed {by_class[0]:.3f}, missing {by_class[1]:.3f} |" in line
 
 
 def test_held_out_coverage_is_the_share_of_pixels_inside(gmm, monkeypatch):

@@ -96,6 +96,6 @@ def test_a_shipped_file_is_named_by_its_file_name_and_checked_on_other_images(tm
     argv = ["coverage", "auto_denoise_gray.json", "--images", str(images), "--size", "16", "--device", "cpu"]
     assert main([*argv, "--operator", "denoise", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "(ddrm-20, 4 samples, calibrated on 24 images of BSD400) on 1 image of" in printed
+    assert "(ddrm-20, 4 samples, calibrated on 24 BSD400 images) on 1 image of" in printed
     assert "90%: raw coverage" in printed
     assert main([*argv, "--operator", "denoise", "--channels", "3", "--quiet"]) == 1  # an RGB run: another prior

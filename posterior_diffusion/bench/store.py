@@ -34,6 +34,11 @@ def rows_of(path: Path) -> list[dict]:
     return _rows_in(Path(path))[0]
 
 
+def json_lines(folder: Path, names: list[str]) -> list[dict]:
+    """The records of the named JSON-lines files of `folder`, in order (plain rows, no bench key)."""
+    return [json.loads(line) for name in names for line in (folder / name).read_text().splitlines() if line]
+
+
 def append_rows(out: Path, rank: int, rows: list[dict]) -> None:
     """Add `rows` to process `rank`'s rows file."""
     with open(Path(out) / f"rows-{rank}.jsonl", "a") as f:

@@ -18,7 +18,8 @@ seeds), "versus" (bench grid rows: per task, `method` against the best classical
 "denoise" (prior_benchmark denoise rows: Tweedie PSNR per noise level), "record" (a JSON record: its numbers,
 one per line), "pivot" (plain JSON-lines rows: an index x column table of a value's mean, median or mean |.|),
 "exact" (`bench exact` rows: samplers against exact posteriors), "calibrations" (calibration files: factors and
-coverage, held-out included), "speed" (`bench speed` records: time against the bare work).
+coverage, held-out included), "coverage" (`coverage --out` rows: calibration files on other images), "speed"
+(`bench speed` records: time against the bare work).
 Everything is computed from the rows; nothing is typed in, so a rerun that adds rows changes the report and a
 table never drifts from its rows (tests/test_studies.py regenerates every committed report).
 """
@@ -32,8 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from posterior_diffusion.baselines import BASELINES
+from posterior_diffusion.bench.calibration_tables import calibrations_table, coverage_table
 from posterior_diffusion.bench.report import summary
-from posterior_diffusion.bench.store import KEY, rows_of
+from posterior_diffusion.bench.store import KEY, json_lines, rows_of
 
 REPORT = "report.md"
 STUDY = "study.toml"
@@ -175,7 +177,7 @@ def pivot_table(folder: Path, spec: dict) -> str:
     """Plain JSON-lines rows as a table: a line per value of `index`, a column per value of `column` (both in the
     rows' order), each cell the `aggregate` ("mean", "median" or "mean_abs") of `value` over the rows that have it,
     times `scale` (default 1) with `digits` decimals. `value` is a field or "a - b" of two fields."""
-    rows = _json_lines(folder, spec["rows"])
+    rows = json_lines(folder, spec["rows"])
     first, _, second = spec["value"].partition(" - ")
 
     def value(row):
@@ -209,72 +211,7 @@ def exact_rows_table(folder: Path, spec: dict) -> str:
     """`bench exact` rows (exact.jsonl): samplers against exact Gaussian-mixture posteriors (`exact.exact_table`)."""
     from posterior_diffusion.exact import exact_table
 
-    return exact_table(_json_lines(folder, spec["rows"]))
-
-
-def calibrations_table(folder: Path, spec: dict) -> str:
-    """Calibration files (`posterior-diffusion calibrate`; `rows` may hold shell patterns, expanded in name order):
-    per file and level, the factor, the raw and calibrated coverage on the calibration images and, where the file
-    holds it, on its held-out test images; with `level`, one row per file at that level: the held-out coverage and
-    its distance from the level in points."""
-    from posterior_diffusion.calibration import Calibration
-
-    names = [str(p.relative_to(folder)) for pattern in spec["rows"] for p in sorted(folder.glob(pattern))]
-    if "level" in spec:
-        return _calibration_summary([(name, Calibration.load(folder / name)) for name in names], spec["level"])
-    lines = [
-        "| file | task | sampler | level | factor | raw / calibrated coverage (calibration images) | raw / calibrated "
-        "coverage (held out) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name in names:
-        cal = Calibration.load(folder / name)
-        for level, factor in cal.factors.items():
-            own = f"{cal.raw_coverage[level]:.3f} / {cal.calibrated_coverage[level]:.3f} ({_calibration_images(cal)})"
-            held = cal.held_out
-            other = (
-                f"{held['raw_coverage'][level]:.3f} / {held['calibrated_coverage'][level]:.3f} "
-                f"({held['images']} {held['folder']})"
-                if held
-                else "-"
-            )
-            cells = [Path(name).name, cal.task, _sampler_label(cal), f"{level:g}", f"{factor:.3f}", own, other]
-            lines.append(f"| {' | '.join(cells)} |")
-    return "\n".join(lines)
-
-
-def _calibration_images(cal) -> str:
-    """'24 BSD400': how many calibration images and their folder (the count alone where the file has no folder)."""
-    return f"{cal.images} {cal.folder}".strip()
-
-
-def _sampler_label(cal) -> str:
-    return f"{cal.sampler.get('name')}-{cal.sampler.get('steps')}, {cal.num_samples} samples"
-
-
-def _calibration_summary(files: list, level: float) -> str:
-    """One row per (file name, Calibration) at `level`: the factor (per pixel class where the file has classes),
-    the held-out raw and calibrated coverage, the calibrated coverage's distance from the level in points, and
-    per pixel class."""
-    from posterior_diffusion.calibration import per_class_label
-
-    lines = [
-        "| file | prior | sampler | calibration images | factor | raw coverage (held out) | calibrated coverage "
-        "(held out) | off by | per pixel class (held out) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, cal in files:
-        held = cal.held_out
-        calibrated = held["calibrated_coverage"][level]
-        factor = per_class_label(cal, cal.stratum_factors, level) or f"{cal.factors[level]:.3f}"
-        by_class = per_class_label(cal, held.get("stratum_coverage", {}), level) or "-"
-        lines.append(
-            f"| {Path(name).name} | {cal.prior.removeprefix('builtin:')} | {_sampler_label(cal)} | "
-            f"{_calibration_images(cal)} | {factor} | "
-            f"{held['raw_coverage'][level]:.3f} | {calibrated:.3f} ({held['images']} {held['folder']}) | "
-            f"{100 * (calibrated - level):+.1f} | {by_class} |"
-        )
-    return "\n".join(lines)
+    return exact_table(json_lines(folder, spec["rows"]))
 
 
 def speed_tables(folder: Path, spec: dict) -> str:
@@ -282,11 +219,6 @@ def speed_tables(folder: Path, spec: dict) -> str:
     from posterior_diffusion.speed import speed_table
 
     return "\n\n".join(speed_table(json.loads((folder / name).read_text())) for name in spec["rows"])
-
-
-def _json_lines(folder: Path, names: list[str]) -> list[dict]:
-    """The records of the named JSON-lines files of `folder`, in order."""
-    return [json.loads(line) for name in names for line in (folder / name).read_text().splitlines() if line]
 
 
 def _flatten(value, prefix: str = ""):
@@ -308,6 +240,7 @@ REPORTS: dict[str, Callable[[Path, dict], str]] = {
     "pivot": pivot_table,
     "exact": exact_rows_table,
     "calibrations": calibrations_table,
+    "coverage": coverage_table,
     "speed": speed_tables,
 }
 
