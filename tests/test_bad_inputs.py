@@ -75,6 +75,7 @@ RESTORE = ["restore", "{rgb}", *SIM, "--out", "{dir}/out", "--steps", "1", "--qu
 DEGRADE = ["degrade", "{rgb}", "--out", "{dir}/y.png", "--overwrite"]
 BENCH = ["bench", "grid", "--images", "{dir}", "--out", "{dir}/bench", "--tasks", "sr4", "--methods", "bicubic"]
 CALIBRATE = ["calibrate", "--images", "{dir}", "--out", "{dir}/cal.json", "--task", "sr4"]
+COVERAGE = ["coverage", "auto_denoise.json", "--images", "{dir}", "--operator", "denoise"]
 
 CLI_CASES = [  # (id, argv, a fragment of the one-line message)
     ("sigma-1e400", [*DEGRADE, "--operator", "gaussian_blur", "--op-param", "sigma=1e400"], "sigma must be a finite"),
@@ -140,6 +141,9 @@ CLI_CASES = [  # (id, argv, a fragment of the one-line message)
     ("bench-num-images-0", [*BENCH, "--num-images", "0"], "num_images must be an integer >= 1, got 0"),
     ("calibrate-size-0", [*CALIBRATE, "--size", "0"], "--size must be an integer >= 1, got 0"),
     ("calibrate-num-images-0", [*CALIBRATE, "--num-images", "0"], "--num-images must be an integer >= 1, got 0"),
+    ("coverage-no-such-file", ["coverage", "auto_denoize.json", *COVERAGE[2:]], "cannot read calibration file"),
+    ("coverage-no-images", [*COVERAGE[:2], "--images", "{dir}/none", *COVERAGE[4:]], "image folder '"),
+    ("coverage-operator-and-task", [*COVERAGE, "--task", "sr4"], "give either --task NAME or --operator NAME"),
 ]
 
 
