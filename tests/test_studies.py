@@ -149,3 +149,26 @@ def test_a_calibrations_table_expands_patterns_and_summarises_one_level(tmp_path
     (tmp_path / STUDY).write_text('title = "t"\n[[tables]]\nkind = "calibrations"\nrows = ["none/*.json"]\n')
     with pytest.raises(ValueError, match="missing"):
         render_report(tmp_path)
+
+
+def test_a_coverage_table_keeps_the_last_row_of_a_rerun_and_sorts_by_file(tmp_path):
+    """`coverage --out` rows: one line per file and image set, the rerun's numbers, files in name order."""
+
+    def row(name, covered, by_class=None):
+        made = {"calibration": name, "prior": "builtin:natural-gray", "sampler": "ddrm-20, 4 samples"}
+        made |= {"calibration_images": "24 BSD400", "images": 8, "folder": "CBSD68", "size": 128, "seed": 0}
+        made |= {"file_held_out": {"images": 8, "folder": "McMaster", "calibrated_coverage": {"0.9": 0.93}}}
+        made |= {"raw_coverage": {"0.9": 0.5}, "calibrated_coverage": {"0.9": covered}, "strata": []}
+        if by_class:
+            made |= {"strata": ["observed", "missing"], "stratum_coverage": {"0.9": by_class}}
+        return json.dumps(made)
+
+    rows = [row("b.json", 0.8), row("a.json", 0.95, [0.9, 0.81]), row("b.json", 0.879)]
+    (tmp_path / "cov.jsonl").write_text("\n".join(rows) + "\n")
+    (tmp_path / STUDY).write_text('[[tables]]\nkind = "coverage"\nrows = ["cov.jsonl"]\nlevel = 0.9\n')
+    lines = [line for line in render_report(tmp_path).splitlines() if line.startswith("| a.json") or "b.json" in line]
+    common = "| natural-gray | ddrm-20, 4 samples | 24 BSD400 | 0.930 (8 McMaster) |"
+    assert lines == [
+        f"| a.json {common} 0.950 (8 CBSD68) | +5.0 | observed 0.900, missing 0.810 |",
+        f"| b.json {common} 0.879 (8 CBSD68) | -2.1 | - |",
+    ]

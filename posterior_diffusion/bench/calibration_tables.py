@@ -76,16 +76,19 @@ def _calibration_summary(files: list, level: float) -> str:
 
 
 def coverage_table(folder: Path, spec: dict) -> str:
-    """`posterior-diffusion coverage --out` rows (JSON lines), one line each at `spec["level"]`: the file's own
-    held-out coverage beside the coverage on the row's images, its distance from the level in points, and per pixel
-    class."""
+    """`posterior-diffusion coverage --out` rows (JSON lines), one line per file and image set (the last row of a
+    rerun; by file name) at `spec["level"]`: the file's own held-out coverage beside the coverage on the row's
+    images, its distance from the level in points, and per pixel class."""
     level = str(spec["level"])
     lines = [
         "| file | prior | sampler | calibration images | held out in the file | on these images | off by | per pixel "
         "class |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in json_lines(folder, spec["rows"]):
+    latest = {
+        (r["calibration"], r["folder"], r["images"], r["size"], r["seed"]): r for r in json_lines(folder, spec["rows"])
+    }
+    for _, row in sorted(latest.items()):
         calibrated = row["calibrated_coverage"][level]
         by_class = row.get("stratum_coverage", {}).get(level)
         classes = (
