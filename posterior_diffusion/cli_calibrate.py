@@ -64,6 +64,8 @@ def cmd_coverage(args) -> None:
 
     cal = load(args.calibration)
     device = _checked_device(args)
+    if args.out and not Path(args.out).parent.is_dir():
+        raise FileNotFoundError(f"--out '{args.out}': its folder does not exist (create it first)")
     gray = cal.prior == f"builtin:{default_prior_name(1)}"
     x, op, _ = _crops_and_operator(args, args.images, args.num_images, 1 if gray else 3)
     settings = SamplingSettings(

@@ -144,6 +144,7 @@ CLI_CASES = [  # (id, argv, a fragment of the one-line message)
     ("coverage-no-such-file", ["coverage", "auto_denoize.json", *COVERAGE[2:]], "cannot read calibration file"),
     ("coverage-no-images", [*COVERAGE[:2], "--images", "{dir}/none", *COVERAGE[4:]], "image folder '"),
     ("coverage-operator-and-task", [*COVERAGE, "--task", "sr4"], "give either --task NAME or --operator NAME"),
+    ("coverage-out-folder-missing", [*COVERAGE, "--out", "{dir}/no/rows.jsonl"], "its folder does not exist"),
 ]
 
 
