@@ -209,9 +209,10 @@ class Calibration:
         return mean - half, mean + half
 
 
-def per_class_label(cal: Calibration, values: dict, level: float) -> str:
-    """ "observed 1.234, missing 5.678" from {level: [value per pixel class]} of `cal`, or "" without classes."""
-    pairs = zip(cal.strata, values[level], strict=True) if values else ()
+def per_class_label(names, values: dict, level) -> str:
+    """ "observed 1.234, missing 5.678" from {level: [value per pixel class]} and the classes' `names` (a
+    calibration's `strata`), or "" without classes."""
+    pairs = zip(names, values[level], strict=True) if values else ()
     return ", ".join(f"{name} {v:.3f}" for name, v in pairs)
 
 

@@ -35,8 +35,9 @@ from posterior_diffusion.shipped_calibrations import FOLDER
 # over-covers the others by 2-4 points; assets/bench/shipped_calibrations/README.md); held-out images (test split)
 # and the run's counts
 CALIBRATION_IMAGES = {"natural-rgb": ("testsets/Kodak24", 12), "natural-gray": ("trainsets/BSD400", 24)}
-# files still made on other images, until made again: natural-gray's hdr file predates the move to BSD400 (it holds,
-# 0.904 held out; remaking it, DiffPIR-100 on 32 crops, takes about two hours of a CPU core, minutes on a GPU)
+# files still made on other images, until made again: natural-gray's hdr file predates the move to BSD400 (0.904 on
+# McMaster, 0.943 on CBSD68; remaking it, DiffPIR-100 on 32 crops, takes about two hours of a CPU core, minutes on
+# a GPU)
 IMAGES_MADE_ON = {"auto_high_dynamic_range_gray.json": ("testsets/Kodak24", 12)}
 HELD_OUT_IMAGES = "testsets/McMaster"
 COMMON = ["--size", "128", "--num-test-images", "8", "--num-samples", "4", "--quiet"]

@@ -44,10 +44,7 @@ def cmd_calibrate(args) -> None:
         raw, calibrated, by_class = held_out_coverage(cal, test, op, settings, **common)
         print(f"test images ({len(test)}, {args.test_images}):")
         _print_coverage(cal, raw, calibrated, by_class)
-        held_out = {"images": len(test), "folder": Path(args.test_images).name}
-        held_out |= {"raw_coverage": raw, "calibrated_coverage": calibrated}
-        if by_class:
-            held_out["stratum_coverage"] = by_class
+        held_out = _coverage_record(len(test), args.test_images, raw, calibrated, by_class)
         dataclasses.replace(cal, held_out=held_out).save(out)
 
 
@@ -93,18 +90,20 @@ def cmd_coverage(args) -> None:
             "file_held_out": {k: cal.held_out[k] for k in ("images", "folder", "calibrated_coverage")}
             if cal.held_out
             else {},
-            "images": len(x),
-            "folder": Path(args.images).name,
             "size": args.size,
             "seed": args.seed,
-            "raw_coverage": raw,
-            "calibrated_coverage": calibrated,
             "strata": cal.strata,
-            **({"stratum_coverage": by_class} if by_class else {}),
+            **_coverage_record(len(x), args.images, raw, calibrated, by_class),
         }
         with open(args.out, "a") as rows:  # JSON keys: the levels as strings
             rows.write(json.dumps(row) + "\n")
         print(f"appended to {args.out}")
+
+
+def _coverage_record(images: int, folder: str, raw: dict, calibrated: dict, by_class: dict) -> dict:
+    """What a coverage run measured on `images` images of `folder`, as a file's `held_out` and a row keep it."""
+    record = {"images": images, "folder": Path(folder).name, "raw_coverage": raw, "calibrated_coverage": calibrated}
+    return record | ({"stratum_coverage": by_class} if by_class else {})
 
 
 def _checked_device(args):
@@ -146,4 +145,4 @@ def _per_class(cal, values: dict, level: float) -> str:
     """ "; per pixel class: observed 1.234, missing 4.567" for {level: [value per class]}, or "" without classes."""
     from posterior_diffusion.calibration import per_class_label
 
-    return f"; per pixel class: {per_class_label(cal, values, level)}" if values else ""
+    return f"; per pixel class: {per_class_label(cal.strata, values, level)}" if values else ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from posterior_diffusion.bench.store import json_lines
+from posterior_diffusion.calibration import Calibration, per_class_label
 
 
 def calibrations_table(folder: Path, spec: dict) -> str:
@@ -14,8 +15,6 @@ def calibrations_table(folder: Path, spec: dict) -> str:
     per file and level, the factor, the raw and calibrated coverage on the calibration images and, where the file
     holds it, on its held-out test images; with `level`, one row per file at that level: the held-out coverage and
     its distance from the level in points."""
-    from posterior_diffusion.calibration import Calibration
-
     names = [str(p.relative_to(folder)) for pattern in spec["rows"] for p in sorted(folder.glob(pattern))]
     if "level" in spec:
         return _calibration_summary([(name, Calibration.load(folder / name)) for name in names], spec["level"])
@@ -54,8 +53,6 @@ def _calibration_summary(files: list, level: float) -> str:
     """One row per (file name, Calibration) at `level`: the factor (per pixel class where the file has classes),
     the held-out raw and calibrated coverage, the calibrated coverage's distance from the level in points, and
     per pixel class."""
-    from posterior_diffusion.calibration import per_class_label
-
     lines = [
         "| file | prior | sampler | calibration images | factor | raw coverage (held out) | calibrated coverage "
         "(held out) | off by | per pixel class (held out) |",
@@ -64,8 +61,8 @@ def _calibration_summary(files: list, level: float) -> str:
     for name, cal in files:
         held = cal.held_out
         calibrated = held["calibrated_coverage"][level]
-        factor = per_class_label(cal, cal.stratum_factors, level) or f"{cal.factors[level]:.3f}"
-        by_class = per_class_label(cal, held.get("stratum_coverage", {}), level) or "-"
+        factor = per_class_label(cal.strata, cal.stratum_factors, level) or f"{cal.factors[level]:.3f}"
+        by_class = per_class_label(cal.strata, held.get("stratum_coverage", {}), level) or "-"
         lines.append(
             f"| {Path(name).name} | {cal.prior.removeprefix('builtin:')} | {sampler_label(cal)} | "
             f"{calibration_images(cal)} | {factor} | "
@@ -90,10 +87,7 @@ def coverage_table(folder: Path, spec: dict) -> str:
     }
     for _, row in sorted(latest.items()):
         calibrated = row["calibrated_coverage"][level]
-        by_class = row.get("stratum_coverage", {}).get(level)
-        classes = (
-            ", ".join(f"{name} {v:.3f}" for name, v in zip(row["strata"], by_class, strict=True)) if by_class else "-"
-        )
+        classes = per_class_label(row["strata"], row.get("stratum_coverage", {}), level) or "-"
         own = row["file_held_out"]
         own_cell = f"{own['calibrated_coverage'][level]:.3f} ({own['images']} {own['folder']})" if own else "-"
         lines.append(
