@@ -263,6 +263,7 @@ def sample_posterior(
     }
     if noise_record is not None:
         config["noise"] = noise_record
+    settings_fixed = calibration is not None and calibration != "auto"  # the user's file: its settings or a refusal
     if calibration == "auto":
         shipped_file, calibration = shipped_calibrations.find(config, level) or (None, None)
     if calibration is not None:
@@ -280,6 +281,7 @@ def sample_posterior(
         callback=callback,
         progress=progress,
         measurement_ids=measurement_ids,
+        settings_fixed=settings_fixed,
     )
     samples = out.samples.cpu()
     average, std = sample_moments(samples)

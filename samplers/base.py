@@ -239,6 +239,7 @@ class Sampler:
         callback: Callable[[dict], None] | None = None,
         progress: bool = False,
         measurement_ids: Sequence[int] | None = None,
+        settings_fixed: bool = False,
     ) -> SamplerOutput:
         """Sample `num_samples` posterior draws per measurement.
 
@@ -253,6 +254,8 @@ class Sampler:
             callback: called after every step with {"i", "t", "x", "x0_hat", ...} of the current chunk ("nfe": the
                 step's network evaluations when it is not 1). Each step's x is checked for NaN/Inf, explosion and
                 saturation (`DivergenceGuard`).
+            settings_fixed: this sampler, its options and num_samples are a calibration file's, so a long run's
+                notice suggests only a GPU (`LongRunNotice`).
         """
         from tqdm.auto import tqdm
 
@@ -274,9 +277,8 @@ class Sampler:
         chunks = list(chunk_slices(b * s, batch_size))
         nfe = self.nfe(prior)
         bar = tqdm(total=nfe * len(chunks), disable=not progress, desc=self.name, unit="nfe")
-        notice = LongRunNotice(
-            self.name, getattr(self.config, "steps", None), nfe * len(chunks), prior.device.type == "cuda", s
-        )
+        steps = getattr(self.config, "steps", None)
+        notice = LongRunNotice(self.name, steps, nfe * len(chunks), prior.device.type == "cuda", s, settings_fixed)
 
         tails_counted = self.reports_tail_mean and prior.space == "pixel"
         levels = noise_levels(prior.alphas_cumprod).tolist() if tails_counted else []

@@ -1,5 +1,6 @@
 """One line before a long run: a run predicted to take more than `LONG_RUN_SECONDS` says how long and what would
-be faster (fewer steps, fewer samples, the CPU budget's sampler, a GPU), once: after its first step where that step
+be faster (fewer steps, fewer samples, the CPU budget's sampler, a GPU; only a GPU where a calibration file fixes the
+rest), once: after its first step where that step
 alone predicts more than `FIRST_STEP_MARGIN` times the limit (a photo-size image on a CPU core), else after
 `TIMED_STEPS` more steps.
 
@@ -44,11 +45,21 @@ class LongRunNotice:
         on_gpu: whether the network already runs on a GPU (else a GPU is suggested).
         num_samples: samples per measurement; above 1, one sample is suggested (the network's time grows with its
             batch, so one sample takes about 1 / num_samples of the time).
+        settings_fixed: the sampler, steps and sample count are a calibration file's (`sample_posterior` refuses
+            others), so only a GPU is suggested.
     """
 
-    def __init__(self, sampler: str, steps: int | None, total_nfe: int, on_gpu: bool, num_samples: int = 1):
+    def __init__(
+        self,
+        sampler: str,
+        steps: int | None,
+        total_nfe: int,
+        on_gpu: bool,
+        num_samples: int = 1,
+        settings_fixed: bool = False,
+    ):
         self.sampler, self.steps, self.total_nfe, self.on_gpu = sampler, steps, total_nfe, on_gpu
-        self.num_samples = num_samples
+        self.num_samples, self.settings_fixed = num_samples, settings_fixed
         self.created = time.perf_counter()
         self.start: float | None = None
         self.done_steps, self.timed_nfe, self.warned = 0, 0, False
@@ -76,15 +87,16 @@ class LongRunNotice:
             return
         self.warned = True
         faster = []
-        if self.steps:
+        if self.steps and not self.settings_fixed:
             fitting = max(1, int(self.steps * LONG_RUN_SECONDS / estimate))
             faster.append(f"fewer steps (steps={fitting} / --steps {fitting}: about ten minutes)")
-        if self.num_samples > 1:
+        if self.num_samples > 1 and not self.settings_fixed:
             faster.append(
                 f"one sample instead of {self.num_samples} (num_samples=1 / --num-samples 1: about "
                 f"{format_duration(estimate / self.num_samples)}, no std)"
             )
-        if self.steps is None or self.steps > CPU_STEPS:  # a run at the CPU budget's steps is already that fast
+        at_cpu_budget = self.steps is not None and self.steps <= CPU_STEPS  # a run at its steps is already that fast
+        if not (self.settings_fixed or at_cpu_budget):
             faster.append(
                 "the CPU budget (sampler='auto', budget='cpu' / --sampler auto --sampler-param budget=cpu: the "
                 f"best sampler measured at {CPU_STEPS} steps)"
@@ -94,7 +106,8 @@ class LongRunNotice:
         warnings.warn(
             f"{self.sampler}: this run will take {'up to ' * first_step}about {format_duration(estimate)} "
             f"({self.total_nfe} network evaluations at {seconds_per_nfe:.2g} s"
-            f"{', timed on the first step, which pays for the warm-up' * first_step}); faster: {'; '.join(faster)}",
+            f"{', timed on the first step, which pays for the warm-up' * first_step})"
+            + (f"; faster: {'; '.join(faster)}" if faster else ""),
             LongRunWarning,
             stacklevel=4,
         )

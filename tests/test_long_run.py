@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from posterior_diffusion import sample_posterior
+from posterior_diffusion.calibration import calibration_from_samples
 from posterior_diffusion.samplers import long_run
 from posterior_diffusion.samplers.long_run import LongRunNotice, format_duration
 
@@ -31,6 +32,18 @@ def test_a_run_past_ten_minutes_names_its_length_and_what_is_faster():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LongRunNotice("dps", 1000, 4000, on_gpu=False).check(0.1)  # 400 s: nothing to say
+
+
+def test_a_run_whose_settings_a_calibration_fixes_hears_only_of_a_gpu():
+    """Fewer steps, one sample or the CPU budget would be refused with the calibration the user gave."""
+    with pytest.warns(UserWarning) as caught:
+        LongRunNotice("diffpir", 100, 400, on_gpu=False, num_samples=4, settings_fixed=True).check(5.0)
+    assert str(caught[0].message).endswith(
+        "(400 network evaluations at 5 s); faster: a GPU (device='cuda' / --device cuda)"
+    )
+    with pytest.warns(UserWarning) as caught:
+        LongRunNotice("diffpir", 100, 400, on_gpu=True, num_samples=4, settings_fixed=True).check(5.0)
+    assert str(caught[0].message).endswith("(400 network evaluations at 5 s)")
 
 
 def test_the_estimate_times_the_steps_after_the_first_and_speaks_once(monkeypatch):
@@ -96,3 +109,18 @@ def test_a_sampler_run_gives_the_notice(tiny_unet_folder, monkeypatch):
             batch_size=1,
             progress=False,
         )
+
+
+def test_a_calibrated_run_gives_the_notice_without_the_settings_it_fixes(gmm, monkeypatch):
+    """sample_posterior(calibration=FILE) tells the sampler that its settings are the file's."""
+    monkeypatch.setattr(long_run, "LONG_RUN_SECONDS", 0.0)
+    op = "denoise"
+    y = torch.zeros(1, 1, 8, 8)
+    with pytest.warns(UserWarning, match="steps="):  # uncalibrated: every faster setting
+        run = sample_posterior(y, op, prior=gmm, sampler="ddrm", steps=5, num_samples=4, progress=False)
+    truth = torch.zeros(2, 1, 8, 8)
+    cal = calibration_from_samples(truth[:, None] + torch.randn(2, 4, 1, 8, 8), truth, run.config, "denoise_test")
+    with pytest.warns(UserWarning) as caught:
+        sample_posterior(y, op, prior=gmm, sampler="ddrm", steps=5, num_samples=4, progress=False, calibration=cal)
+    message = next(str(w.message) for w in caught if "this run will take" in str(w.message))
+    assert "steps=" not in message and "num-samples" not in message and "--device cuda" in message
