@@ -35,10 +35,6 @@ from posterior_diffusion.shipped_calibrations import FOLDER
 # over-covers the others by 2-4 points; assets/bench/shipped_calibrations/README.md); held-out images (test split)
 # and the run's counts
 CALIBRATION_IMAGES = {"natural-rgb": ("testsets/Kodak24", 12), "natural-gray": ("trainsets/BSD400", 24)}
-# files still made on other images, until made again: natural-gray's hdr file predates the move to BSD400 (0.904 on
-# McMaster, 0.943 on CBSD68; remaking it, DiffPIR-100 on 32 crops, takes about two hours of a CPU core, minutes on
-# a GPU)
-IMAGES_MADE_ON = {"auto_high_dynamic_range_gray.json": ("testsets/Kodak24", 12)}
 HELD_OUT_IMAGES = "testsets/McMaster"
 COMMON = ["--size", "128", "--num-test-images", "8", "--num-samples", "4", "--quiet"]
 IMAGE_OPERATORS = (  # the operators `restore` offers for photos, each with its defaults
@@ -89,7 +85,7 @@ def _auto_recipes() -> list[Recipe]:
                 tags = [*([budget] if budget else []), *(["gray"] if gray else [])]  # in the task and the file name
                 task = "-".join([f"auto/{operator}", *tags])
                 file = "_".join(["auto", operator, *tags]) + ".json"
-                folder, count = IMAGES_MADE_ON.get(file, CALIBRATION_IMAGES[prior])
+                folder, count = CALIBRATION_IMAGES[prior]
                 arguments = ["--num-images", str(count), "--operator", operator, "--name", task]
                 arguments += ["--sampler-param", f"budget={budget}"] if budget else []
                 arguments += ["--channels", "1"] if gray else []
