@@ -1,8 +1,7 @@
 """One line before a long run: a run predicted to take more than `LONG_RUN_SECONDS` says how long and what would
 be faster (fewer steps, fewer samples, the CPU budget's sampler, a GPU; only a GPU where a calibration file fixes the
-rest), once: after its first step where that step
-alone predicts more than `FIRST_STEP_MARGIN` times the limit (a photo-size image on a CPU core), else after
-`TIMED_STEPS` more steps.
+rest), once: after its first step where that step alone predicts more than `FIRST_STEP_MARGIN` times the limit (a
+photo-size image on a CPU core), else after `TIMED_STEPS` more steps.
 
     notice = LongRunNotice("dps", steps=1000, total_nfe=4000, on_gpu=False, num_samples=4)
     notice.update(nfe)   # from the step hook, with each step's network evaluations
