@@ -25,6 +25,19 @@ def gmm():
 
 
 @pytest.fixture(scope="session")
+def images(tmp_path_factory):
+    """A folder of five random 20x24 RGB PNGs: the photos of the bench and training tests."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("bench_images")
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_unet_folder(tmp_path_factory):
     """A DDPMPipeline-layout folder with a tiny random UNet2DModel (3 channels, downsampling 2)."""
     from posterior_diffusion.priors import save_prior

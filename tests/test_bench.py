@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import posterior_diffusion.bench as bench
 import posterior_diffusion.bench.run as bench_run
@@ -21,40 +20,10 @@ from posterior_diffusion.api import sample_posterior
 from posterior_diffusion.bench import BenchConfig, read_rows, run_bench, summary
 from posterior_diffusion.images import load_center_crops
 from posterior_diffusion.metrics import calibration_metrics, psnr
-from posterior_diffusion.samplers import long_run, sampler_class
+from posterior_diffusion.samplers import long_run
 from posterior_diffusion.tasks import TASKS, load_tasks_file
 from posterior_diffusion.tensor_utils import measurement_generator
-
-TIMING = ("seconds", "peak_mb")
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bench_images")
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
-
-
-def _config(images, out, prior, **changes) -> BenchConfig:
-    settings = {
-        "images": str(images),
-        "out": str(out),
-        "prior": str(prior),
-        "tasks": ("random_inpaint", "gaussian_deblur"),
-        "methods": ("dps", "tikhonov", "harmonic", "bicubic"),
-        "size": 16,
-        "steps": 2,
-        "images_per_call": 2,
-        "device": "cpu",
-        "lpips": "none",
-    }
-    return BenchConfig(**(settings | changes))
-
-
-def _without_timing(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+from tests.bench_helpers import bench_config, without_timing
 
 
 def test_tasks_use_the_papers_settings_scaled_to_the_image_size():
@@ -80,7 +49,7 @@ def test_tasks_file_adds_tasks_and_refuses_bad_ones(tmp_path):
 
 
 def test_rows_summary_and_figures(tmp_path, images, tiny_unet_folder):
-    rows = run_bench(_config(images, tmp_path / "out", tiny_unet_folder), progress=False)
+    rows = run_bench(bench_config(images, tmp_path / "out", tiny_unet_folder), progress=False)
     methods = {(r["task"], r["method"]) for r in rows}
     # each task gets the samplers and only the baselines that apply to it
     assert methods == {
@@ -106,7 +75,7 @@ def test_rows_summary_and_figures(tmp_path, images, tiny_unet_folder):
 
 
 def test_an_interrupted_run_resumes_without_recomputing(tmp_path, images, tiny_unet_folder, monkeypatch):
-    straight = run_bench(_config(images, tmp_path / "straight", tiny_unet_folder), progress=False)
+    straight = run_bench(bench_config(images, tmp_path / "straight", tiny_unet_folder), progress=False)
     real = bench_run.run_method
     calls, armed = [], [True]
 
@@ -118,19 +87,19 @@ def test_an_interrupted_run_resumes_without_recomputing(tmp_path, images, tiny_u
 
     monkeypatch.setattr(bench_run, "run_method", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_bench(_config(images, tmp_path / "resumed", tiny_unet_folder), progress=False)
+        run_bench(bench_config(images, tmp_path / "resumed", tiny_unet_folder), progress=False)
     kept = len(read_rows(tmp_path / "resumed"))
     assert kept == 5  # the first three groups (2 + 2 + 1 images) were written before the interruption
     calls.clear()
     armed[0] = False
-    resumed = run_bench(_config(images, tmp_path / "resumed", tiny_unet_folder), progress=False)
-    assert _without_timing(resumed) == _without_timing(straight)
+    resumed = run_bench(bench_config(images, tmp_path / "resumed", tiny_unet_folder), progress=False)
+    assert without_timing(resumed) == without_timing(straight)
     assert len(calls) == 12  # 5 (task, method) pairs x 3 groups, 3 already done
 
 
 def test_the_bench_runs_long_by_design_and_passes_no_notice_on(tmp_path, images, tiny_unet_folder, monkeypatch):
     monkeypatch.setattr(long_run, "LONG_RUN_SECONDS", 0.0)  # every run would be "long"
-    cfg = _config(images, tmp_path / "out", tiny_unet_folder, tasks=("random_inpaint",), methods=("ddrm",))
+    cfg = bench_config(images, tmp_path / "out", tiny_unet_folder, tasks=("random_inpaint",), methods=("ddrm",))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rows = run_bench(replace(cfg, steps=6, num_images=1), progress=False)
@@ -140,14 +109,14 @@ def test_the_bench_runs_long_by_design_and_passes_no_notice_on(tmp_path, images,
 
 
 def test_sampler_rows_record_their_dtype_and_a_folder_never_mixes_two(tmp_path, images, tiny_unet_folder):
-    cfg = _config(images, tmp_path / "out", tiny_unet_folder, tasks=("random_inpaint",), num_images=2)
+    cfg = bench_config(images, tmp_path / "out", tiny_unet_folder, tasks=("random_inpaint",), num_images=2)
     rows = run_bench(cfg, progress=False)
     assert {r["method"]: r.get("dtype") for r in rows} == {"dps": "float32", "tikhonov": None, "harmonic": None}
-    half = _config(images, tmp_path / "out", tiny_unet_folder, tasks=("random_inpaint",), dtype="bfloat16")
+    half = bench_config(images, tmp_path / "out", tiny_unet_folder, tasks=("random_inpaint",), dtype="bfloat16")
     with pytest.raises(ValueError, match=r"sampler rows whose network ran in float32; this run asks for bfloat16"):
         run_bench(half, progress=False)
     assert read_rows(tmp_path / "out") == rows  # nothing written
-    baselines = _config(images, tmp_path / "other", tiny_unet_folder, tasks=("random_inpaint",), num_images=2)
+    baselines = bench_config(images, tmp_path / "other", tiny_unet_folder, tasks=("random_inpaint",), num_images=2)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "rows-0.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in rows if r["method"] != "dps")
@@ -164,7 +133,9 @@ def test_the_auto_method_runs_what_sample_posterior_picks_and_records_it(tmp_pat
     from posterior_diffusion.priors import load_prior
     from posterior_diffusion.samplers.auto import choose_sampler
 
-    cfg = _config(images, tmp_path / "out", tiny_unet_folder, tasks=("random_inpaint", "denoise"), methods=("auto",))
+    cfg = bench_config(
+        images, tmp_path / "out", tiny_unet_folder, tasks=("random_inpaint", "denoise"), methods=("auto",)
+    )
     rows = run_bench(replace(cfg, num_images=2), progress=False)
     prior = load_prior(str(tiny_unet_folder))
     for task, estimate in (("random_inpaint", "tail_average"), ("denoise", "tweedie")):
@@ -184,7 +155,7 @@ def test_the_auto_method_runs_what_sample_posterior_picks_and_records_it(tmp_pat
 def test_auto_with_the_gpu_budget_runs_the_100_step_order_on_a_cpu(tmp_path, images, tiny_unet_folder):
     """ "auto.budget=gpu": box inpainting picks the GPU order's first sampler (PiGDM) at its own steps, where the
     CPU budget picks DiffPIR-20; an unknown budget is refused before any work."""
-    cfg = _config(images, tmp_path / "gpu", tiny_unet_folder, tasks=("box_inpaint",), methods=("auto",))
+    cfg = bench_config(images, tmp_path / "gpu", tiny_unet_folder, tasks=("box_inpaint",), methods=("auto",))
     cfg = replace(cfg, num_images=1, steps=None, sampler_options={"auto.budget": "gpu", "auto.steps": 3})
     rows = run_bench(cfg, progress=False)
     assert {r["sampler"] for r in rows} == {"pigdm-3"}
@@ -194,7 +165,9 @@ def test_auto_with_the_gpu_budget_runs_the_100_step_order_on_a_cpu(tmp_path, ima
 
 
 def test_two_processes_give_the_rows_of_one(tmp_path, images, tiny_unet_folder):
-    one = run_bench(_config(images, tmp_path / "one", tiny_unet_folder, methods=("dps", "tikhonov")), progress=False)
+    one = run_bench(
+        bench_config(images, tmp_path / "one", tiny_unet_folder, methods=("dps", "tikhonov")), progress=False
+    )
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "posterior_diffusion.cli"]
     argv += ["bench", "grid", "--images", str(images), "--out", str(tmp_path / "two"), "--prior", str(tiny_unet_folder)]
     argv += ["--tasks", "random_inpaint", "gaussian_deblur", "--methods", "dps", "tikhonov", "--size", "16"]
@@ -204,23 +177,23 @@ def test_two_processes_give_the_rows_of_one(tmp_path, images, tiny_unet_folder):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("bench: 2 process(es) share the images (cpu)") == 1  # said once, by rank 0
     assert sorted(p.name for p in (tmp_path / "two").glob("rows-*.jsonl")) == ["rows-0.jsonl", "rows-1.jsonl"]
-    two = _without_timing(read_rows(tmp_path / "two"))
+    two = without_timing(read_rows(tmp_path / "two"))
     # the same chains, seeds and metrics; a child process runs one thread where this one may run two, and a
     # multi-threaded convolution can round differently, so metrics agree to 1e-4 (relative for z_spread, which
     # divides by stds down to half an 8-bit step), not bit for bit; a coverage counts pixels inside an interval,
     # and rounding may move one across its edge: they agree to two pixels of the 16 x 16 x 3
     assert [{k: v for k, v in r.items() if isinstance(v, str)} for r in two] == [
-        {k: v for k, v in r.items() if isinstance(v, str)} for r in _without_timing(one)
+        {k: v for k, v in r.items() if isinstance(v, str)} for r in without_timing(one)
     ]
 
     def numbers(r, coverage: bool) -> dict:
         return {k: v for k, v in r.items() if not isinstance(v, str) and k.startswith("coverage") == coverage}
 
     assert [numbers(r, False) for r in two] == [
-        pytest.approx(numbers(r, False), rel=1e-4, abs=1e-4) for r in _without_timing(one)
+        pytest.approx(numbers(r, False), rel=1e-4, abs=1e-4) for r in without_timing(one)
     ]
     assert [numbers(r, True) for r in two] == [
-        pytest.approx(numbers(r, True), abs=2 / (16 * 16 * 3) + 1e-6) for r in _without_timing(one)
+        pytest.approx(numbers(r, True), abs=2 / (16 * 16 * 3) + 1e-6) for r in without_timing(one)
     ]
     assert torch.tensor([r["psnr"] for r in one]).isfinite().all()
 
@@ -254,7 +227,9 @@ def test_black_hole_task_reports_the_interferometry_metrics(tmp_path):
     cfg = TrainConfig(data=".", output=".", channels=1, block_out_channels=(8, 16), norm_num_groups=4, crop_size=32)
     save_prior(tmp_path / "prior", build_unet(cfg), build_scheduler(cfg))
     images = write_black_hole_folder(tmp_path / "bh", 2, size=32)
-    config = _config(images, tmp_path / "out", tmp_path / "prior", tasks=("black_hole",), methods=("dps",), size=32)
+    config = bench_config(
+        images, tmp_path / "out", tmp_path / "prior", tasks=("black_hole",), methods=("dps",), size=32
+    )
     config.sampler_options = {"dps.step_size": 1e-4}
     rows = run_bench(config, progress=False)
     assert len(rows) == 2
@@ -270,7 +245,9 @@ def test_interferometry_baselines_run_on_both_black_hole_tasks(tmp_path):
     images = write_black_hole_folder(tmp_path / "bh", 1, size=32)
     tasks, methods = ("black_hole", "black_hole_vis"), ("dirty", "rml")  # dirty needs visibilities
     options = {"rml.rounds": 1, "rml.max_iter": 3}  # no prior: the tasks load their images with 1 channel
-    config = _config(images, tmp_path / "out", tmp_path, tasks=tasks, methods=methods, size=32, sampler_options=options)
+    config = bench_config(
+        images, tmp_path / "out", tmp_path, tasks=tasks, methods=methods, size=32, sampler_options=options
+    )
     rows = run_bench(config, progress=False)
     assert [(r["task"], r["method"]) for r in rows] == [
         ("black_hole", "rml"),
@@ -285,7 +262,7 @@ def test_interferometry_baselines_run_on_both_black_hole_tasks(tmp_path):
 
 def test_blind_task_rows_report_the_kernel_estimate_or_the_guess(tmp_path, images, tiny_unet_folder):
     options = {"gibbs_ddrm.kernel_updates": 1, "gibbs_ddrm.kernel_update_start": 1.0, "gibbs_ddrm.langevin_iters": 5}
-    config = _config(
+    config = bench_config(
         images, tmp_path / "out", tiny_unet_folder, tasks=("blind_motion_deblur",), methods=("gibbs_ddrm", "tikhonov")
     )
     config.sampler_options = options
@@ -316,258 +293,6 @@ def test_samplers_are_checked_with_the_task_preset():
     assert get_method("tikhonov").refusal(cfg, no_preset, None, op) == "tikhonov needs a linear operator"
     with pytest.raises(ValueError, match="unknown method 'dsp'"):
         get_method("dsp")
-
-
-def _baselines_only(images, out, **changes) -> BenchConfig:
-    """A bench of two baselines on one task: seconds, no prior."""
-    return _config(images, out, out, tasks=("random_inpaint",), methods=("tikhonov", "harmonic"), **changes)
-
-
-def test_a_cut_row_line_is_skipped_with_a_warning_and_recomputed(tmp_path, images, recwarn):
-    """A line cut by a kill used to stop every rerun with a JSON error naming no file."""
-    straight = run_bench(_baselines_only(images, tmp_path / "straight"), progress=False)
-    rows_file = tmp_path / "cut" / "rows-0.jsonl"
-    run_bench(_baselines_only(images, tmp_path / "cut"), progress=False)
-    lines = rows_file.read_text().splitlines()
-    rows_file.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # the 4th row cut, the rest lost
-    with pytest.warns(UserWarning, match=r"rows-0\.jsonl line 4 is not a complete row"):
-        resumed = run_bench(_baselines_only(images, tmp_path / "cut"), progress=False)
-    assert _without_timing(resumed) == _without_timing(straight)
-    assert len(rows_file.read_text().splitlines()) == len(lines)  # the cut line is gone, its row recomputed
-    recwarn.clear()
-    run_bench(_baselines_only(images, tmp_path / "cut"), progress=False)
-    assert not [w for w in recwarn if "row" in str(w.message)]
-
-
-def test_a_missing_figure_is_drawn_again(tmp_path, images, monkeypatch):
-    """A figure lost after its rows were written (a kill, a full disk, a deletion) used to be gone for good."""
-    out = tmp_path / "out"
-    run_bench(_baselines_only(images, out), progress=False)
-    (out / "figures" / "random_inpaint_harmonic.png").unlink()
-    (out / "figures" / "psnr_vs_nfe_random_inpaint.png").unlink()
-    rows = (out / "rows-0.jsonl").read_text()
-    calls = []
-    real = bench_run.run_method
-    monkeypatch.setattr(bench_run, "run_method", lambda *a, **k: calls.append((a[0].name, a[3])) or real(*a, **k))
-    run_bench(_baselines_only(images, out), progress=False)
-    assert calls == [("harmonic", [0])]  # the first image again, for its figure only
-    assert (out / "figures" / "random_inpaint_harmonic.png").exists()
-    assert (out / "figures" / "psnr_vs_nfe_random_inpaint.png").exists()
-    assert (out / "rows-0.jsonl").read_text() == rows
-
-
-def _hold_lock(out, holder: str):
-    import fcntl
-
-    out.mkdir(parents=True, exist_ok=True)
-    handle = open(out / bench.LOCK_NAME, "w")  # noqa: SIM115
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    handle.write(holder)
-    handle.flush()
-    return handle
-
-
-def test_a_second_bench_on_the_same_folder_stops_naming_the_holder(tmp_path, images, monkeypatch, capsys):
-    """Two benches on one --out both computed everything; now the second stops before any work."""
-    from posterior_diffusion.cli import main
-
-    out = tmp_path / "out"
-    monkeypatch.setattr(bench_run, "run_method", lambda *a, **k: pytest.fail("no work while the folder is held"))
-    handle = _hold_lock(out, "pid 4242 on host-a")
-    with pytest.raises(bench.BenchFolderBusy, match=r"in use by another bench \(pid 4242 on host-a; lock file"):
-        run_bench(_baselines_only(images, out), progress=False)
-    argv = ["bench", "grid", "--images", str(images), "--out", str(out), "--methods", "tikhonov", "--size", "16"]
-    assert main([*argv, "--lpips", "none", "--quiet"]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "pid 4242" in err and ".bench.lock" in err
-    handle.close()  # the holder ends (a killed process's lock goes the same way): the folder is free again
-    monkeypatch.undo()
-    assert len(run_bench(_baselines_only(images, out), progress=False)) == 10
-    assert f"pid {os.getpid()}" in (out / bench.LOCK_NAME).read_text()
-
-
-def test_all_ranks_of_a_second_sharded_run_stop(tmp_path, images):
-    """The main process's refusal reaches every rank of its run (none hangs or works alone)."""
-    out = tmp_path / "out"
-    handle = _hold_lock(out, "pid 4242 on host-a")
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "posterior_diffusion.cli"]
-    argv += ["bench", "grid", "--images", str(images), "--out", str(out), "--methods", "tikhonov", "--size", "16"]
-    argv += ["--lpips", "none", "--device", "cpu", "--quiet"]
-    done = subprocess.run(argv, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
-    handle.close()
-    assert done.returncode != 0 and done.stderr.count("in use by another bench (pid 4242") == 2, done.stderr[-2000:]
-    assert not list(out.glob("rows-*.jsonl"))
-
-
-def test_every_option_of_every_method_is_checked_before_any_work(tmp_path, images, tiny_unet_folder, monkeypatch):
-    """A misspelled baseline option was found only after the methods before it had run."""
-    monkeypatch.setattr(bench_run, "run_method", lambda *a, **k: pytest.fail("an option was checked after work"))
-    cases = {
-        "tikhonov.wieght": r"unknown option\(s\) wieght for baseline 'tikhonov'; valid: reg, max_iter",
-        "dps.step_sise": r"unknown option\(s\) step_sise for sampler 'dps'",
-        "step_sise": r"unknown option\(s\) step_sise for sampler 'dps'",
-        "dsp.steps": r"option 'dsp.steps' names no method of this bench",
-    }
-    for key, message in cases.items():
-        cfg = _config(images, tmp_path / "out", tiny_unet_folder, methods=("dps", "tikhonov"))
-        cfg.sampler_options = {key: 3}
-        with pytest.raises(ValueError, match=message):
-            run_bench(cfg, progress=False)
-    cfg = _baselines_only(images, tmp_path / "out", sampler_options={"steps": 3})
-    with pytest.raises(ValueError, match="is for every sampler and this bench has none"):
-        run_bench(cfg, progress=False)
-    options = {"dps.step_size": -1.0}
-    cfg = _config(images, tmp_path / "out", tiny_unet_folder, methods=("tikhonov", "dps"), sampler_options=options)
-    with pytest.raises(ValueError, match="step_size must be >= 0"):  # a bad value, from the sampler's config
-        run_bench(cfg, progress=False)
-
-
-def test_each_method_left_out_of_a_task_is_announced_once(tmp_path, images, capsys):
-    cfg = _config(images, tmp_path / "out", tmp_path, tasks=("gaussian_deblur",), methods=("tikhonov", "bicubic"))
-    cfg.seeds = (0, 1)
-    run_bench(cfg, progress=False)  # --quiet hides the progress bars, never what was skipped or tuned
-    printed = capsys.readouterr().out
-    assert printed.count("skipped:") == 1
-    assert "skipped: bicubic on gaussian_deblur: bicubic needs super_resolution" in printed
-    assert "note: tikhonov on gaussian_deblur runs with untuned default reg" in printed
-
-
-def test_a_missing_lpips_is_one_warning_that_says_how_to_get_it(tmp_path, images, monkeypatch, recwarn):
-    """The note used to be printed for every (task, method) group and did not say where the weights come from."""
-    monkeypatch.setenv("POSTERIOR_DIFFUSION_LPIPS_DIR", str(tmp_path))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr("posterior_diffusion.perceptual._shared_folders", lambda: [tmp_path])
-    rows = run_bench(_baselines_only(images, tmp_path / "out", lpips="alex", images_per_call=1), progress=False)
-    notes = [str(w.message) for w in recwarn if "LPIPS" in str(w.message)]
-    assert len(notes) == 1 and all("lpips" not in r for r in rows)
-    assert "posterior-diffusion lpips-weights --net alex" in notes[0] and str(tmp_path) in notes[0]
-
-
-def test_a_methods_own_option_wins_over_the_bench_steps(tmp_path, images):
-    """`--steps 100 --sampler-param pnp_ula.steps=200` (a budget the studies use)
-    runs PnP-ULA with 200 steps; the bench-wide --steps used to override it."""
-    from posterior_diffusion.bench.methods import SamplerMethod
-
-    cfg = _config(images, tmp_path / "out", tmp_path, steps=100, sampler_options={"pnp_ula.steps": 200})
-    assert SamplerMethod("pnp_ula").options(cfg, "deblur") == {"steps": 200, "preset": "deblur"}
-    assert SamplerMethod("dps").options(cfg, None) == {"steps": 100}
-
-
-def test_baseline_weights_are_tuned_on_other_images_and_kept(tmp_path, images, capsys):
-    """--tune-images: the weight is the one `baselines.tune` picks on seeded crops of the other folder, the rows
-    are those of the baseline at that weight, out/tuned.json keeps it for reruns; without it, a note says so."""
-    from posterior_diffusion.baselines import baseline, tune
-    from posterior_diffusion.images import random_crops
-
-    other = tmp_path / "other"
-    other.mkdir()
-    for i in range(3):  # mid-gray images: x = 0 is right, so the strongest weight of the grid wins
-        Image.fromarray(np.full((20, 24, 3), 127 + i, dtype=np.uint8)).save(other / f"{i}.png")
-    cfg = _config(images, tmp_path / "out", tmp_path, tasks=("gaussian_deblur",), methods=("tikhonov",))
-    cfg.tune_images = str(other)
-    rows = run_bench(cfg, progress=True)
-    op = TASKS["gaussian_deblur"].build(16)
-    crops = random_crops([str(other)], bench.TUNE_CROPS, 16, 3, seed=bench.TUNE_SEED)
-    expected = tune("tikhonov", op, crops, op.measure(crops, torch.Generator().manual_seed(bench.TUNE_SEED)))
-    kept = json.loads((tmp_path / "out" / "tuned.json").read_text())
-    assert kept["params"]["gaussian_deblur/tikhonov"] == expected and expected["reg"] != 1e-2
-    assert f"tuned: tikhonov on gaussian_deblur: reg={expected['reg']:g}" in capsys.readouterr().out
-    x = load_center_crops(sorted(images.iterdir()), 3, 16)
-    y = torch.cat([op.measure(x[i : i + 1], measurement_generator(0, i)) for i in range(len(x))])
-    from posterior_diffusion.metrics import psnr
-
-    scores = psnr(baseline("tikhonov", op, y, reg=expected["reg"]), x)
-    assert sorted(r["psnr"] for r in rows) == pytest.approx(sorted(scores.tolist()), abs=1e-3)
-    run_bench(_config(images, tmp_path / "untuned", tmp_path, tasks=("gaussian_deblur",), methods=("tikhonov",)))
-    assert "note: tikhonov on gaussian_deblur runs with untuned default reg" in capsys.readouterr().out
-
-
-def test_a_tuned_sampler_takes_the_grid_values_best_on_other_images(
-    tmp_path, images, tiny_unet_folder, monkeypatch, capsys
-):
-    """ "diffpir:tuned": the TUNE_GRID combination whose posterior mean scores best on the tune crops (here a lambda
-    so small that the data are ignored loses to one that reads them), kept in tuned.json; its rows are those of
-    DiffPIR at that value, beside the untuned DiffPIR's; a fixed "diffpir.K" option is left out of the grid."""
-    from posterior_diffusion.images import random_crops
-    from posterior_diffusion.metrics import psnr
-    from posterior_diffusion.priors import load_prior
-
-    monkeypatch.setattr(sampler_class("diffpir"), "TUNE_GRID", {"lam": (7.0, 1e10), "zeta": (0.3,)})
-    other = tmp_path / "other"
-    other.mkdir()
-    for i in range(3):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(other / f"{i}.png")
-    methods = ("diffpir", "diffpir:tuned")
-    cfg = _config(images, tmp_path / "out", tiny_unet_folder, tasks=("random_inpaint",), methods=methods)
-    cfg.tune_images, cfg.num_samples = str(other), 2
-    rows = run_bench(cfg, progress=True)
-    prior = load_prior(tiny_unet_folder, device="cpu")
-    op = TASKS["random_inpaint"].build(16)
-    crops = random_crops([str(other)], bench.TUNE_CROPS, 16, 3, seed=bench.TUNE_SEED)
-    y = op.measure(crops, torch.Generator().manual_seed(bench.TUNE_SEED))
-    scores = {
-        lam: float(
-            psnr(
-                sample_posterior(
-                    y,
-                    op,
-                    prior,
-                    "diffpir",
-                    2,
-                    seed=bench.TUNE_SEED,
-                    progress=False,
-                    steps=2,
-                    preset="inpaint",
-                    lam=lam,
-                    zeta=0.3,
-                ).mean,
-                crops,
-            ).mean()
-        )
-        for lam in (7.0, 1e10)
-    }
-    best = max(scores, key=scores.get)
-    assert abs(scores[7.0] - scores[1e10]) > 1, scores  # the data are ignored at 1e10
-    kept = json.loads((tmp_path / "out" / "tuned.json").read_text())
-    assert kept["params"]["random_inpaint/diffpir:tuned"] == {"lam": best, "zeta": 0.3}
-    assert (
-        f"tuned: diffpir on random_inpaint: lam={best:g}, zeta=0.3 (best PSNR of the mean of 2"
-        in capsys.readouterr().out
-    )
-    tuned = sorted(r["psnr"] for r in rows if r["method"] == "diffpir:tuned")
-    x = load_center_crops(sorted(images.iterdir()), 3, 16)
-    y_test = torch.cat([op.measure(x[i : i + 1], measurement_generator(0, i)) for i in range(len(x))])
-    direct = sample_posterior(
-        y_test,
-        op,
-        prior,
-        "diffpir",
-        2,
-        seed=0,
-        progress=False,
-        steps=2,
-        preset="inpaint",
-        lam=7.0,
-        zeta=0.3,
-        measurement_ids=list(range(len(x))),
-    )
-    assert tuned == pytest.approx(sorted(psnr(direct.mean, x).tolist()), abs=1e-3)
-    assert len([r for r in rows if r["method"] == "diffpir"]) == len(tuned)
-    assert (tmp_path / "out" / "figures" / "random_inpaint_diffpir-tuned.png").exists()
-    fixed = _config(images, tmp_path / "fixed", tiny_unet_folder, tasks=("random_inpaint",), methods=methods[1:])
-    fixed.tune_images, fixed.sampler_options = str(other), {"diffpir.lam": 3.0}
-    run_bench(fixed, progress=False)
-    kept = json.loads((tmp_path / "fixed" / "tuned.json").read_text())
-    assert kept["params"]["random_inpaint/diffpir:tuned"] == {"zeta": 0.3}
-
-
-def test_tuned_methods_are_refused_without_tune_images_or_a_grid(tmp_path, images, tiny_unet_folder):
-    with pytest.raises(ValueError, match=r"'diffpir:tuned' tunes diffpir on other images: give --tune-images"):
-        run_bench(_config(images, tmp_path / "out", tiny_unet_folder, methods=("diffpir:tuned",)))
-    with pytest.raises(ValueError, match=r"sampler 'dps' has no options to tune; tunable: diffpir"):
-        run_bench(_config(images, tmp_path / "out", tiny_unet_folder, methods=("dps:tuned",)))
-    with pytest.raises(ValueError, match=r"unknown method 'nope:tuned'"):
-        run_bench(_config(images, tmp_path / "out", tiny_unet_folder, methods=("nope:tuned",)))
 
 
 def test_lpips_is_scored_on_the_mean_and_on_the_first_sample(monkeypatch, tmp_path):

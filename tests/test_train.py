@@ -8,22 +8,12 @@ import numpy as np
 import pytest
 import torch
 from accelerate.utils import load  # torch.load(weights_only=True), numpy arrays of RNG states allowed
-from PIL import Image
 from safetensors.torch import load_file
 
 import posterior_diffusion.training_loop as loop
 from posterior_diffusion.priors import LatentPrior, load_prior
 from posterior_diffusion.train import TrainConfig, sample_timesteps, train
 from posterior_diffusion.train_autoencoder import AutoencoderConfig, train_autoencoder
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
 
 
 def _config(data, out) -> TrainConfig:
@@ -40,8 +30,8 @@ def _config(data, out) -> TrainConfig:
     )
 
 
-def test_interrupted_run_resumes_exactly(tmp_path, image_folder, monkeypatch):
-    train(_config(image_folder, tmp_path / "straight"), progress=False)
+def test_interrupted_run_resumes_exactly(tmp_path, images, monkeypatch):
+    train(_config(images, tmp_path / "straight"), progress=False)
 
     real_step = loop.one_step
 
@@ -52,10 +42,10 @@ def test_interrupted_run_resumes_exactly(tmp_path, image_folder, monkeypatch):
 
     monkeypatch.setattr(loop, "one_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train(_config(image_folder, tmp_path / "resumed"), progress=False)
+        train(_config(images, tmp_path / "resumed"), progress=False)
     monkeypatch.setattr(loop, "one_step", real_step)
     assert load_file(tmp_path / "resumed" / "checkpoint" / "model.safetensors")  # the step-2 checkpoint survived
-    train(_config(image_folder, tmp_path / "resumed"), progress=False)
+    train(_config(images, tmp_path / "resumed"), progress=False)
 
     for name in (
         "checkpoint/model.safetensors",
@@ -90,9 +80,9 @@ def test_low_t_fraction_moves_that_share_of_the_timestep_draws_below_low_t_max(t
             TrainConfig(data="d", output=str(tmp_path), **bad)
 
 
-def test_checkpoint_loads_without_pickled_code(tmp_path, image_folder):
+def test_checkpoint_loads_without_pickled_code(tmp_path, images):
     """Every file of a checkpoint is safetensors, JSON, or a torch file that loads with weights_only=True."""
-    train(_config(image_folder, tmp_path / "run"), max_steps_this_run=2, progress=False)
+    train(_config(images, tmp_path / "run"), max_steps_this_run=2, progress=False)
     files = sorted(p.name for p in (tmp_path / "run" / "checkpoint").iterdir())
     assert {"model.safetensors", "ema.safetensors", "optimizer.bin", "scheduler.bin", "state.json"} <= set(files)
     for name in files:
@@ -100,12 +90,12 @@ def test_checkpoint_loads_without_pickled_code(tmp_path, image_folder):
             assert load(tmp_path / "run" / "checkpoint" / name) is not None, name
 
 
-def test_old_checkpoint_format_is_refused_clearly(tmp_path, image_folder):
+def test_old_checkpoint_format_is_refused_clearly(tmp_path, images):
     run = tmp_path / "run"
-    train(_config(image_folder, run), max_steps_this_run=2, progress=False)
+    train(_config(images, run), max_steps_this_run=2, progress=False)
     (run / "checkpoint" / "optimizer.bin").rename(run / "checkpoint" / "optimizer.pt")
     with pytest.raises(ValueError, match="older format"):
-        train(_config(image_folder, run), progress=False)
+        train(_config(images, run), progress=False)
 
 
 def test_warmup_schedule_gives_update_k_the_rate_k_plus_one_over_warmup():
@@ -121,15 +111,15 @@ def test_warmup_schedule_gives_update_k_the_rate_k_plus_one_over_warmup():
     assert rates == [2e-4 * min(1.0, (k + 1) / 3) for k in range(6)]
 
 
-def test_time_limit_ends_a_sitting_that_the_next_one_continues(tmp_path, image_folder):
+def test_time_limit_ends_a_sitting_that_the_next_one_continues(tmp_path, images):
     """time_limit=0 stops after one step with a checkpoint and the figures; a second sitting finishes the run
     with the weights and the log of an uninterrupted one."""
-    train(_config(image_folder, tmp_path / "straight"), progress=False)
+    train(_config(images, tmp_path / "straight"), progress=False)
     run = tmp_path / "sittings"
-    train(_config(image_folder, run), progress=False, time_limit=0.0)
+    train(_config(images, run), progress=False, time_limit=0.0)
     assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 1
     assert (run / "loss.png").exists() and (run / "samples.png").exists()
-    train(_config(image_folder, run), progress=False)
+    train(_config(images, run), progress=False)
     a = load_file(tmp_path / "straight" / "checkpoint" / "ema.safetensors")
     b = load_file(run / "checkpoint" / "ema.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -139,34 +129,34 @@ def test_time_limit_ends_a_sitting_that_the_next_one_continues(tmp_path, image_f
     assert [r["loss"] for r in log] == [r["loss"] for r in straight]
 
 
-def test_init_from_starts_from_a_priors_weights(tmp_path, image_folder):
+def test_init_from_starts_from_a_priors_weights(tmp_path, images):
     """Fine-tuning: the new run starts from the source prior's weights (lr 0 keeps them); another network is
     refused."""
-    train(_config(image_folder, tmp_path / "source"), progress=False)
-    cfg = _config(image_folder, tmp_path / "tuned")
+    train(_config(images, tmp_path / "source"), progress=False)
+    cfg = _config(images, tmp_path / "tuned")
     cfg.init_from, cfg.lr = str(tmp_path / "source"), 0.0
     train(cfg, max_steps_this_run=1, progress=False)
     a = load_prior(tmp_path / "source").net.state_dict()
     b = load_prior(tmp_path / "tuned").net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    other = _config(image_folder, tmp_path / "other")
+    other = _config(images, tmp_path / "other")
     other.init_from, other.block_out_channels = str(tmp_path / "source"), (8, 8)
     with pytest.raises(ValueError, match="does not match this run's network"):
         train(other, max_steps_this_run=1, progress=False)
 
 
-def test_other_settings_in_the_same_folder_are_refused(tmp_path, image_folder):
-    cfg = _config(image_folder, tmp_path / "run")
+def test_other_settings_in_the_same_folder_are_refused(tmp_path, images):
+    cfg = _config(images, tmp_path / "run")
     train(cfg, max_steps_this_run=1, progress=False)
     cfg.lr = 1e-3
     with pytest.raises(ValueError, match="holds a run with other settings"):
         train(cfg, progress=False)
 
 
-def test_latent_prior_training_pipeline(tmp_path, image_folder):
+def test_latent_prior_training_pipeline(tmp_path, images):
     """Autoencoder, then a UNet on its latents: the result loads as a latent prior and decodes to images."""
     ae_cfg = AutoencoderConfig(
-        data=str(image_folder),
+        data=str(images),
         output=str(tmp_path / "ae"),
         crop_size=16,
         batch_size=2,
@@ -177,7 +167,7 @@ def test_latent_prior_training_pipeline(tmp_path, image_folder):
     )
     train_autoencoder(ae_cfg, progress=False)
     assert (tmp_path / "ae" / "reconstructions.png").exists()
-    cfg = _config(image_folder, tmp_path / "latent")
+    cfg = _config(images, tmp_path / "latent")
     cfg.autoencoder, cfg.steps = str(tmp_path / "ae" / "autoencoder"), 2
     train(cfg, progress=False)
     prior = load_prior(tmp_path / "latent")
@@ -187,9 +177,9 @@ def test_latent_prior_training_pipeline(tmp_path, image_folder):
     assert (tmp_path / "latent" / "samples.png").exists()
 
 
-def test_autoencoder_init_from_copies_the_weights(tmp_path, image_folder):
+def test_autoencoder_init_from_copies_the_weights(tmp_path, images):
     settings = {
-        "data": str(image_folder),
+        "data": str(images),
         "crop_size": 16,
         "batch_size": 2,
         "steps": 1,
@@ -211,15 +201,15 @@ def test_autoencoder_init_from_copies_the_weights(tmp_path, image_folder):
         train_autoencoder(other, progress=False)
 
 
-def test_sample_grid_zero_skips_it_and_the_log_holds_what_the_bar_shows(tmp_path, image_folder, capsys):
+def test_sample_grid_zero_skips_it_and_the_log_holds_what_the_bar_shows(tmp_path, images, capsys):
     run = tmp_path / "run"
-    train(_config(image_folder, run), progress=True, sample_grid=0)
+    train(_config(images, run), progress=True, sample_grid=0)
     assert (run / "loss.png").exists() and not (run / "samples.png").exists()
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log]
     assert [r["loss_mean100"] for r in log] == pytest.approx([np.mean(losses[: i + 1]) for i in range(len(log))])
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]  # the bar's last state
     assert f"loss={losses[-1]:.4f}" in bar and f"loss_mean100={np.mean(losses):.4f}" in bar
-    train(_config(image_folder, tmp_path / "grid"), progress=True, sample_grid=2)
+    train(_config(images, tmp_path / "grid"), progress=True, sample_grid=2)
     assert "drawing 2 samples" in capsys.readouterr().out
     assert (tmp_path / "grid" / "samples.png").exists()
