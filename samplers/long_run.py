@@ -85,21 +85,7 @@ class LongRunNotice:
         if estimate <= LONG_RUN_SECONDS * (FIRST_STEP_MARGIN if first_step else 1.0):
             return
         self.warned = True
-        faster = []
-        if self.steps and not self.settings_fixed:
-            fitting = max(1, int(self.steps * LONG_RUN_SECONDS / estimate))
-            faster.append(f"fewer steps (steps={fitting} / --steps {fitting}: about ten minutes)")
-        if self.num_samples > 1 and not self.settings_fixed:
-            faster.append(
-                f"one sample instead of {self.num_samples} (num_samples=1 / --num-samples 1: about "
-                f"{format_duration(estimate / self.num_samples)}, no std)"
-            )
-        at_cpu_budget = self.steps is not None and self.steps <= CPU_STEPS  # a run at its steps is already that fast
-        if not (self.settings_fixed or at_cpu_budget):
-            faster.append(
-                "the CPU budget (sampler='auto', budget='cpu' / --sampler auto --sampler-param budget=cpu: the "
-                f"best sampler measured at {CPU_STEPS} steps)"
-            )
+        faster = [] if self.settings_fixed else self.other_settings(estimate)
         if not self.on_gpu:
             faster.append("a GPU (device='cuda' / --device cuda)")
         warnings.warn(
@@ -110,3 +96,22 @@ class LongRunNotice:
             LongRunWarning,
             stacklevel=4,
         )
+
+    def other_settings(self, estimate: float) -> list[str]:
+        """What of the run's own settings would be faster, for a run estimated at `estimate` seconds: fewer steps,
+        one sample, the CPU budget (unless the run is already at its steps)."""
+        faster = []
+        if self.steps:
+            fitting = max(1, int(self.steps * LONG_RUN_SECONDS / estimate))
+            faster.append(f"fewer steps (steps={fitting} / --steps {fitting}: about ten minutes)")
+        if self.num_samples > 1:
+            faster.append(
+                f"one sample instead of {self.num_samples} (num_samples=1 / --num-samples 1: about "
+                f"{format_duration(estimate / self.num_samples)}, no std)"
+            )
+        if self.steps is None or self.steps > CPU_STEPS:  # a run at the CPU budget's steps is already that fast
+            faster.append(
+                "the CPU budget (sampler='auto', budget='cpu' / --sampler auto --sampler-param budget=cpu: the "
+                f"best sampler measured at {CPU_STEPS} steps)"
+            )
+        return faster
