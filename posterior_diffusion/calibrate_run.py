@@ -26,7 +26,7 @@ def calibrate(
     settings: SamplingSettings,
     levels=CALIBRATION_LEVELS,
     seed: int = 0,
-    images_per_call: int = 8,
+    images_per_call: int | None = None,
     guarantee: str = "pixel",
 ) -> Calibration:
     """Measure the calibration images x (n, C, H, W) in [-1, 1] with `op`, sample their posteriors with `settings`
@@ -41,16 +41,17 @@ def posterior_samples(
     op,
     settings: SamplingSettings,
     seed: int,
-    images_per_call: int,
+    images_per_call: int | None,
     first_id: int = 0,
     calibration: Calibration | None = None,
 ) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
     """Samples (n, S, C, H, W) of the posteriors of measurements of images x (n, C, H, W), the run's config and
     the pixels' classes (n, C, H, W) or None (`Operator.calibration_strata`): image i is measured with noise from
-    `measurement_generator(seed, first_id + i)` (as the bench) and sampled with `settings`, `images_per_call` at a
-    time (measurement_ids = first_id + i). A `calibration` given refuses a run it was not made for before any
-    sampling (`Calibration.check`)."""
+    `measurement_generator(seed, first_id + i)` (as the bench) and sampled with `settings` (measurement_ids =
+    first_id + i), `images_per_call` at a time (None: all in one call, so that a long run's notice estimates them
+    all). A `calibration` given refuses a run it was not made for before any sampling (`Calibration.check`)."""
     samples, strata, config = [], [], None
+    images_per_call = images_per_call or len(x)
     checked = {"calibration": calibration, "level": next(iter(calibration.factors))} if calibration else {}
     for start in range(0, len(x), images_per_call):
         ids = [first_id + i for i in range(start, min(start + images_per_call, len(x)))]
@@ -66,7 +67,7 @@ HELD_OUT_IDS = 10**6  # held-out images' measurement ids start here: noise and c
 
 
 def held_out_coverage(
-    cal: Calibration, x: torch.Tensor, op, settings: SamplingSettings, seed: int = 0, images_per_call: int = 8
+    cal: Calibration, x: torch.Tensor, op, settings: SamplingSettings, seed: int = 0, images_per_call: int | None = None
 ) -> tuple[dict[float, float], dict[float, float], dict[float, list[float]]]:
     """Coverage on other images x (n, C, H, W) with known truth, sampled as the calibration was (`settings`, whose
     num_samples must be the calibration's): ({level: raw Gaussian interval's coverage}, {level: calibrated

@@ -119,7 +119,9 @@ class CalibrateOptions(OperatorOptions, SamplingOptions, OutputOptions):
     name: str | None = option("the calibration's name (default: --task, or the operator's name)", None)
     size: int = option("crop side in pixels", 64)
     num_images: int | None = option("the first N images of the folder (default all)", None)
-    images_per_call: int = option("images sampled together", 8)
+    images_per_call: int | None = option(
+        "images sampled in one call (default all: one call, so a long run's time estimate covers them all)", None
+    )
     levels: tuple[float, ...] = option("coverage levels", (0.8, 0.9, 0.95))
     test_images: str | None = option("folder of other images to measure the calibrated coverage on", None)
     num_test_images: int | None = option("the first N test images (default all)", None)
@@ -140,7 +142,9 @@ class CoverageOptions(OperatorOptions, RunOptions):
     task: str | None = option("a bench task (sr4, random_inpaint, ...; see `bench grid --help`), or --operator", None)
     size: int = option("crop side in pixels (the shipped files were made at 128)", 128)
     num_images: int | None = option("the first N images of the folder (default all)", None)
-    images_per_call: int = option("images sampled together", 8)
+    images_per_call: int | None = option(
+        "images sampled in one call (default all: one call, so a long run's time estimate covers them all)", None
+    )
     out: str | None = option("JSON-lines file to append the result to (a `bench report` table kind: coverage)", None)
 
 

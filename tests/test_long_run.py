@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from posterior_diffusion import sample_posterior
+from posterior_diffusion import get_operator, sample_posterior
 from posterior_diffusion.calibration import calibration_from_samples
 from posterior_diffusion.samplers import long_run
 from posterior_diffusion.samplers.long_run import LongRunNotice, format_duration
@@ -124,3 +124,24 @@ def test_a_calibrated_run_gives_the_notice_without_the_settings_it_fixes(gmm, mo
         sample_posterior(y, op, prior=gmm, sampler="ddrm", steps=5, num_samples=4, progress=False, calibration=cal)
     message = next(str(w.message) for w in caught if "this run will take" in str(w.message))
     assert "steps=" not in message and "num-samples" not in message and "--device cuda" in message
+
+
+def test_calibrate_estimates_all_its_images_in_one_notice(gmm, monkeypatch):
+    """`calibrate` samples every image in one call by default, so its one notice counts all their evaluations;
+    images_per_call splits the run into calls that each estimate only their own share."""
+    from posterior_diffusion.api import SamplingSettings
+    from posterior_diffusion.calibrate_run import calibrate
+
+    monkeypatch.setattr(long_run, "LONG_RUN_SECONDS", 0.0)
+    x = gmm.sample(12, torch.Generator().manual_seed(0)).float()
+    settings = SamplingSettings(prior=gmm, sampler="ddrm", num_samples=4, batch_size=4, options={"steps": 5})
+
+    def evaluations(**chunking):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            calibrate(x, get_operator("denoise", noise_sigma=0.1), "denoise_test", settings, **chunking)
+        notices = [str(w.message) for w in caught if w.category is long_run.LongRunWarning]
+        return [int(m.split("(")[1].split(" network")[0]) for m in notices]
+
+    (whole,) = evaluations()
+    assert evaluations(images_per_call=6) == [whole // 2, whole // 2]
