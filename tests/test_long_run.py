@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -141,7 +142,7 @@ def test_calibrate_estimates_all_its_images_in_one_notice(gmm, monkeypatch):
             warnings.simplefilter("always")
             calibrate(x, get_operator("denoise", noise_sigma=0.1), "denoise_test", settings, **chunking)
         notices = [str(w.message) for w in caught if w.category is long_run.LongRunWarning]
-        return [int(m.split("(")[1].split(" network")[0]) for m in notices]
+        return [int(re.search(r"\((\d+) network evaluations", m).group(1)) for m in notices]
 
     (whole,) = evaluations()
     assert evaluations(images_per_call=6) == [whole // 2, whole // 2]
