@@ -74,6 +74,8 @@ class Operator(nn.Module):
     default_prior: ClassVar[str | None] = None  # a built-in prior made for this operator's images (by name)
     # the pixel classes that `calibration_strata` tells apart (none: a calibration treats every pixel alike)
     calibration_strata_names: ClassVar[tuple[str, ...]] = ()
+    # the class that a one-sided calibration gives one-sided intervals (`calibration_sides`; None: no such class)
+    one_sided_class: ClassVar[str | None] = None
 
     def __init__(self):
         super().__init__()
@@ -153,6 +155,13 @@ class Operator(nn.Module):
         W)) read off the measurement y (B, *measurement) alone, or None for one class: pixels whose errors the
         measurement tells apart (observed and missing, saturated and not), whose share varies between images. A
         calibration finds a factor per class, so that its intervals hold within each (`calibration`)."""
+        return None
+
+    def calibration_sides(self, y: torch.Tensor) -> torch.Tensor | None:
+        """For a one-sided calibration (`calibrate --one-sided`), the pixels of `one_sided_class` whose truth the
+        measurement y (B, *measurement) bounds on one side only: +1 where the interval is [lower, 1] (the truth lies
+        beyond a bright limit, so only the image range bounds it above), -1 where it is [-1, upper], 0 where it is
+        two-sided (int64, shaped as the image (B, C, H, W)); None where the operator has no such pixels."""
         return None
 
     def residual_norm(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ class HighDynamicRange(Operator):
     """
 
     calibration_strata_names = ("unsaturated", "saturated")
+    one_sided_class = "saturated"
 
     def __init__(self, scale: float = 2.0):
         super().__init__()
@@ -39,3 +40,8 @@ class HighDynamicRange(Operator):
     def calibration_strata(self, y):
         """Saturated: |y| within two noise stds of 1 (a saturated pixel is +-1 plus the noise)."""
         return (y.abs() >= 1 - 2 * getattr(self.noise, "sigma", 0.0)).long()
+
+    def calibration_sides(self, y):
+        """Saturated pixels: the sign of their clip (+1 bright, -1 dark); the truth lies at or beyond it, so only the
+        image range [-1, 1] bounds it on that side. 0 elsewhere."""
+        return self.calibration_strata(y) * y.sign().long()

@@ -43,7 +43,8 @@ class PosteriorResult:
     nfe: network evaluations per sample; seconds: wall time of the sampling;
     config: every setting needed to reproduce the run; extras: sampler outputs such as a kernel estimate.
     lower, upper: with a calibration, the conformally calibrated interval average -+ factor std at its level around
-    the samples' average, as calibrated (shaped as mean; `calibration.Calibration`), else None.
+    the samples' average, as calibrated (shaped as mean; `calibration.Calibration`; a one-sided calibration's
+    one-sided pixels reach the image's bound, 1 or -1), else None.
     """
 
     samples: torch.Tensor
@@ -298,11 +299,16 @@ def sample_posterior(
         strata = op.calibration_strata(y) if calibration.strata else None  # (B, C, H, W) pixel classes
         if strata is not None:
             strata = strata[0].cpu() if unbatched else strata.cpu()
-        lower, upper = calibration.interval(average, std, level, strata)
+        sides = op.calibration_sides(y) if calibration.one_sided else None  # (B, C, H, W) in {-1, 0, 1}
+        if sides is not None:
+            sides = sides[0].cpu() if unbatched else sides.cpu()
+        lower, upper = calibration.interval(average, std, level, strata, sides)
         config["calibration"] = {"task": calibration.task, "level": level, "factor": calibration.factors[level]}
         if calibration.strata:
             factors = zip(calibration.strata, calibration.stratum_factors[level], strict=True)
             config["calibration"]["factor_per_pixel_class"] = dict(factors)
+        if calibration.one_sided:  # their intervals reach the image's bound: [lower, 1] or [-1, upper]
+            config["calibration"]["one_sided"] = calibration.one_sided
         if shipped_file is not None:
             config["calibration"]["shipped_file"] = shipped_file
     else:

@@ -15,7 +15,6 @@ from posterior_diffusion.calibration import (
     coverages,
     score_count,
 )
-from posterior_diffusion.metrics import standardised_errors
 from posterior_diffusion.tensor_utils import measure_images
 
 
@@ -28,12 +27,23 @@ def calibrate(
     seed: int = 0,
     images_per_call: int | None = None,
     guarantee: str = "pixel",
+    one_sided: bool = False,
 ) -> Calibration:
     """Measure the calibration images x (n, C, H, W) in [-1, 1] with `op`, sample their posteriors with `settings`
-    (`posterior_samples`) and calibrate at `levels`."""
+    (`posterior_samples`) and calibrate at `levels`; `one_sided`: one-sided intervals for the operator's
+    `one_sided_class` (`calibration`; an operator without one is a ValueError, before any sampling)."""
     check_enough_images(score_count(guarantee, len(x), x[0].numel()), levels)
-    samples, config, strata = posterior_samples(x, op, settings, seed, images_per_call)
-    return calibration_from_samples(samples, x, config, task, levels, guarantee, strata, op.calibration_strata_names)
+    if one_sided and op.one_sided_class is None:
+        raise ValueError(
+            f"operator {op.name!r} has no pixels with one-sided intervals (high_dynamic_range's saturated pixels "
+            "have): calibrate without --one-sided"
+        )
+    samples, config, strata, sides = posterior_samples(x, op, settings, seed, images_per_call)
+    classes = op.calibration_strata_names
+    one_sided_class = op.one_sided_class if one_sided else ""
+    return calibration_from_samples(
+        samples, x, config, task, levels, guarantee, strata, classes, sides, one_sided_class
+    )
 
 
 def posterior_samples(
@@ -44,13 +54,14 @@ def posterior_samples(
     images_per_call: int | None,
     first_id: int = 0,
     calibration: Calibration | None = None,
-) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
-    """Samples (n, S, C, H, W) of the posteriors of measurements of images x (n, C, H, W), the run's config and
-    the pixels' classes (n, C, H, W) or None (`Operator.calibration_strata`): image i is measured with noise from
-    `measurement_generator(seed, first_id + i)` (as the bench) and sampled with `settings` (measurement_ids =
-    first_id + i), `images_per_call` at a time (None: all in one call, so that a long run's notice estimates them
-    all). A `calibration` given refuses a run it was not made for before any sampling (`Calibration.check`)."""
-    samples, strata, config = [], [], None
+) -> tuple[torch.Tensor, dict, torch.Tensor | None, torch.Tensor | None]:
+    """Samples (n, S, C, H, W) of the posteriors of measurements of images x (n, C, H, W), the run's config, the
+    pixels' classes and sides, (n, C, H, W) each or None (`Operator.calibration_strata` / `calibration_sides`):
+    image i is measured with noise from `measurement_generator(seed, first_id + i)` (as the bench) and sampled with
+    `settings` (measurement_ids = first_id + i), `images_per_call` at a time (None: all in one call, so that a long
+    run's notice estimates them all). A `calibration` given refuses a run it was not made for before any sampling
+    (`Calibration.check`)."""
+    samples, strata, sides, config = [], [], [], None
     images_per_call = images_per_call or len(x)
     checked = {"calibration": calibration, "level": next(iter(calibration.factors))} if calibration else {}
     for start in range(0, len(x), images_per_call):
@@ -59,8 +70,13 @@ def posterior_samples(
         result = settings.run(y, op, seed, ids, **checked)
         samples.append(result.samples)
         strata.append(op.calibration_strata(y))
+        sides.append(op.calibration_sides(y))
         config = result.config
-    return torch.cat(samples), config, None if strata[0] is None else torch.cat(strata).cpu()
+    return torch.cat(samples), config, _joined(strata), _joined(sides)
+
+
+def _joined(parts: list) -> torch.Tensor | None:
+    return None if parts[0] is None else torch.cat(parts).cpu()
 
 
 HELD_OUT_IDS = 10**6  # held-out images' measurement ids start here: noise and chains apart from the calibration's
@@ -73,9 +89,8 @@ def held_out_coverage(
     num_samples must be the calibration's): ({level: raw Gaussian interval's coverage}, {level: calibrated
     interval's coverage}, {level: [its coverage per pixel class]}), shares of the pixels inside. A run that differs
     from the calibration's is refused before any sampling (`Calibration.check`)."""
-    samples, _, strata = posterior_samples(x, op, settings, seed, images_per_call, HELD_OUT_IDS, cal)
-    scores = standardised_errors(samples, x)
-    return coverages(scores, cal.num_samples, cal, None if strata is None else strata.flatten(1))
+    samples, _, strata, sides = posterior_samples(x, op, settings, seed, images_per_call, HELD_OUT_IDS, cal)
+    return coverages(samples, x, cal, strata, sides)
 
 
 __all__ = ["HELD_OUT_IDS", "calibrate", "held_out_coverage", "posterior_samples"]

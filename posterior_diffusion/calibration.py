@@ -28,6 +28,13 @@ each class, one factor per class. Each class is then covered at its level whatev
 pooled factor over-covers the observed pixels and under-covers the missing ones, and misses the level on images
 whose share of missing or saturated pixels differs from the calibration images'. The image guarantee stays pooled.
 
+One-sided intervals (`calibrate --one-sided`): where the measurement bounds a pixel's truth on one side only (a
+saturated pixel of hdr lies at or beyond its clip, `Operator.calibration_sides`), its interval is
+[mean - lambda std, 1] (a bright clip) or [-1, mean + lambda std] (a dark one), lambda the conformal quantile of the
+one-sided scores (mean - x) / std (or (x - mean) / std) of that class's calibration pixels. It can miss on the mean's
+side only: a collection whose clipped pixels lie further beyond the clip than the calibration images' still holds
+there, where a two-sided interval misses above (assets/bench/shipped_calibrations/README.md).
+
 A calibration file (JSON) records what it was made for (task, operator, prior, sampler with every option,
 samples per image); `Calibration.check` refuses a run that differs, naming both.
 
@@ -113,7 +120,8 @@ class Calibration:
     when it has none), with stratum_factors {level: [lambda_hat per class]}, which then define the interval,
     and stratum_coverage {level: [calibrated coverage per class]}; task, operator (its config without per-image
     parameters), prior, sampler (its full config), num_samples, images: what the factors hold for; guarantee: how
-    they were computed; folder: the calibration images' folder name (`calibrate --images`; "" where not recorded)."""
+    they were computed; folder: the calibration images' folder name (`calibrate --images`; "" where not recorded);
+    one_sided: the class whose intervals are one-sided (module docstring; "": every interval is two-sided)."""
 
     factors: dict[float, float]
     task: str
@@ -131,6 +139,7 @@ class Calibration:
     stratum_factors: dict[float, list[float]] = field(default_factory=dict)
     stratum_coverage: dict[float, list[float]] = field(default_factory=dict)
     folder: str = ""
+    one_sided: str = ""  # the pixel class with one-sided intervals (`Operator.one_sided_class`), "" for none
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -200,20 +209,39 @@ class Calibration:
         return torch.tensor(self.stratum_factors[level], dtype=torch.float64, device=strata.device)[strata]
 
     def interval(
-        self, mean: torch.Tensor, std: torch.Tensor, level: float, strata: torch.Tensor | None = None
+        self,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        level: float,
+        strata: torch.Tensor | None = None,
+        sides: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(lower, upper) = mean -+ lambda_hat std at a calibrated `level` (with pixel classes, each pixel's
-        class's lambda_hat; `strata` shaped as mean)."""
+        class's lambda_hat; `strata` shaped as mean); a one-sided calibration's one-sided pixels (`sides`, shaped
+        as mean, from `Operator.calibration_sides`) reach the image's bound 1 (side +1) or -1 (side -1)."""
         factor = self.factor_map(level, strata)
         half = (factor.to(std) if isinstance(factor, torch.Tensor) else factor) * std
-        return mean - half, mean + half
+        lower, upper = mean - half, mean + half
+        if self.one_sided:
+            sides = self.checked_sides(sides)
+            lower, upper = lower.where(sides >= 0, -1.0), upper.where(sides <= 0, 1.0)
+        return lower, upper
+
+    def checked_sides(self, sides: torch.Tensor | None) -> torch.Tensor:
+        """The sides a one-sided calibration needs (a ValueError without them)."""
+        if sides is None:
+            raise ValueError(
+                f"this calibration's {self.one_sided} pixels have one-sided intervals: pass the measurement's sides "
+                "(operator.calibration_sides(y))"
+            )
+        return sides
 
 
-def per_class_label(names, values: dict, level) -> str:
+def per_class_label(names, values: dict, level, one_sided: str = "") -> str:
     """ "observed 1.234, missing 5.678" from {level: [value per pixel class]} and the classes' `names` (a
-    calibration's `strata`), or "" without classes."""
+    calibration's `strata`), or "" without classes; the `one_sided` class is labelled so ("saturated (one-sided)")."""
     pairs = zip(names, values[level], strict=True) if values else ()
-    return ", ".join(f"{name} {v:.3f}" for name, v in pairs)
+    return ", ".join(f"{name}{' (one-sided)' * (name == one_sided)} {v:.3f}" for name, v in pairs)
 
 
 def _run_identity(config: dict) -> dict:
@@ -241,16 +269,24 @@ def _brief(value) -> str:
 
 
 def coverages(
-    scores: torch.Tensor, num_samples: int, cal: Calibration, strata: torch.Tensor | None = None
+    samples: torch.Tensor,
+    truth: torch.Tensor,
+    cal: Calibration,
+    strata: torch.Tensor | None = None,
+    sides: torch.Tensor | None = None,
 ) -> tuple[dict, dict, dict]:
     """({level: coverage of the raw Gaussian interval, `metrics.interval_coverage`'s}, {level: coverage of the
-    calibrated interval}, {level: [its coverage per pixel class]} (empty without classes)) from the standardised
-    errors (n, P) of n images with `num_samples` samples each and their pixels' classes `strata` (n, P)."""
+    calibrated interval}, {level: [its coverage per pixel class]} (empty without classes)) of n images' samples
+    (n, S, C, H, W) and truths (n, C, H, W), their pixels' classes `strata` and, for a one-sided calibration, sides
+    (both (n, C, H, W), `Operator.calibration_strata` / `calibration_sides`)."""
 
     def share(covered: torch.Tensor) -> float:
         return float(covered.double().mean())
 
-    raw = {level: share(scores <= predictive_factor(level, num_samples)) for level in cal.factors}
+    two_sided = standardised_errors(samples, truth)
+    scores = standardised_errors(samples, truth, cal.checked_sides(sides)) if cal.one_sided else two_sided
+    strata = None if strata is None else strata.flatten(1)
+    raw = {level: share(two_sided <= predictive_factor(level, samples.shape[1])) for level in cal.factors}
     inside = {level: scores <= cal.factor_map(level, strata) for level in cal.factors}
     per_class = {
         level: [share(inside[level][strata == k]) for k in range(len(cal.strata))]
@@ -268,16 +304,20 @@ def calibration_from_samples(
     guarantee: str = "pixel",
     strata: torch.Tensor | None = None,
     names: tuple[str, ...] = (),
+    sides: torch.Tensor | None = None,
+    one_sided: str = "",
 ) -> Calibration:
     """A `Calibration` from calibration images' samples (n, S, C, H, W) and truths (n, C, H, W) and the run's
     `PosteriorResult.config`; with the pixel guarantee and the classes `strata` (n, C, H, W) of the operator's
-    pixel classes `names`, a factor per class too (module docstring)."""
-    scores = standardised_errors(samples, truth)
+    pixel classes `names`, a factor per class too; with `sides` (n, C, H, W) (`Operator.calibration_sides`),
+    one-sided intervals for the class `one_sided` (module docstring)."""
+    if one_sided and (sides is None or one_sided not in names):
+        raise ValueError(f"one-sided intervals for {one_sided!r} pixels need the pixels' sides and classes")
+    scores = standardised_errors(samples, truth, sides if one_sided else None)
     factors = {level: conformal_factor(scores, 1 - level, guarantee) for level in levels}
     per_class = {}
     if strata is not None and names and guarantee == "pixel":
-        strata = strata.flatten(1)
-        per_class = {level: _class_factors(scores, strata, names, 1 - level) for level in levels}
+        per_class = {level: _class_factors(scores, strata.flatten(1), names, 1 - level) for level in levels}
     cal = Calibration(
         factors=factors,
         task=task,
@@ -289,8 +329,9 @@ def calibration_from_samples(
         guarantee=guarantee,
         strata=list(names) if per_class else [],
         stratum_factors=per_class,
+        one_sided=one_sided,
     )
-    raw, calibrated, by_class = coverages(scores, cal.num_samples, cal, strata if per_class else None)
+    raw, calibrated, by_class = coverages(samples, truth, cal, strata if per_class else None, sides)
     return dataclasses.replace(cal, raw_coverage=raw, calibrated_coverage=calibrated, stratum_coverage=by_class)
 
 

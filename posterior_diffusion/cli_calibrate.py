@@ -26,13 +26,14 @@ def cmd_calibrate(args) -> None:
     name = args.name or args.task or op.to_config()["name"]
     settings = sampling_settings(args, device)
     common = dict(seed=args.seed, images_per_call=args.images_per_call)
-    cal = calibrate(x, op, name, settings, tuple(args.levels), guarantee=args.guarantee, **common)
+    levels = tuple(args.levels)
+    cal = calibrate(x, op, name, settings, levels, guarantee=args.guarantee, one_sided=args.one_sided, **common)
     # a built-in prior's weights (else ""), and where the calibration images came from
     cal = dataclasses.replace(cal, prior_digest=prior_digest(cal.prior), folder=Path(args.images).name)
     cal.save(out)
     print(
         f"wrote {out}: {cal.sampler['name']} on {name}, {cal.images} images x {cal.num_samples} samples, "
-        f"{cal.guarantee} guarantee"
+        f"{cal.guarantee} guarantee{f', one-sided intervals for {cal.one_sided} pixels' if cal.one_sided else ''}"
     )
     for level, factor in cal.factors.items():
         print(
@@ -93,6 +94,7 @@ def cmd_coverage(args) -> None:
             "size": args.size,
             "seed": args.seed,
             "strata": cal.strata,
+            "one_sided": cal.one_sided,
             **_coverage_record(len(x), args.images, raw, calibrated, by_class),
         }
         with open(args.out, "a") as rows:  # JSON keys: the levels as strings
@@ -145,4 +147,4 @@ def _per_class(cal, values: dict, level: float) -> str:
     """ "; per pixel class: observed 1.234, missing 4.567" for {level: [value per class]}, or "" without classes."""
     from posterior_diffusion.calibration import per_class_label
 
-    return f"; per pixel class: {per_class_label(cal.strata, values, level)}" if values else ""
+    return f"; per pixel class: {per_class_label(cal.strata, values, level, cal.one_sided)}" if values else ""

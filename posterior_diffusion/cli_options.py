@@ -130,6 +130,12 @@ class CalibrateOptions(OperatorOptions, SamplingOptions, OutputOptions):
         "pixel",
         choices=("pixel", "image"),
     )
+    one_sided: bool = option(
+        "one-sided intervals where the measurement bounds the truth on one side (high_dynamic_range's saturated "
+        "pixels: [lower, 1] or [-1, upper]); they hold where the truth lies further beyond the clip than on the "
+        "calibration images",
+        False,
+    )
 
 
 @dataclass(kw_only=True)

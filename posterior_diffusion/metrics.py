@@ -79,17 +79,27 @@ COVERAGE_COLUMNS = tuple(f"coverage{round(100 * level)}" for level in COVERAGE_L
 CALIBRATION_COLUMNS = ("psnr_sample", "psnr_average", *COVERAGE_COLUMNS, "spearman", "z_spread")
 
 
-def standardised_errors(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+def standardised_errors(samples: torch.Tensor, truth: torch.Tensor, sides: torch.Tensor | None = None) -> torch.Tensor:
     """|truth - mean| / std per pixel, float64: samples (B, S, C, H, W) with S >= 2; truth (B, C, H, W) -> (B, C H W),
     or (B, N, C, H, W) for N draws -> (B, N, C H W). A pixel with zero std scores 0 where the mean is exact and +inf
-    elsewhere (no interval around the mean covers it)."""
+    elsewhere (no interval around the mean covers it).
+
+    sides (B, C, H, W) in {-1, 0, 1} (`Operator.calibration_sides`): where +1 the one-sided score (mean - truth) /
+    std, the smallest factor with truth in [mean - factor std, 1] (negative where the truth lies above the mean);
+    where -1, (truth - mean) / std, that of [-1, mean + factor std]; where 0, the two-sided score above."""
     if samples.shape[1] < 2:
         raise ValueError(f"intervals from samples need at least 2 samples per measurement, got {samples.shape[1]}")
     samples, truth = samples.double(), truth.double()
     draws = truth.ndim == samples.ndim
     mean, std = samples.mean(1, keepdim=draws), samples.std(1, keepdim=draws)
-    error = (truth - mean).abs().flatten(-3)
-    return torch.where(error == 0, 0.0, error / std.flatten(-3))
+    error = (truth - mean).flatten(-3)
+    if sides is None:
+        signed = error.abs()
+    else:
+        side = sides.to(error.device).flatten(-3)
+        side = side[:, None] if draws else side
+        signed = torch.where(side == 0, error.abs(), -side * error)
+    return torch.where(error == 0, 0.0, signed / std.flatten(-3))
 
 
 def interval_coverage(samples: torch.Tensor, truth: torch.Tensor, levels=COVERAGE_LEVELS) -> torch.Tensor:

@@ -194,11 +194,11 @@ def test_held_out_coverage_is_the_share_of_pixels_inside(gmm, monkeypatch):
 
     monkeypatch.setattr(calibration, "posterior_samples", recording)
     settings = SamplingSettings(prior=gmm, sampler="ddrm", num_samples=4, options={"steps": 5})
-    samples, config, strata = original(x, op, settings, 0, 8)
-    assert strata is None  # denoising: one pixel class
+    samples, config, strata, sides = original(x, op, settings, 0, 8)
+    assert strata is None and sides is None  # denoising: one pixel class, every interval two-sided
     cal = calibration_from_samples(samples, x, config, "denoise_test", levels=(0.5, 0.9))
     raw, calibrated, by_class = calibration.held_out_coverage(cal, x, op, settings)
-    held, _, _ = seen["out"]
+    held, _, _, _ = seen["out"]
     assert by_class == {}
     scores = standardised_errors(held, x)
     assert calibrated[0.9] == pytest.approx(float((scores <= cal.factors[0.9]).double().mean()))

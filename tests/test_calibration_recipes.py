@@ -24,7 +24,9 @@ def test_every_shipped_file_is_made_by_its_recipe(path, cal):
     assert cal.task == (args.name or args.operator) and cal.images == args.num_images
     assert cal.folder in ("", Path(args.images).name)  # files made before folders were recorded hold ""
     assert cal.num_samples == args.num_samples and cal.held_out["images"] == args.num_test_images
-    assert operator_identity(build_operator(args, (channels, args.size, args.size)).to_config()) == cal.operator
+    op = build_operator(args, (channels, args.size, args.size))
+    assert operator_identity(op.to_config()) == cal.operator
+    assert cal.one_sided == (op.one_sided_class if args.one_sided else "")
 
 
 def test_recipes_are_one_per_file_and_auto_files_name_their_budget():

@@ -9,7 +9,6 @@ import torch
 
 from posterior_diffusion import sample_posterior
 from posterior_diffusion.calibration import Calibration, calibration_from_samples, coverages
-from posterior_diffusion.metrics import standardised_errors
 from posterior_diffusion.operators import get_operator
 
 
@@ -45,11 +44,10 @@ def test_a_factor_per_class_holds_each_class_where_a_pooled_one_misses_a_new_sha
     assert cal.strata == ["observed", "missing"] and cal.stratum_factors[0.9][1] > 4 * cal.stratum_factors[0.9][0]
     assert cal.stratum_coverage[0.9] == pytest.approx([0.9, 0.9], abs=2e-3)
     test, truth, test_strata = _two_class_run(12, share=0.6, seed=1)  # three times the share of class 1
-    scores, flat = standardised_errors(test, truth), test_strata.flatten(1)
-    _, calibrated, by_class = coverages(scores, 2, cal, flat)
+    _, calibrated, by_class = coverages(test, truth, cal, test_strata)
     assert calibrated[0.9] == pytest.approx(0.9, abs=0.01) and by_class[0.9] == pytest.approx([0.9, 0.9], abs=0.015)
     pooled = calibration_from_samples(samples, truth, config, "t", (0.9,))
-    assert pooled.strata == [] and coverages(scores, 2, pooled)[1][0.9] < 0.8  # one factor: far off on the new share
+    assert pooled.strata == [] and coverages(test, truth, pooled)[1][0.9] < 0.8  # one factor: far off on the new share
     with pytest.raises(ValueError, match="pass the measurement's classes"):
         cal.interval(test.mean(1), test.std(1), 0.9)
     rare = torch.zeros_like(strata)

@@ -61,8 +61,8 @@ def _calibration_summary(files: list, level: float) -> str:
     for name, cal in files:
         held = cal.held_out
         calibrated = held["calibrated_coverage"][level]
-        factor = per_class_label(cal.strata, cal.stratum_factors, level) or f"{cal.factors[level]:.3f}"
-        by_class = per_class_label(cal.strata, held.get("stratum_coverage", {}), level) or "-"
+        factor = per_class_label(cal.strata, cal.stratum_factors, level, cal.one_sided) or f"{cal.factors[level]:.3f}"
+        by_class = per_class_label(cal.strata, held.get("stratum_coverage", {}), level, cal.one_sided) or "-"
         lines.append(
             f"| {Path(name).name} | {cal.prior.removeprefix('builtin:')} | {sampler_label(cal)} | "
             f"{calibration_images(cal)} | {factor} | "
@@ -87,7 +87,8 @@ def coverage_table(folder: Path, spec: dict) -> str:
     }
     for _, row in sorted(latest.items()):
         calibrated = row["calibrated_coverage"][level]
-        classes = per_class_label(row["strata"], row.get("stratum_coverage", {}), level) or "-"
+        classes = per_class_label(row["strata"], row.get("stratum_coverage", {}), level, row.get("one_sided", ""))
+        classes = classes or "-"
         own = row["file_held_out"]
         own_cell = f"{own['calibrated_coverage'][level]:.3f} ({own['images']} {own['folder']})" if own else "-"
         lines.append(
