@@ -98,6 +98,7 @@ def cmd_restore(args) -> None:
     from posterior_diffusion.metrics import psnr
     from posterior_diffusion.outputs import describe_files, write_restoration
     from posterior_diffusion.shipped_calibrations import UNCALIBRATED
+    from posterior_diffusion.tensor_utils import peak_memory_mb, reset_peak_memory
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -124,7 +125,10 @@ def cmd_restore(args) -> None:
         settings = dataclasses.replace(settings, prior=prior, dtype=None)
     estimate = {"noise_sigma": "auto"} if args.noise_sigma == "auto" else {}
     calibration = None if args.calibration == "none" else args.calibration
+    reset_peak_memory(device)
     res = settings.run(y, op, args.seed, calibration=calibration, level=args.level, **estimate)
+    # the CUDA allocator's peak during the run; on a CPU the process's peak resident memory (loading included)
+    peak = {"peak_memory_mb": round(peak_memory_mb(device)), "peak_memory_of": _peak_kind(device)}
     if estimate:
         noise = res.config["noise"]
         print(
@@ -135,15 +139,19 @@ def cmd_restore(args) -> None:
         print(UNCALIBRATED)
     elif "shipped_file" in res.config["calibration"]:
         print(f"interval: {args.level:.0%}, calibrated by the shipped {res.config['calibration']['shipped_file']}")
-    info = {"input": str(args.input), "simulate": args.simulate}
+    info = {"input": str(args.input), "simulate": args.simulate, **peak}
     if args.prior_arch:
         info |= {"prior": args.prior, "prior_arch": args.prior_arch}
     written = write_restoration(out, res, y.float(), truth, overwrite=args.overwrite, run_info=info)
     summary = f"wrote {out}/ ({describe_files(out, written)})"
-    summary += f" in {res.seconds:.1f} s, {res.nfe} NFE"
+    summary += f" in {res.seconds:.1f} s, {res.nfe} NFE, peak memory {peak['peak_memory_mb']} MiB"
     if truth is not None:
         summary += f"; PSNR of the mean {psnr(res.mean[None], truth[None])[0]:.2f} dB"
     print(summary)
+
+
+def _peak_kind(device: torch.device) -> str:
+    return "CUDA allocator" if device.type == "cuda" else "process resident"
 
 
 def cmd_bench_grid(args) -> None:

@@ -116,7 +116,9 @@ def test_cli_restore_simulate_end_to_end(tmp_path, image_file, tiny_unet_folder,
     assert run["nfe"] == 5 and run["seed"] == 3 and run["operator"]["params"]["kernel_size"] == 5
     assert run["dtype"] == dtype
     assert np.isfinite(run["psnr_mean"]) and len(run["psnr_samples"]) == 2
-    assert "PSNR of the mean" in capsys.readouterr().out
+    assert run["peak_memory_of"] == "process resident" and run["peak_memory_mb"] > 50  # torch alone takes more
+    printed = capsys.readouterr().out
+    assert "PSNR of the mean" in printed and f"peak memory {run['peak_memory_mb']} MiB" in printed
     # never overwrites silently
     assert (
         main(
