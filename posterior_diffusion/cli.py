@@ -138,7 +138,11 @@ def cmd_restore(args) -> None:
     if res.config["calibration"] == "uncalibrated":
         print(UNCALIBRATED)
     elif "shipped_file" in res.config["calibration"]:
-        print(f"interval: {args.level:.0%}, calibrated by the shipped {res.config['calibration']['shipped_file']}")
+        one_sided = res.config["calibration"].get("one_sided")
+        print(
+            f"interval: {args.level:.0%}, calibrated by the shipped {res.config['calibration']['shipped_file']}"
+            + (f" (one-sided for {one_sided} pixels)" if one_sided else "")
+        )
     info = {"input": str(args.input), "simulate": args.simulate, **peak}
     if args.prior_arch:
         info |= {"prior": args.prior, "prior_arch": args.prior_arch}

@@ -127,3 +127,26 @@ def test_calibrate_one_sided_writes_it_and_refuses_an_operator_without_clipped_p
     err = capsys.readouterr().err
     assert "operator 'denoise' has no pixels with one-sided intervals" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "d.json").exists()
+
+
+def test_restore_applies_the_shipped_one_sided_hdr_file_and_says_so(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    photo = tmp_path / "bright.png"
+    ramp = np.linspace(0, 255, 16 * 16 * 3).reshape(16, 16, 3).astype(np.uint8)  # dark to bright: both clips
+    Image.fromarray(ramp).save(photo)
+    out = tmp_path / "r"
+    assert (
+        main(["restore", str(photo), "--simulate", "--operator", "high_dynamic_range", "--quiet", "--out", str(out)])
+        == 0
+    )
+    assert "calibrated by the shipped auto_high_dynamic_range.json (one-sided for saturated pixels)" in (
+        capsys.readouterr().out
+    )
+    assert json.loads((out / "run.json").read_text())["calibration"]["one_sided"] == "saturated"
+    saved = load_file(out / "results.safetensors")
+    sides = get_operator("high_dynamic_range").calibration_sides(saved["y"][None])[0]
+    assert torch.all(saved["upper"][sides == 1] == 1) and torch.all(saved["lower"][sides == -1] == -1)
+    assert sides.eq(1).any() and sides.eq(-1).any()
