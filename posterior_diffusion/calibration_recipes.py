@@ -37,10 +37,11 @@ from posterior_diffusion.shipped_calibrations import FOLDER
 CALIBRATION_IMAGES = {"natural-rgb": ("testsets/Kodak24", 12), "natural-gray": ("trainsets/BSD400", 24)}
 HELD_OUT_IMAGES = "testsets/McMaster"
 COMMON = ["--size", "128", "--num-test-images", "8", "--num-samples", "4", "--quiet"]
-# (prior, operator) whose files give one-sided intervals (`calibrate --one-sided`), each where the two-sided intervals
-# missed a held-out collection by more than 3 points and the one-sided ones held on every collection measured (tune
-# and test); the others keep the two-sided default (assets/bench/shipped_calibrations/README.md)
-ONE_SIDED = {("natural-rgb", "high_dynamic_range")}
+# (prior, operator) whose files give clipped pixels one-sided intervals (`calibrate --one-sided`), with their own
+# calibration images: where the two-sided intervals missed a held-out collection by more than 3 points (hdr with
+# natural-rgb: brighter beyond the clip on McMaster), made on more and more varied tune photos than the prior's
+# default, its training photos as natural-gray's (assets/bench/shipped_calibrations/README.md)
+ONE_SIDED = {("natural-rgb", "high_dynamic_range"): ("trainsets/CBSD432_subset", 24)}
 IMAGE_OPERATORS = (  # the operators `restore` offers for photos, each with its defaults
     "denoise",
     "inpaint_random",
@@ -89,7 +90,7 @@ def _auto_recipes() -> list[Recipe]:
                 tags = [*([budget] if budget else []), *(["gray"] if gray else [])]  # in the task and the file name
                 task = "-".join([f"auto/{operator}", *tags])
                 file = "_".join(["auto", operator, *tags]) + ".json"
-                folder, count = CALIBRATION_IMAGES[prior]
+                folder, count = ONE_SIDED.get((prior, operator), CALIBRATION_IMAGES[prior])
                 arguments = ["--num-images", str(count), "--operator", operator, "--name", task]
                 arguments += ["--sampler-param", f"budget={budget}"] if budget else []
                 arguments += ["--channels", "1"] if gray else []
