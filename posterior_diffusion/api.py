@@ -296,12 +296,12 @@ def sample_posterior(
         extras = {k: (v[0] if isinstance(v, torch.Tensor) else v) for k, v in extras.items()}
     lower = upper = None
     if calibration is not None:
-        strata = op.calibration_strata(y) if calibration.strata else None  # (B, C, H, W) pixel classes
-        if strata is not None:
-            strata = strata[0].cpu() if unbatched else strata.cpu()
-        sides = op.calibration_sides(y) if calibration.one_sided else None  # (B, C, H, W) in {-1, 0, 1}
-        if sides is not None:
-            sides = sides[0].cpu() if unbatched else sides.cpu()
+
+        def as_mean(per_pixel):  # an operator's (B, C, H, W) map of y, on the CPU and unbatched as `mean`
+            return None if per_pixel is None else (per_pixel[0] if unbatched else per_pixel).cpu()
+
+        strata = as_mean(op.calibration_strata(y)) if calibration.strata else None  # pixel classes
+        sides = as_mean(op.calibration_sides(y)) if calibration.one_sided else None  # in {-1, 0, 1}
         lower, upper = calibration.interval(average, std, level, strata, sides)
         config["calibration"] = {"task": calibration.task, "level": level, "factor": calibration.factors[level]}
         if calibration.strata:

@@ -128,7 +128,8 @@ def cmd_restore(args) -> None:
     reset_peak_memory(device)
     res = settings.run(y, op, args.seed, calibration=calibration, level=args.level, **estimate)
     # the CUDA allocator's peak during the run; on a CPU the process's peak resident memory (loading included)
-    peak = {"peak_memory_mb": round(peak_memory_mb(device)), "peak_memory_of": _peak_kind(device)}
+    peak_of = "CUDA allocator" if device.type == "cuda" else "process resident"
+    peak = {"peak_memory_mb": round(peak_memory_mb(device)), "peak_memory_of": peak_of}
     if estimate:
         noise = res.config["noise"]
         print(
@@ -152,10 +153,6 @@ def cmd_restore(args) -> None:
     if truth is not None:
         summary += f"; PSNR of the mean {psnr(res.mean[None], truth[None])[0]:.2f} dB"
     print(summary)
-
-
-def _peak_kind(device: torch.device) -> str:
-    return "CUDA allocator" if device.type == "cuda" else "process resident"
 
 
 def cmd_bench_grid(args) -> None:
